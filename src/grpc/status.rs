@@ -1,0 +1,242 @@
+//! The one mapping from [`Error`] to `tonic::Status`, with google.rpc rich error details.
+//! Every error leaves the gateway through here, and here it is logged.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{
+    error::Error,
+    upstream::{self, ApiError, token::TokenError},
+};
+
+/// The `domain` of every `ErrorInfo` the gateway sends.
+pub const ERROR_DOMAIN: &str = "scan-gateway.defender.scan.v1";
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        let status = to_status(&error);
+        match status.code() {
+            Code::Internal | Code::Unavailable => {
+                tracing::warn!(code = ?status.code(), error = %error, "call failed")
+            }
+            _ => tracing::info!(code = ?status.code(), error = %error, "call refused"),
+        }
+        status
+    }
+}
+
+fn to_status(error: &Error) -> Status {
+    let message = error.to_string();
+    match error {
+        Error::InvalidArgument(violations) => {
+            let mut details = ErrorDetails::new();
+            for v in violations {
+                details.add_bad_request_violation(v.field, v.description.clone());
+            }
+            Status::with_error_details(Code::InvalidArgument, message, details)
+        }
+        Error::NotFound { resource, name, .. } => Status::with_error_details(
+            Code::NotFound,
+            message,
+            ErrorDetails::with_resource_info(*resource, name.clone(), "", "not known to Defender"),
+        ),
+        Error::AlreadyExists { machine_id, source } => Status::with_error_details(
+            Code::AlreadyExists,
+            message,
+            error_info(
+                "SCAN_ALREADY_RUNNING",
+                [("machine_id".to_owned(), machine_id.clone())]
+                    .into_iter()
+                    .chain(upstream_metadata(source))
+                    .collect(),
+            ),
+        ),
+        Error::ShuttingDown => Status::unavailable(message),
+        Error::Upstream(upstream) => upstream_status(upstream, message),
+    }
+}
+
+fn upstream_status(error: &upstream::Error, message: String) -> Status {
+    use upstream::Error as U;
+    match error {
+        U::Api(api) => match api.status {
+            400 | 409 | 412 | 422 => Status::with_error_details(
+                Code::FailedPrecondition,
+                message,
+                error_info(
+                    if api.code.is_empty() {
+                        "UPSTREAM_BAD_REQUEST"
+                    } else {
+                        &api.code
+                    },
+                    upstream_metadata(api).collect(),
+                ),
+            ),
+            401 => Status::with_error_details(
+                Code::Internal,
+                format!(
+                    "{message} (even with a freshly issued token: check the application's permissions and the token scope)"
+                ),
+                error_info("UPSTREAM_AUTH", upstream_metadata(api).collect()),
+            ),
+            403 => Status::with_error_details(
+                Code::PermissionDenied,
+                format!(
+                    "{message} (the gateway's application lacks a Defender permission, e.g. Machine.Scan or Machine.Read.All)"
+                ),
+                error_info("UPSTREAM_FORBIDDEN", upstream_metadata(api).collect()),
+            ),
+            404 => Status::not_found(message),
+            _ => retryable(message, api.retry_after),
+        },
+        U::Transport { .. } | U::Malformed { .. } => retryable(message, None),
+        U::Token(TokenError::Refused { error, aadsts, .. }) => {
+            let mut metadata = HashMap::from([("error".to_owned(), error.clone())]);
+            if let Some(code) = aadsts {
+                metadata.insert("aadsts".to_owned(), code.to_string());
+            }
+            Status::with_error_details(
+                Code::Internal,
+                message,
+                error_info("UPSTREAM_AUTH", metadata),
+            )
+        }
+        U::Token(TokenError::Unavailable { retry_after, .. }) => retryable(message, *retry_after),
+        U::QuotaExhausted { retry_after, .. } => Status::with_error_details(
+            Code::ResourceExhausted,
+            message,
+            ErrorDetails::with_retry_info(Some(*retry_after)),
+        ),
+        U::DeadlineExceeded { .. } => Status::deadline_exceeded(message),
+    }
+}
+
+/// UNAVAILABLE: try again (later, when the upstream said how much later).
+fn retryable(message: String, retry_after: Option<std::time::Duration>) -> Status {
+    match retry_after {
+        Some(delay) => Status::with_error_details(
+            Code::Unavailable,
+            message,
+            ErrorDetails::with_retry_info(Some(delay)),
+        ),
+        None => Status::unavailable(message),
+    }
+}
+
+fn error_info(reason: &str, metadata: HashMap<String, String>) -> ErrorDetails {
+    ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata)
+}
+
+/// The upstream's code, message and correlation id, for support cases.
+fn upstream_metadata(api: &ApiError) -> impl Iterator<Item = (String, String)> + '_ {
+    [
+        ("upstream_status", Some(api.status.to_string())),
+        (
+            "upstream_code",
+            Some(api.code.clone()).filter(|c| !c.is_empty()),
+        ),
+        (
+            "upstream_message",
+            Some(api.message.clone()).filter(|m| !m.is_empty()),
+        ),
+        ("upstream_target", api.target.clone()),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| value.map(|v| (key.to_owned(), v)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{domain::FieldViolation, upstream::Api};
+    use std::time::Duration;
+
+    fn api_error(status: u16, code: &str) -> ApiError {
+        ApiError {
+            api: Api::RunScan,
+            status,
+            code: code.into(),
+            message: "msg".into(),
+            target: Some("t-1".into()),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn invalid_arguments_carry_one_violation_per_field() {
+        let status = Status::from(Error::InvalidArgument(vec![
+            FieldViolation::new("machine_id", "is required"),
+            FieldViolation::new("comment", "is required"),
+        ]));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let bad = status.get_details_bad_request().unwrap();
+        assert_eq!(bad.field_violations.len(), 2);
+        assert_eq!(bad.field_violations[0].field, "machine_id");
+    }
+
+    #[test]
+    fn upstream_errors_map_as_the_design_table_says() {
+        let cases = [
+            (
+                api_error(400, "OsPlatformNotSupported"),
+                Code::FailedPrecondition,
+                Some("OsPlatformNotSupported"),
+            ),
+            (
+                api_error(401, "Unauthorized"),
+                Code::Internal,
+                Some("UPSTREAM_AUTH"),
+            ),
+            (
+                api_error(403, "Forbidden"),
+                Code::PermissionDenied,
+                Some("UPSTREAM_FORBIDDEN"),
+            ),
+            (
+                api_error(500, "InternalServerError"),
+                Code::Unavailable,
+                None,
+            ),
+            (api_error(429, "TooManyRequests"), Code::Unavailable, None),
+        ];
+        for (api, code, reason) in cases {
+            let status = Status::from(Error::Upstream(upstream::Error::Api(api)));
+            assert_eq!(status.code(), code);
+            assert_eq!(
+                status.get_details_error_info().map(|i| i.reason),
+                reason.map(str::to_owned)
+            );
+        }
+    }
+
+    #[test]
+    fn quota_refusal_says_when_to_retry() {
+        let status = Status::from(Error::Upstream(upstream::Error::QuotaExhausted {
+            api: Api::RunScan,
+            retry_after: Duration::from_secs(42),
+        }));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.get_details_retry_info().unwrap().retry_delay,
+            Some(Duration::from_secs(42))
+        );
+    }
+
+    #[test]
+    fn refused_credentials_are_internal_upstream_auth() {
+        let status = Status::from(Error::Upstream(upstream::Error::Token(
+            TokenError::Refused {
+                status: 401,
+                error: "invalid_client".into(),
+                aadsts: Some(7000215),
+                hint: "AZURE_CLIENT_SECRET is wrong".into(),
+            },
+        )));
+        assert_eq!(status.code(), Code::Internal);
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.reason, "UPSTREAM_AUTH");
+        assert_eq!(info.metadata["aadsts"], "7000215");
+    }
+}

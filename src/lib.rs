@@ -1,0 +1,21 @@
+//! scan-gateway: a gRPC gateway that runs Microsoft Defender for Endpoint antivirus scans.
+//!
+//! Data flow: [`grpc`] (validate, map errors) → [`scans`] (the domain) → [`upstream`] (typed
+//! Defender calls) → [`layers`] (trace, quota, auth) → reqwest. [`simulator`] plays the
+//! Defender API for demos and tests.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod layers;
+pub mod metrics;
+pub mod scans;
+pub mod simulator;
+pub mod startup;
+pub mod telemetry;
+pub mod upstream;

@@ -1,0 +1,342 @@
+//! The domain service: start, get, cancel, list and follow antivirus scans. It knows the
+//! Defender API's quirks (the two shapes of "already in progress", statuses that only end at
+//! a final one) and hides them from the gRPC layer.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use time::OffsetDateTime;
+use tokio::sync::{OnceCell, mpsc, watch};
+use tokio::time::Instant;
+
+use crate::{
+    clock::Clock,
+    domain::{
+        ActionId, CancelRequest, FieldViolation, ListQuery, MachineAction, MachineId, RequestId,
+        ScanRequest, ScanType,
+    },
+    error::Error,
+    metrics::Metrics,
+    upstream::{self, ActionQuery, ApiError, CallContext, DefenderClient, SCAN_ACTION_TYPE},
+};
+
+/// How long an idempotency key maps to the action it created.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Settings of the scan service.
+#[derive(Debug, Clone)]
+pub struct ScansConfig {
+    /// Time between two status polls of a followed action.
+    pub poll_interval: Duration,
+    /// Consecutive transient poll failures tolerated before a stream ends with the error.
+    pub max_poll_failures: u32,
+}
+
+/// One event of a followed scan.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScanEvent {
+    /// Waiting for quota: position 1 is next.
+    Queued {
+        position: usize,
+        estimated_start: OffsetDateTime,
+    },
+    /// The action, sent once per observed status change.
+    Action(Box<MachineAction>),
+}
+
+/// How following a scan ended, when it ended well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Followed {
+    /// A final status was sent.
+    Final,
+    /// The caller stopped listening.
+    CallerGone,
+}
+
+/// A page of actions and the offset of the next page, if any.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub actions: Vec<MachineAction>,
+    pub next_skip: Option<u32>,
+}
+
+struct Keyed {
+    machine_id: MachineId,
+    scan_type: ScanType,
+    created: Instant,
+    action: OnceCell<ActionId>,
+}
+
+struct Inner {
+    client: DefenderClient,
+    clock: Clock,
+    config: ScansConfig,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+    keys: Mutex<HashMap<RequestId, Arc<Keyed>>>,
+}
+
+/// The scan service. Cheap to clone.
+#[derive(Clone)]
+pub struct Scans(Arc<Inner>);
+
+impl Scans {
+    /// `shutdown` turns true when the gateway stops: followed scans then end with
+    /// [`Error::ShuttingDown`].
+    pub fn new(
+        client: DefenderClient,
+        clock: Clock,
+        config: ScansConfig,
+        metrics: Metrics,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            client,
+            clock,
+            config,
+            metrics,
+            shutdown,
+            keys: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Starts a scan, or returns the scan already running on the machine. With a request id,
+    /// the same id returns the same action for 24 hours and concurrent requests with one id make
+    /// one upstream call.
+    pub async fn start(
+        &self,
+        request: &ScanRequest,
+        ctx: &CallContext,
+    ) -> Result<MachineAction, Error> {
+        let Some(key) = &request.request_id else {
+            return self.start_upstream(request, ctx).await;
+        };
+        let keyed = self.keyed(key, request)?;
+        let mut created = None;
+        let id = keyed
+            .action
+            .get_or_try_init(|| async {
+                let action = self.start_upstream(request, ctx).await?;
+                let id = ActionId::parse("id", &action.id).map_err(|_| malformed_id(&action))?;
+                created = Some(action);
+                Ok::<_, Error>(id)
+            })
+            .await?;
+        match created {
+            Some(action) => Ok(action),
+            None => self.get(id, ctx).await,
+        }
+    }
+
+    fn keyed(&self, key: &RequestId, request: &ScanRequest) -> Result<Arc<Keyed>, Error> {
+        let now = self.0.clock.now();
+        let mut keys = self.0.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.retain(|_, keyed| now.duration_since(keyed.created) < IDEMPOTENCY_TTL);
+        let keyed = keys
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(Keyed {
+                    machine_id: request.machine_id.clone(),
+                    scan_type: request.scan_type,
+                    created: now,
+                    action: OnceCell::new(),
+                })
+            })
+            .clone();
+        if keyed.machine_id != request.machine_id || keyed.scan_type != request.scan_type {
+            return Err(FieldViolation::new(
+                "request_id",
+                "was already used in the last 24 hours for a scan of another machine or type",
+            )
+            .into());
+        }
+        Ok(keyed)
+    }
+
+    async fn start_upstream(
+        &self,
+        request: &ScanRequest,
+        ctx: &CallContext,
+    ) -> Result<MachineAction, Error> {
+        let result = self
+            .0
+            .client
+            .run_antivirus_scan(
+                &request.machine_id,
+                request.scan_type,
+                request.comment.as_str(),
+                ctx,
+            )
+            .await;
+        match result {
+            Ok(action) => Ok(action),
+            Err(upstream::Error::Api(api)) if api.is_already_in_progress() => {
+                self.running_scan(&request.machine_id, api, ctx).await
+            }
+            Err(err) => Err(not_found_as(err, "machine", request.machine_id.as_str())),
+        }
+    }
+
+    /// Defender said a scan is already running: find that action, newest first.
+    async fn running_scan(
+        &self,
+        machine_id: &MachineId,
+        refusal: ApiError,
+        ctx: &CallContext,
+    ) -> Result<MachineAction, Error> {
+        let query = ActionQuery {
+            machine_id: Some(machine_id.clone()),
+            action_type: Some(SCAN_ACTION_TYPE),
+            top: Some(10),
+            ..ActionQuery::default()
+        };
+        let actions = self.0.client.list_actions(&query, ctx).await?;
+        let running = actions
+            .into_iter()
+            .filter(|a| !a.status.is_final())
+            .max_by_key(|a| a.creation_time);
+        match running {
+            Some(action) => {
+                tracing::info!(action_id = %action.id, "a scan was already running; following it");
+                Ok(action)
+            }
+            None => Err(Error::AlreadyExists {
+                machine_id: machine_id.to_string(),
+                source: Box::new(refusal),
+            }),
+        }
+    }
+
+    pub async fn get(&self, id: &ActionId, ctx: &CallContext) -> Result<MachineAction, Error> {
+        self.0
+            .client
+            .get_action(id, ctx)
+            .await
+            .map_err(|err| not_found_as(err, "machine action", id.as_str()))
+    }
+
+    pub async fn cancel(
+        &self,
+        request: &CancelRequest,
+        ctx: &CallContext,
+    ) -> Result<MachineAction, Error> {
+        self.0
+            .client
+            .cancel_action(&request.action_id, request.comment.as_str(), ctx)
+            .await
+            .map_err(|err| not_found_as(err, "machine action", request.action_id.as_str()))
+    }
+
+    /// Antivirus-scan actions, newest first. One more than the page is fetched to know
+    /// whether another page follows.
+    pub async fn list(&self, query: &ListQuery, ctx: &CallContext) -> Result<Page, Error> {
+        let upstream_query = ActionQuery {
+            machine_id: query.machine_id.clone(),
+            action_type: Some(SCAN_ACTION_TYPE),
+            status: query.status.clone(),
+            created_at_or_after: query.created_after,
+            top: Some(query.top + 1),
+            skip: Some(query.skip),
+        };
+        let mut actions = self.0.client.list_actions(&upstream_query, ctx).await?;
+        let next_skip = (actions.len() > query.top as usize).then(|| query.skip + query.top);
+        actions.truncate(query.top as usize);
+        Ok(Page { actions, next_skip })
+    }
+
+    /// Sends `first`, then the action once per observed status change, until a final status
+    /// has been sent or the caller has gone. Ends with an error when polling fails for good or
+    /// the gateway shuts down; the caller sends that error on.
+    pub async fn follow<E>(
+        &self,
+        first: MachineAction,
+        ctx: &CallContext,
+        events: &mpsc::Sender<Result<ScanEvent, E>>,
+    ) -> Result<Followed, Error> {
+        let mut shutdown = self.0.shutdown.clone();
+        let id = ActionId::parse("id", &first.id).map_err(|_| malformed_id(&first))?;
+        let mut last = first;
+        if events
+            .send(Ok(ScanEvent::Action(Box::new(last.clone()))))
+            .await
+            .is_err()
+        {
+            return Ok(Followed::CallerGone);
+        }
+        let mut failures = 0;
+        while !last.status.is_final() {
+            let poll = async {
+                self.0.clock.sleep(self.0.config.poll_interval).await;
+                self.0.client.get_action(&id, ctx).await
+            };
+            let result = tokio::select! {
+                result = poll => result,
+                _ = shutdown.wait_for(|stopping| *stopping) => return Err(Error::ShuttingDown),
+                () = events.closed() => return Ok(Followed::CallerGone),
+            };
+            match result {
+                Ok(action) => {
+                    failures = 0;
+                    let changed = action.status != last.status;
+                    last = action;
+                    if changed
+                        && events
+                            .send(Ok(ScanEvent::Action(Box::new(last.clone()))))
+                            .await
+                            .is_err()
+                    {
+                        return Ok(Followed::CallerGone);
+                    }
+                }
+                Err(err) if is_transient(&err) && failures < self.0.config.max_poll_failures => {
+                    failures += 1;
+                    tracing::warn!(action_id = %id, error = %err, failures, "status poll failed; retrying");
+                }
+                Err(err) => return Err(not_found_as(err, "machine action", id.as_str())),
+            }
+        }
+        self.0
+            .metrics
+            .record_scan_finished(last.status.as_upstream());
+        Ok(Followed::Final)
+    }
+
+    /// The UTC time of a monotonic instant (for `queued` events).
+    pub fn utc_at(&self, at: Instant) -> OffsetDateTime {
+        self.0.clock.utc_at(at)
+    }
+}
+
+/// A failure that a later poll may not see again.
+fn is_transient(err: &upstream::Error) -> bool {
+    use upstream::Error as U;
+    match err {
+        U::Api(api) => api.status == 429 || api.status >= 500,
+        U::Transport { .. } | U::Malformed { .. } | U::QuotaExhausted { .. } => true,
+        U::Token(upstream::token::TokenError::Unavailable { .. }) => true,
+        U::Token(_) | U::DeadlineExceeded { .. } => false,
+    }
+}
+
+/// A 404 names the resource the call was about.
+fn not_found_as(err: upstream::Error, resource: &'static str, name: &str) -> Error {
+    match err {
+        upstream::Error::Api(api) if api.status == 404 => Error::NotFound {
+            resource,
+            name: name.to_owned(),
+            source: Box::new(api),
+        },
+        other => other.into(),
+    }
+}
+
+fn malformed_id(action: &MachineAction) -> Error {
+    upstream::Error::Malformed {
+        api: upstream::Api::RunScan,
+        detail: format!("the action id `{}` is not a GUID", action.id),
+    }
+    .into()
+}

@@ -1,0 +1,101 @@
+//! Shared state of one simulated tenant, cloned into every handler.
+//!
+//! Each store sits behind its own short-lived `std` mutex: no lock is held across an `.await`,
+//! and a poisoned lock (a panic elsewhere) is recovered rather than propagated, since every
+//! store stays consistent between statements.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::clock::Clock;
+
+use super::actions::ActionStore;
+use super::bearer::TokenStore;
+use super::config::SimulatorConfig;
+use super::faults::FaultState;
+use super::history;
+use super::inventory::Inventory;
+use super::quota::Quota;
+use super::stats::Counters;
+
+/// The simulator's state; build one with [`SimState::new`] and pass it to [`super::app`].
+#[derive(Clone)]
+pub struct SimState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: SimulatorConfig,
+    clock: Clock,
+    inventory: Inventory,
+    actions: Mutex<ActionStore>,
+    tokens: Mutex<TokenStore>,
+    quota: Mutex<Quota>,
+    faults: Mutex<FaultState>,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for SimState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimState")
+            .field("config", &self.inner.config)
+            .field("machines", &self.inner.inventory.all().len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl SimState {
+    /// Generates the inventory and a little action history from `config.seed`.
+    pub fn new(config: SimulatorConfig, clock: Clock) -> Self {
+        let inventory = Inventory::generate(config.seed, config.machine_count);
+        let mut actions = ActionStore::new(config.seed);
+        history::seed(&mut actions, inventory.all(), clock.utc(), config.seed);
+        Self {
+            inner: Arc::new(Inner {
+                quota: Mutex::new(Quota::new(config.quota.clone())),
+                faults: Mutex::new(FaultState::new(config.faults.clone(), config.seed)),
+                actions: Mutex::new(actions),
+                tokens: Mutex::new(TokenStore::default()),
+                counters: Counters::default(),
+                inventory,
+                config,
+                clock,
+            }),
+        }
+    }
+
+    pub(crate) fn config(&self) -> &SimulatorConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    pub(crate) fn inventory(&self) -> &Inventory {
+        &self.inner.inventory
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    pub(crate) fn actions(&self) -> MutexGuard<'_, ActionStore> {
+        lock(&self.inner.actions)
+    }
+
+    pub(crate) fn tokens(&self) -> MutexGuard<'_, TokenStore> {
+        lock(&self.inner.tokens)
+    }
+
+    pub(crate) fn quota(&self) -> MutexGuard<'_, Quota> {
+        lock(&self.inner.quota)
+    }
+
+    pub(crate) fn faults(&self) -> MutexGuard<'_, FaultState> {
+        lock(&self.inner.faults)
+    }
+}

@@ -1,0 +1,289 @@
+//! Token endpoint: response shapes of v1 and v2.0 and each documented refusal.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+
+use super::*;
+use crate::simulator::credentials::base64url_encode;
+
+fn v2_form(overrides: &[(&str, &str)]) -> String {
+    let mut pairs = vec![
+        ("grant_type", "client_credentials"),
+        ("client_id", CLIENT),
+        ("client_secret", SECRET),
+        ("scope", SCOPE),
+    ];
+    for (k, v) in overrides {
+        pairs.retain(|(key, _)| key != k);
+        if !v.is_empty() {
+            pairs.push((k, v));
+        }
+    }
+    form(&pairs)
+}
+
+fn v2_uri() -> String {
+    format!("/{TENANT}/oauth2/v2.0/token")
+}
+
+#[tokio::test(start_paused = true)]
+async fn v2_token_has_integer_lifetimes_in_order() {
+    let sim = Sim::new(config());
+    let resp = sim.post_form(&v2_uri(), &v2_form(&[])).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.header("cache-control"), Some("no-store, no-cache"));
+    let json = resp.json();
+    assert_eq!(json["token_type"], "Bearer");
+    assert_eq!(json["expires_in"], 3599);
+    assert_eq!(json["ext_expires_in"], 3599);
+    let token = json["access_token"].as_str().unwrap();
+    assert!(token.len() > 40);
+    let expected = format!(
+        r#"{{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"{token}"}}"#
+    );
+    assert_eq!(resp.body, expected);
+    assert_eq!(sim.handle.stats().tokens_issued, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn v1_token_has_string_numbers_and_unix_times() {
+    let sim = Sim::new(config());
+    let body = form(&[
+        ("grant_type", "client_credentials"),
+        ("client_id", CLIENT),
+        ("client_secret", SECRET),
+        ("resource", "https://api.securitycenter.microsoft.com"),
+    ]);
+    let resp = sim
+        .post_form(&format!("/{TENANT}/oauth2/token"), &body)
+        .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+    let json = resp.json();
+    assert_eq!(json["expires_in"], "3599");
+    assert_eq!(json["ext_expires_in"], "3599");
+    assert_eq!(json["expires_on"], "1795688044");
+    assert_eq!(json["not_before"], "1795684145");
+    assert_eq!(json["resource"], "https://api.securitycenter.microsoft.com");
+    let keys: Vec<&str> = [
+        "token_type",
+        "expires_in",
+        "ext_expires_in",
+        "expires_on",
+        "not_before",
+        "resource",
+        "access_token",
+    ]
+    .to_vec();
+    let positions: Vec<usize> = keys
+        .iter()
+        .map(|k| resp.body.find(&format!("\"{k}\"")).unwrap())
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{}", resp.body);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_audience_and_basic_auth_are_accepted() {
+    let sim = Sim::new(config());
+    for scope in [
+        "https://api.security.microsoft.com/.default",
+        "https://securitycenter.onmicrosoft.com/windowsatpservice/.default",
+    ] {
+        let resp = sim
+            .post_form(&v2_uri(), &v2_form(&[("scope", scope)]))
+            .await;
+        assert_eq!(resp.status, StatusCode::OK, "{scope}: {}", resp.body);
+    }
+    let basic = format!(
+        "Basic {}",
+        base64url_encode(format!("{CLIENT}:{SECRET}").as_bytes())
+    );
+    let request = Request::post(v2_uri())
+        .header(header::AUTHORIZATION, basic)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", SCOPE),
+        ])))
+        .unwrap();
+    let resp = sim.send(request).await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_well_formed_client_assertion_is_accepted() {
+    let sim = Sim::new(config());
+    let enc = |s: &str| base64url_encode(s.as_bytes());
+    let jwt = format!(
+        "{}.{}.{}",
+        enc(r#"{"alg":"PS256","typ":"JWT"}"#),
+        enc(&format!(
+            r#"{{"iss":"{CLIENT}","sub":"{CLIENT}","exp":1795684745}}"#
+        )),
+        enc("signature")
+    );
+    let jwt_bearer = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+    let body = v2_form(&[
+        ("client_secret", ""),
+        ("client_assertion_type", jwt_bearer),
+        ("client_assertion", &jwt),
+    ]);
+    assert_eq!(sim.post_form(&v2_uri(), &body).await.status, StatusCode::OK);
+    tokio::time::advance(std::time::Duration::from_secs(301)).await;
+    let resp = sim.post_form(&v2_uri(), &body).await;
+    assert_eq!(resp.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.json()["error_codes"][0], 700024);
+}
+
+/// `(form overrides, tenant, status, error, AADSTS code)`.
+#[tokio::test(start_paused = true)]
+async fn refusals_use_entra_error_bodies() {
+    let sim = Sim::new(config());
+    let cases: &[(&[(&str, &str)], &str, StatusCode, &str, u32)] = &[
+        (
+            &[],
+            "contoso-typo",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90002,
+        ),
+        (
+            &[("client_id", "22222222-2222-2222-2222-222222222222")],
+            TENANT,
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+        ),
+        (
+            &[("client_secret", "the-secret-id-not-value")],
+            TENANT,
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000215,
+        ),
+        (
+            &[("scope", "https://graph.microsoft.com/.default")],
+            TENANT,
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            70011,
+        ),
+        (
+            &[("scope", "https://api.securitycenter.microsoft.com")],
+            TENANT,
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            70011,
+        ),
+        (
+            &[("grant_type", "")],
+            TENANT,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+        ),
+        (
+            &[("client_id", "")],
+            TENANT,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+        ),
+        (
+            &[("scope", "")],
+            TENANT,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+        ),
+        (
+            &[("grant_type", "password")],
+            TENANT,
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70003,
+        ),
+        (
+            &[("client_secret", "")],
+            TENANT,
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000216,
+        ),
+    ];
+    for (overrides, tenant, status, error, code) in cases {
+        let resp = sim
+            .post_form(&format!("/{tenant}/oauth2/v2.0/token"), &v2_form(overrides))
+            .await;
+        assert_eq!(resp.status, *status, "{overrides:?}: {}", resp.body);
+        let json = resp.json();
+        assert_eq!(json["error"], *error, "{overrides:?}");
+        assert_eq!(json["error_codes"], serde_json::json!([code]));
+        let description = json["error_description"].as_str().unwrap();
+        assert!(
+            description.starts_with(&format!("AADSTS{code}: ")),
+            "{description}"
+        );
+        assert!(description.contains("\r\nTrace ID: "), "{description}");
+        assert!(
+            description.ends_with("\r\nTimestamp: 2026-11-26 09:14:05Z"),
+            "{description}"
+        );
+        assert_eq!(json["timestamp"], "2026-11-26 09:14:05Z");
+        assert_eq!(
+            json["error_uri"],
+            format!("https://login.microsoftonline.com/error?code={code}")
+        );
+        assert!(!resp.body.contains(SECRET) && !resp.body.contains("the-secret-id-not-value"));
+    }
+    let stats = sim.handle.stats();
+    assert_eq!((stats.token, stats.tokens_issued), (cases.len() as u64, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn error_body_keys_are_in_entra_order_and_echo_the_correlation_id() {
+    let sim = Sim::new(config());
+    let correlation = "2f9a77d0-1111-4222-8333-444455556666";
+    let request = Request::post(v2_uri())
+        .header("client-request-id", correlation)
+        .body(Body::from(v2_form(&[("client_secret", "wrong")])))
+        .unwrap();
+    let resp = sim.send(request).await;
+    let json = resp.json();
+    assert_eq!(json["correlation_id"], correlation);
+    assert!(
+        json["error_description"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("Correlation ID: {correlation}"))
+    );
+    let keys = [
+        "error",
+        "error_description",
+        "error_codes",
+        "timestamp",
+        "trace_id",
+        "correlation_id",
+        "error_uri",
+    ];
+    let positions: Vec<usize> = keys
+        .iter()
+        .map(|k| resp.body.find(&format!("\"{k}\":")).unwrap())
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{}", resp.body);
+}
+
+#[tokio::test(start_paused = true)]
+async fn v1_refuses_unknown_resources() {
+    let sim = Sim::new(config());
+    let body = form(&[
+        ("grant_type", "client_credentials"),
+        ("client_id", CLIENT),
+        ("client_secret", SECRET),
+        ("resource", "https://graph.microsoft.com"),
+    ]);
+    let resp = sim
+        .post_form(&format!("/{TENANT}/oauth2/token"), &body)
+        .await;
+    assert_eq!(resp.status, StatusCode::BAD_REQUEST);
+    assert_eq!(resp.json()["error"], "invalid_resource");
+}

@@ -1,0 +1,207 @@
+//! Assembles the gateway from its settings: binds both listeners first (port 0 allowed, so
+//! tests learn the addresses before serving), then serves until told to stop.
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use tokio::{net::TcpListener, sync::watch};
+use tonic::transport::{Server, server::TcpIncoming};
+
+use crate::{
+    admin,
+    clock::Clock,
+    config::Settings,
+    grpc::{ScanServiceImpl, pb},
+    layers::{
+        auth::TokenCache,
+        quota::{Quota, QuotaConfig},
+    },
+    metrics::Metrics,
+    scans::{Scans, ScansConfig},
+    upstream::{self, DefenderClient, HttpService, token::ClientSecretCredential},
+};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(
+        "no Defender credentials: set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET (and MDE_API_BASE_URL for a non-default API host), or run `scan-gateway serve --simulate` to use the embedded simulator"
+    )]
+    NoCredentials,
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(String),
+    #[error("cannot build the token endpoint URL: {0}")]
+    Authority(url::ParseError),
+}
+
+/// A gateway whose listeners are bound.
+pub struct Gateway {
+    grpc: TcpListener,
+    admin: TcpListener,
+    service: ScanServiceImpl,
+    metrics: Metrics,
+    stopping: watch::Sender<bool>,
+    shutdown_grace: std::time::Duration,
+}
+
+impl Gateway {
+    pub async fn build(settings: &Settings, clock: Clock) -> Result<Self, StartupError> {
+        let credentials = settings
+            .credentials
+            .as_ref()
+            .ok_or(StartupError::NoCredentials)?;
+        let grpc = bind(settings.listen).await?;
+        let admin = bind(settings.admin_listen).await?;
+
+        let http = HttpService::default_client(settings.upstream_timeout)
+            .map_err(|err| StartupError::HttpClient(err.to_string()))?;
+        let credential = ClientSecretCredential::new(
+            &settings.authority_host,
+            &credentials.tenant_id,
+            credentials.client_id.clone(),
+            credentials.client_secret.clone(),
+            settings.token_scope.clone(),
+            http.clone(),
+            clock,
+        )
+        .map_err(StartupError::Authority)?;
+        let tokens = Arc::new(TokenCache::new(
+            Box::new(credential),
+            clock,
+            settings.token_refresh_margin,
+        ));
+        let quota = Arc::new(Quota::new(
+            &QuotaConfig {
+                limits: settings.quota.clone(),
+                max_wait: settings.max_quota_wait,
+                max_queue: settings.max_queue,
+            },
+            clock,
+        ));
+        let metrics = Metrics::new();
+        let stack = upstream::stack(
+            HttpService::new(http, settings.upstream_timeout),
+            tokens,
+            quota,
+            metrics.clone(),
+        );
+        let client = DefenderClient::new(settings.api_base_url.clone(), stack);
+
+        let (stopping, stopped) = watch::channel(false);
+        let scans = Scans::new(
+            client,
+            clock,
+            ScansConfig {
+                poll_interval: settings.poll_interval,
+                max_poll_failures: 5,
+            },
+            metrics.clone(),
+            stopped,
+        );
+        Ok(Self {
+            grpc,
+            admin,
+            service: ScanServiceImpl::new(scans, metrics.clone()),
+            metrics,
+            stopping,
+            shutdown_grace: settings.shutdown_grace,
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.grpc
+            .local_addr()
+            .expect("a bound TCP listener has a local address")
+    }
+
+    /// The bound admin (health, metrics) address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("a bound TCP listener has a local address")
+    }
+
+    /// Serves until `shutdown` completes, then drains: health turns NOT_SERVING, open streams
+    /// end with UNAVAILABLE (callers resume with WatchScan elsewhere), in-flight unary calls
+    /// finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<pb::scan_service_server::ScanServiceServer<ScanServiceImpl>>()
+            .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(std::io::Error::other)?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(std::io::Error::other)?;
+
+        let ready = admin::Readiness::new();
+        let admin_task = tokio::spawn(admin::serve(
+            self.admin,
+            self.metrics.clone(),
+            ready.clone(),
+            self.stopping.subscribe(),
+        ));
+
+        let stopping = self.stopping;
+        let (draining_tx, draining) = tokio::sync::oneshot::channel::<()>();
+        let drain = async move {
+            shutdown.await;
+            let _ = draining_tx.send(());
+            tracing::info!("shutting down: refusing new calls, ending streams");
+            ready.set(false);
+            health
+                .set_not_serving::<pb::scan_service_server::ScanServiceServer<ScanServiceImpl>>()
+                .await;
+            let _ = stopping.send(true);
+        };
+
+        let local = self.grpc.local_addr()?;
+        tracing::info!(grpc = %local, "serving");
+        let server = Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(pb::scan_service_server::ScanServiceServer::new(
+                self.service,
+            ))
+            .serve_with_incoming_shutdown(TcpIncoming::from(self.grpc), drain);
+        // hyper's graceful shutdown waits for every connection to close, and a client that
+        // never answers the GOAWAY would hold the process forever: bound the drain.
+        let grace = self.shutdown_grace;
+        let drain_deadline = async move {
+            if draining.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(grace).await;
+        };
+        let result = tokio::select! {
+            result = server => result.map_err(std::io::Error::other),
+            () = drain_deadline => {
+                tracing::warn!(grace_s = grace.as_secs_f64(), "connections still open after the shutdown grace period; closing them");
+                Ok(())
+            }
+        };
+        admin_task.await.map_err(std::io::Error::other)??;
+        result
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind { addr, source })
+}

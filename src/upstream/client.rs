@@ -1,0 +1,351 @@
+//! Typed calls to the Defender API. Each call builds one request, sends it through the
+//! stack, and decodes the answer or the documented error body.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, header};
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+use tower::ServiceExt;
+use url::Url;
+
+use super::{
+    Api, ApiError, Deadline, Error, QueueObserver, Request, UpstreamService, model, odata,
+};
+use crate::domain::{ActionId, ActionStatus, MachineAction, MachineId, ScanType};
+
+/// Defender's action type for antivirus scans.
+pub const SCAN_ACTION_TYPE: &str = "RunAntiVirusScan";
+
+/// Per-call context: the caller's deadline and who to tell about quota waits.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    pub deadline: Option<tokio::time::Instant>,
+    pub observer: Option<QueueObserver>,
+}
+
+/// Filters of a list call (all optional) and the page to fetch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActionQuery {
+    pub machine_id: Option<MachineId>,
+    pub action_type: Option<&'static str>,
+    pub status: Option<ActionStatus>,
+    pub created_at_or_after: Option<OffsetDateTime>,
+    pub top: Option<u32>,
+    pub skip: Option<u32>,
+}
+
+impl ActionQuery {
+    /// The query string, `$filter` first.
+    fn to_query_string(&self) -> String {
+        let mut clauses = Vec::new();
+        if let Some(id) = &self.machine_id {
+            clauses.push(odata::Clause::Eq("machineId", id.to_string()));
+        }
+        if let Some(kind) = self.action_type {
+            clauses.push(odata::Clause::Eq("type", kind.to_owned()));
+        }
+        if let Some(status) = &self.status {
+            clauses.push(odata::Clause::Eq("status", status.as_upstream().to_owned()));
+        }
+        if let Some(at) = self.created_at_or_after {
+            clauses.push(odata::Clause::GeDateTime(
+                "creationDateTimeUtc",
+                model::format_timestamp(at),
+            ));
+        }
+        let mut parts = Vec::new();
+        if !clauses.is_empty() {
+            parts.push(format!(
+                "$filter={}",
+                odata::encode(&odata::filter(&clauses))
+            ));
+        }
+        if let Some(top) = self.top {
+            parts.push(format!("$top={top}"));
+        }
+        if let Some(skip) = self.skip.filter(|&s| s > 0) {
+            parts.push(format!("$skip={skip}"));
+        }
+        parts.join("&")
+    }
+}
+
+/// The Defender API, typed.
+#[derive(Clone)]
+pub struct DefenderClient {
+    base: Url,
+    service: UpstreamService,
+}
+
+impl DefenderClient {
+    /// `base` is a validated API base URL (see [`super::parse_base_url`]).
+    pub fn new(base: Url, service: UpstreamService) -> Self {
+        Self { base, service }
+    }
+
+    /// `POST /api/machines/{id}/runAntiVirusScan`
+    pub async fn run_antivirus_scan(
+        &self,
+        machine: &MachineId,
+        scan_type: ScanType,
+        comment: &str,
+        ctx: &CallContext,
+    ) -> Result<MachineAction, Error> {
+        let body = serde_json::to_vec(&model::RunScanBody {
+            comment,
+            scan_type: scan_type.as_upstream(),
+        })
+        .map_err(|err| Error::Malformed {
+            api: Api::RunScan,
+            detail: err.to_string(),
+        })?;
+        let path = format!("api/machines/{machine}/runAntiVirusScan");
+        let wire: model::WireAction = self
+            .send(Api::RunScan, Method::POST, &path, None, Some(body), ctx)
+            .await?;
+        action(Api::RunScan, wire)
+    }
+
+    /// `GET /api/machineactions/{id}`
+    pub async fn get_action(
+        &self,
+        id: &ActionId,
+        ctx: &CallContext,
+    ) -> Result<MachineAction, Error> {
+        let path = format!("api/machineactions/{id}");
+        let wire = self
+            .send(Api::GetAction, Method::GET, &path, None, None, ctx)
+            .await?;
+        action(Api::GetAction, wire)
+    }
+
+    /// `GET /api/machineactions?$filter=...&$top=...&$skip=...`, newest first.
+    pub async fn list_actions(
+        &self,
+        query: &ActionQuery,
+        ctx: &CallContext,
+    ) -> Result<Vec<MachineAction>, Error> {
+        let query = query.to_query_string();
+        let list: model::WireActionList = self
+            .send(
+                Api::ListActions,
+                Method::GET,
+                "api/machineactions",
+                Some(&query),
+                None,
+                ctx,
+            )
+            .await?;
+        list.value
+            .into_iter()
+            .map(|wire| action(Api::ListActions, wire))
+            .collect()
+    }
+
+    /// `POST /api/machineactions/{id}/cancel`
+    pub async fn cancel_action(
+        &self,
+        id: &ActionId,
+        comment: &str,
+        ctx: &CallContext,
+    ) -> Result<MachineAction, Error> {
+        let body =
+            serde_json::to_vec(&model::CancelBody { comment }).map_err(|err| Error::Malformed {
+                api: Api::CancelAction,
+                detail: err.to_string(),
+            })?;
+        let path = format!("api/machineactions/{id}/cancel");
+        let wire = self
+            .send(
+                Api::CancelAction,
+                Method::POST,
+                &path,
+                None,
+                Some(body),
+                ctx,
+            )
+            .await?;
+        action(Api::CancelAction, wire)
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        api: Api,
+        method: Method,
+        path: &str,
+        query: Option<&str>,
+        body: Option<Vec<u8>>,
+        ctx: &CallContext,
+    ) -> Result<T, Error> {
+        let mut url = self.base.join(path).map_err(|err| Error::Malformed {
+            api,
+            detail: format!("cannot build the request URL: {err}"),
+        })?;
+        url.set_query(query.filter(|q| !q.is_empty()));
+
+        let has_body = body.is_some();
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(url.as_str())
+            .header(header::ACCEPT, "application/json");
+        if has_body {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        let mut request: Request = request
+            .body(body.map(Bytes::from).unwrap_or_default())
+            .map_err(|err| Error::Malformed {
+                api,
+                detail: format!("cannot build the request: {err}"),
+            })?;
+        request.extensions_mut().insert(api);
+        if let Some(deadline) = ctx.deadline {
+            request.extensions_mut().insert(Deadline(deadline));
+        }
+        if let Some(observer) = &ctx.observer {
+            request.extensions_mut().insert(observer.clone());
+        }
+
+        let response = self.service.clone().oneshot(request).await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(Error::Api(api_error(
+                api,
+                status,
+                response.headers(),
+                response.body(),
+            )));
+        }
+        serde_json::from_slice(response.body()).map_err(|err| Error::Malformed {
+            api,
+            detail: format!("HTTP {status} with a body that is not the expected JSON: {err}"),
+        })
+    }
+}
+
+fn action(api: Api, wire: model::WireAction) -> Result<MachineAction, Error> {
+    MachineAction::try_from(wire).map_err(|err| Error::Malformed {
+        api,
+        detail: err.to_string(),
+    })
+}
+
+/// Decodes Defender's error envelope; a body that is not one still yields a useful error.
+fn api_error(api: Api, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ApiError {
+    let parsed: Option<model::WireErrorBody> = serde_json::from_slice(body).ok();
+    let (code, message, target) = match parsed {
+        Some(model::WireErrorBody { error }) => (
+            error.code.unwrap_or_default(),
+            error.message.unwrap_or_default(),
+            error.target,
+        ),
+        None => (
+            String::new(),
+            String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            None,
+        ),
+    };
+    ApiError {
+        api,
+        status: status.as_u16(),
+        code,
+        message,
+        target,
+        retry_after: retry_after(headers),
+    }
+}
+
+/// `Retry-After` in seconds (Defender's form) or as an HTTP date.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate(value)?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+fn httpdate(value: &str) -> Option<std::time::SystemTime> {
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    time::PrimitiveDateTime::parse(value, format)
+        .ok()
+        .map(|at| at.assume_utc().into())
+}
+
+#[cfg(test)]
+fn headers_with_retry_after(value: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = http::HeaderValue::from_str(value) {
+        headers.insert(header::RETRY_AFTER, value);
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_query_string_matches_the_documented_examples() {
+        let query = ActionQuery {
+            machine_id: Some(
+                MachineId::parse("m", "1e5bc9d7e413ddd7902c2932e418702b84d0cc07").unwrap(),
+            ),
+            action_type: Some(SCAN_ACTION_TYPE),
+            top: Some(2),
+            ..ActionQuery::default()
+        };
+        assert_eq!(
+            query.to_query_string(),
+            "$filter=machineId%20eq%20%271e5bc9d7e413ddd7902c2932e418702b84d0cc07%27%20and%20type%20eq%20%27RunAntiVirusScan%27&$top=2"
+        );
+        assert_eq!(ActionQuery::default().to_query_string(), "");
+    }
+
+    #[test]
+    fn decodes_the_documented_error_body_and_retry_after() {
+        let body = br#"{ "error": { "code": "TooManyRequests", "message": "Request quota exceeded. Retry after 37 seconds.", "target": "9b1d" } }"#;
+        let err = api_error(
+            Api::GetAction,
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers_with_retry_after("37"),
+            body,
+        );
+        assert_eq!(err.code, "TooManyRequests");
+        assert_eq!(err.retry_after, Some(Duration::from_secs(37)));
+        assert_eq!(err.target.as_deref(), Some("9b1d"));
+    }
+
+    #[test]
+    fn a_non_json_error_body_is_kept_as_the_message() {
+        let err = api_error(
+            Api::RunScan,
+            StatusCode::BAD_GATEWAY,
+            &HeaderMap::new(),
+            b"<html>bad gateway</html>",
+        );
+        assert_eq!(err.status, 502);
+        assert!(err.message.contains("bad gateway"));
+    }
+
+    #[test]
+    fn already_in_progress_is_recognised_by_code_or_message() {
+        let mut err = api_error(
+            Api::RunScan,
+            StatusCode::BAD_REQUEST,
+            &HeaderMap::new(),
+            br#"{"error":{"code":"ActiveRequestAlreadyExists","message":"Action is already in progress"}}"#,
+        );
+        assert!(err.is_already_in_progress());
+        err.code = "BadRequest".into();
+        assert!(err.is_already_in_progress());
+        err.message = "Invalid request body.".into();
+        assert!(!err.is_already_in_progress());
+    }
+}

@@ -1,0 +1,104 @@
+//! reqwest as a `tower::Service`, so the layers stack on top of it.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use tower::Service;
+
+use super::{Api, Deadline, Error, Request, Response};
+
+/// Largest response body read (a full `$top=10000` list page is a few MiB).
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// Sends a request with reqwest (rustls) and buffers the whole answer.
+#[derive(Debug, Clone)]
+pub struct HttpService {
+    client: reqwest::Client,
+    timeout: Duration,
+}
+
+impl HttpService {
+    /// `timeout` bounds one exchange; a request's [`Deadline`] shortens it further.
+    pub fn new(client: reqwest::Client, timeout: Duration) -> Self {
+        Self { client, timeout }
+    }
+
+    /// The client the gateway uses for every outbound call: rustls, HTTP/2 when offered.
+    pub fn default_client(connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .user_agent(concat!("scan-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()
+    }
+}
+
+impl Service<Request> for HttpService {
+    type Response = Response;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // reqwest's pool queues internally; there is no readiness to wait for.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let client = self.client.clone();
+        let mut timeout = self.timeout;
+        Box::pin(async move {
+            let api = *request
+                .extensions()
+                .get::<Api>()
+                .expect("DefenderClient tags every request with its Api");
+            let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Err(Error::DeadlineExceeded { api });
+                }
+                timeout = timeout.min(left);
+            }
+            // A timeout that the caller's deadline imposed is the caller's deadline passing,
+            // not an upstream fault.
+            let classify = move |err: reqwest::Error| {
+                let deadline_passed = deadline.is_some_and(|d| d <= tokio::time::Instant::now());
+                if err.is_timeout() && deadline_passed {
+                    Error::DeadlineExceeded { api }
+                } else {
+                    Error::transport(api, &err)
+                }
+            };
+            let (parts, body) = request.into_parts();
+            let mut response = client
+                .request(parts.method, parts.uri.to_string())
+                .headers(parts.headers)
+                .body(body)
+                .timeout(timeout)
+                .send()
+                .await
+                .map_err(classify)?;
+
+            let status = response.status();
+            let headers = std::mem::take(response.headers_mut());
+            let mut body = BytesMut::new();
+            while let Some(chunk) = response.chunk().await.map_err(classify)? {
+                if body.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err(Error::Malformed {
+                        api,
+                        detail: format!("response body larger than {MAX_BODY_BYTES} bytes"),
+                    });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let mut out = http::Response::new(Bytes::from(body));
+            *out.status_mut() = status;
+            *out.headers_mut() = headers;
+            Ok(out)
+        })
+    }
+}

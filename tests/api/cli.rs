@@ -1,0 +1,298 @@
+//! The `scan-gateway` binary itself: `serve` in real mode against a separately started
+//! simulator (the production path), `serve --simulate` as a newcomer runs it, the refusal to
+//! start without credentials, and the `scan` client's output and exit codes.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use secrecy::ExposeSecret;
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_scan-gateway");
+
+/// A child process killed when dropped, with its output lines arriving on channels.
+struct Running {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+    seen_stderr: Vec<String>,
+}
+
+impl Running {
+    fn spawn(mut command: Command) -> Self {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("the binary starts");
+        let stdout = lines(child.stdout.take().unwrap());
+        let stderr = lines(child.stderr.take().unwrap());
+        Self {
+            child,
+            stdout,
+            stderr,
+            seen_stderr: Vec::new(),
+        }
+    }
+
+    /// Waits (bounded) for a stdout line containing `needle`.
+    fn stdout_line(&self, needle: &str) -> String {
+        wait_line(&self.stdout, needle, &mut Vec::new())
+    }
+
+    fn stderr_line(&mut self, needle: &str) -> String {
+        wait_line(&self.stderr, needle, &mut self.seen_stderr)
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit, without blocking the test's runtime:
+    /// the test's own gRPC client must keep running to answer the server's GOAWAY.
+    async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the gateway did not exit within 10 s of SIGTERM");
+    }
+
+    fn all_stderr(&mut self) -> String {
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(200)) {
+            self.seen_stderr.push(line);
+        }
+        self.seen_stderr.join("\n")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_line(rx: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                seen.push(line.clone());
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    panic!("no line containing {needle:?}; saw:\n{}", seen.join("\n"));
+}
+
+/// The environment a real deployment sets, pointing at `sim`.
+fn real_mode(sim: &TestSimulator) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AZURE_TENANT_ID", &sim.config.tenant_id)
+        .env("AZURE_CLIENT_ID", &sim.config.client_id)
+        .env(
+            "AZURE_CLIENT_SECRET",
+            sim.config.client_secret.expose_secret(),
+        )
+        .env("AZURE_AUTHORITY_HOST", &sim.authority_url)
+        .env("MDE_API_BASE_URL", &sim.base_url)
+        .env("SCAN_GATEWAY_LISTEN", ANY_PORT)
+        .env("SCAN_GATEWAY_ADMIN_LISTEN", ANY_PORT)
+        .env("SCAN_GATEWAY_POLL_INTERVAL", "50ms")
+        .env("RUST_LOG", "debug");
+    command
+}
+
+/// The gRPC address from the gateway's JSON "serving" log line.
+fn serving_addr(line: &str) -> String {
+    let log: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+    log["fields"]["grpc"]
+        .as_str()
+        .expect("the serving line names the gRPC address")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn serve_in_real_mode_runs_a_scan_against_a_separate_simulator_and_stops_on_sigterm() {
+    let sim = spawn_simulator(fast_simulator()).await;
+    let mut gateway = Running::spawn(real_mode(&sim));
+    let addr = serving_addr(&gateway.stderr_line("\"serving\""));
+
+    let mut client = scan_gateway::grpc::pb::scan_service_client::ScanServiceClient::connect(
+        format!("http://{addr}"),
+    )
+    .await
+    .unwrap();
+    let stream = client
+        .run_scan(run_request(&sim.machine(0)))
+        .await
+        .unwrap()
+        .into_inner();
+    let (updates, end) = collect(stream).await;
+    assert!(end.is_ok(), "{end:?}");
+    assert_eq!(
+        statuses(&updates).last(),
+        Some(&scan_gateway::grpc::pb::ActionStatus::Succeeded)
+    );
+    assert!(
+        sim.handle.stats().token >= 1,
+        "the real token endpoint path was used"
+    );
+
+    let status = gateway.terminate().await;
+    assert!(status.success(), "exit status {status:?}");
+    let logs = gateway.all_stderr();
+    assert!(
+        !logs.contains(sim.config.client_secret.expose_secret()),
+        "the client secret appeared in the logs"
+    );
+    assert!(!logs.contains("Bearer "), "a token appeared in the logs");
+}
+
+#[tokio::test]
+async fn serve_without_credentials_refuses_to_start_and_says_what_to_set() {
+    let output = Command::new(BIN)
+        .arg("serve")
+        .env_clear()
+        .env("SCAN_GATEWAY_LISTEN", ANY_PORT)
+        .env("SCAN_GATEWAY_ADMIN_LISTEN", ANY_PORT)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "AZURE_TENANT_ID",
+        "AZURE_CLIENT_ID",
+        "AZURE_CLIENT_SECRET",
+        "--simulate",
+    ] {
+        assert!(stderr.contains(expected), "{expected} in {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn serve_refuses_plain_http_to_a_remote_api() {
+    let output = Command::new(BIN)
+        .args(["serve", "--simulate"])
+        .env_clear()
+        .env("MDE_API_BASE_URL", "http://api.security.microsoft.com")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("https://"), "{stderr}");
+}
+
+#[tokio::test]
+async fn serve_simulate_prints_machines_and_a_demo_scan_succeeds_within_seconds() {
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--simulate"])
+        .env_clear()
+        .env("SCAN_GATEWAY_LISTEN", ANY_PORT)
+        .env("SCAN_GATEWAY_ADMIN_LISTEN", ANY_PORT);
+    let gateway = Running::spawn(command);
+    let grpc_line = gateway.stdout_line("gRPC");
+    let addr = grpc_line
+        .split_whitespace()
+        .nth(1)
+        .expect("the banner names the gRPC address")
+        .to_owned();
+    gateway.stdout_line("Machines you can scan");
+    let machine = gateway.stdout_line("  ").trim().to_owned();
+    assert_eq!(machine.len(), 40, "{machine}");
+
+    let started = std::time::Instant::now();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args([
+                "scan",
+                "--gateway",
+                &format!("http://{addr}"),
+                "--machine",
+                &machine,
+            ])
+            .args(["--comment", "newcomer demo", "--timeout", "60s"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("pending"), "{stdout}");
+    assert!(stdout.contains("in progress"), "{stdout}");
+    assert!(stdout.contains("succeeded"), "{stdout}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+async fn scan_cli(app: &TestGateway, machine: &str) -> std::process::Output {
+    let gateway = format!("http://{}", app.addr);
+    let machine = machine.to_owned();
+    tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["scan", "--gateway", &gateway, "--machine", &machine])
+            .args(["--type", "full", "--comment", "cli test"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn scan_client_exits_zero_on_success_one_on_failure_two_on_error() {
+    let app = spawn_app().await;
+    let ok = scan_cli(&app, &app.sim.machine(0)).await;
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(stdout.contains("(Full scan)"), "{stdout}");
+    assert!(
+        stdout.lines().last().unwrap_or("").contains("succeeded"),
+        "{stdout}"
+    );
+
+    let bad = scan_cli(&app, "not-a-machine").await;
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("machine_id"), "{stderr}");
+
+    let mut failing = fast_simulator();
+    failing.failed_share = 1.0;
+    let app = spawn_gateway(spawn_simulator(failing).await).await;
+    let failed = scan_cli(&app, &app.sim.machine(0)).await;
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    assert!(String::from_utf8_lossy(&failed.stdout).contains("failed"));
+}

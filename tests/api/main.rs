@@ -1,0 +1,9 @@
+//! Integration tests: a simulator and a gateway on ephemeral loopback ports, talked to over
+//! gRPC with the generated client (and, in `tools`, with grpcurl and Python grpcio).
+
+mod cli;
+mod errors;
+mod helpers;
+mod scan_service;
+mod tools;
+mod validation;

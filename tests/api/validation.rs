@@ -1,0 +1,170 @@
+//! Bad input: every invalid field is INVALID_ARGUMENT with a field violation naming it, and
+//! nothing reaches the upstream (the simulator's request counters stay at zero).
+
+use scan_gateway::grpc::pb;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::helpers::*;
+
+const MACHINE: &str = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";
+
+fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    status
+        .get_details_bad_request()
+        .expect("BadRequest details")
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
+}
+
+fn start(
+    machine_id: &str,
+    scan_type: i32,
+    comment: &str,
+    request_id: &str,
+) -> pb::StartScanRequest {
+    pb::StartScanRequest {
+        machine_id: machine_id.into(),
+        scan_type,
+        comment: comment.into(),
+        request_id: request_id.into(),
+    }
+}
+
+#[tokio::test]
+async fn each_invalid_start_field_is_named_and_nothing_goes_upstream() {
+    let mut app = spawn_app().await;
+    let quick = pb::ScanType::Quick as i32;
+    let cases: Vec<(pb::StartScanRequest, &str)> = vec![
+        (start("", quick, "c", ""), "machine_id"),
+        (start("1e5bc9", quick, "c", ""), "machine_id"),
+        (start(&format!("{MACHINE}0"), quick, "c", ""), "machine_id"),
+        (
+            start(&MACHINE.replace('1', "g"), quick, "c", ""),
+            "machine_id",
+        ),
+        (start("../../api/machines", quick, "c", ""), "machine_id"),
+        (start(MACHINE, 0, "c", ""), "scan_type"),
+        (start(MACHINE, 99, "c", ""), "scan_type"),
+        (start(MACHINE, quick, "", ""), "comment"),
+        (start(MACHINE, quick, "   ", ""), "comment"),
+        (start(MACHINE, quick, &"x".repeat(1001), ""), "comment"),
+        (start(MACHINE, quick, "nul\0byte", ""), "comment"),
+        (start(MACHINE, quick, "c", "has spaces"), "request_id"),
+        (start(MACHINE, quick, "c", &"k".repeat(129)), "request_id"),
+    ];
+    for (request, field) in cases {
+        let status = app.client.start_scan(request.clone()).await.unwrap_err();
+        assert_eq!(violated_fields(&status), [field], "{request:?}");
+
+        let run = pb::RunScanRequest {
+            machine_id: request.machine_id,
+            scan_type: request.scan_type,
+            comment: request.comment,
+            request_id: request.request_id,
+        };
+        let status = app.client.run_scan(run).await.unwrap_err();
+        assert_eq!(violated_fields(&status), [field]);
+    }
+    assert_eq!(app.sim.api_requests(), 0);
+    assert_eq!(
+        app.sim.handle.stats().token,
+        0,
+        "not even a token was fetched"
+    );
+}
+
+#[tokio::test]
+async fn all_invalid_fields_are_reported_together() {
+    let mut app = spawn_app().await;
+    let status = app
+        .client
+        .start_scan(start("x", 0, "", "a b"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&status),
+        ["machine_id", "scan_type", "comment", "request_id"]
+    );
+}
+
+#[tokio::test]
+async fn invalid_action_ids_and_list_filters_are_refused_before_any_call() {
+    let mut app = spawn_app().await;
+    for bad in ["", "not-a-guid", "7f3c2a91-5d4e-4b8a-9c1f", "7f3c2a91/../x"] {
+        let status = app
+            .client
+            .get_scan(pb::GetScanRequest {
+                action_id: bad.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(violated_fields(&status), ["action_id"], "{bad:?}");
+        let status = app
+            .client
+            .watch_scan(pb::WatchScanRequest {
+                action_id: bad.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(violated_fields(&status), ["action_id"], "{bad:?}");
+    }
+    let status = app
+        .client
+        .cancel_scan(pb::CancelScanRequest {
+            action_id: "nope".into(),
+            comment: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&status), ["action_id", "comment"]);
+
+    let list_cases = [
+        (
+            pb::ListScansRequest {
+                machine_id: "short".into(),
+                ..Default::default()
+            },
+            "machine_id",
+        ),
+        (
+            pb::ListScansRequest {
+                status: 42,
+                ..Default::default()
+            },
+            "status",
+        ),
+        (
+            pb::ListScansRequest {
+                page_size: 1001,
+                ..Default::default()
+            },
+            "page_size",
+        ),
+        (
+            pb::ListScansRequest {
+                page_token: "o-1".into(),
+                ..Default::default()
+            },
+            "page_token",
+        ),
+        (
+            pb::ListScansRequest {
+                created_after: Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: -1,
+                }),
+                ..Default::default()
+            },
+            "created_after",
+        ),
+    ];
+    for (request, field) in list_cases {
+        let status = app.client.list_scans(request.clone()).await.unwrap_err();
+        assert_eq!(violated_fields(&status), [field], "{request:?}");
+    }
+    assert_eq!(app.sim.api_requests(), 0);
+}
