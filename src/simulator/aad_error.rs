@@ -54,9 +54,13 @@ impl AadError {
     }
 
     pub(crate) fn tenant_not_found(tenant: &str) -> Self {
-        Self::bad_request("invalid_request", 90002, format!(
-            "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant."
-        ))
+        Self::bad_request(
+            "invalid_request",
+            90002,
+            format!(
+                "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant."
+            ),
+        )
     }
 
     pub(crate) fn missing(param: &str) -> Self {
@@ -70,33 +74,51 @@ impl AadError {
     }
 
     pub(crate) fn unknown_client(client_id: &str, tenant: &str) -> Self {
-        Self::bad_request("unauthorized_client", 700016, format!(
-            "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."
-        ))
+        Self::bad_request(
+            "unauthorized_client",
+            700016,
+            format!(
+                "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."
+            ),
+        )
     }
 
     pub(crate) fn invalid_scope(scope: &str) -> Self {
-        Self::bad_request("invalid_scope", 70011, format!(
-            "The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid."
-        ))
+        Self::bad_request(
+            "invalid_scope",
+            70011,
+            format!(
+                "The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid."
+            ),
+        )
     }
 
     pub(crate) fn invalid_resource(resource: &str, tenant: &str) -> Self {
-        Self::bad_request("invalid_resource", 500011, format!(
-            "The resource principal named {resource} was not found in the tenant named {tenant}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant."
-        ))
+        Self::bad_request(
+            "invalid_resource",
+            500011,
+            format!(
+                "The resource principal named {resource} was not found in the tenant named {tenant}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant."
+            ),
+        )
     }
 
     pub(crate) fn wrong_secret(client_id: &str) -> Self {
-        Self::invalid_client(7000215, format!(
-            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
-        ))
+        Self::invalid_client(
+            7000215,
+            format!(
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+            ),
+        )
     }
 
     pub(crate) fn secret_expired(client_id: &str) -> Self {
-        Self::invalid_client(7000222, format!(
-            "The provided client secret keys for app '{client_id}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds."
-        ))
+        Self::invalid_client(
+            7000222,
+            format!(
+                "The provided client secret keys for app '{client_id}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds."
+            ),
+        )
     }
 
     pub(crate) fn no_credential() -> Self {
@@ -104,7 +126,10 @@ impl AadError {
     }
 
     pub(crate) fn assertion_expired() -> Self {
-        Self::invalid_client(700024, "Client assertion is not within its valid time range.".to_owned())
+        Self::invalid_client(
+            700024,
+            "Client assertion is not within its valid time range.".to_owned(),
+        )
     }
 
     pub(crate) fn assertion_malformed() -> Self {
@@ -118,12 +143,22 @@ impl AadError {
 
     pub(crate) fn unavailable() -> Self {
         let msg = "A transient error has occurred. Try again.".to_owned();
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", 90024, msg)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            90024,
+            msg,
+        )
     }
 
     pub(crate) fn throttled(secs: u64) -> Self {
         let msg = format!("The request was throttled. Retry after {secs} seconds.");
-        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "temporarily_unavailable", 90055, msg);
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "temporarily_unavailable",
+            90055,
+            msg,
+        );
         e.retry_after = Some(secs);
         e
     }

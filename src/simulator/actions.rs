@@ -1,4 +1,4 @@
-//! Machine actions: creation, the lazily computed lifecycle, cancellation and the JSON view.
+//! Machine actions: creation, the lazily computed lifecycle and cancellation (JSON in `view.rs`).
 //!
 //! An action stores its planned transitions (`Pending` at creation, `InProgress` after the
 //! pending time, the final status after the scan time) and its status is read off the clock on
@@ -23,15 +23,22 @@ const MAX_ACTIONS: usize = 100_000;
 /// The documented action statuses (`Cancelled` with two l's, as the service spells it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ActionStatus {
+    /// Queued; the device has not picked it up yet.
     Pending,
+    /// The device is running it.
     InProgress,
+    /// Finished without error.
     Succeeded,
+    /// Finished with an error (`errorHResult` set).
     Failed,
+    /// Never completed in time, e.g. the device stayed offline.
     TimeOut,
+    /// Cancelled through the API before it finished.
     Cancelled,
 }
 
 impl ActionStatus {
+    /// The JSON spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "Pending",

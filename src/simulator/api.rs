@@ -4,6 +4,7 @@
 //! input first, answering the documented 400/404 codes, then work on the action store.
 
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
@@ -23,11 +24,11 @@ use super::view::{ActionView, COLLECTION_CONTEXT};
 /// `POST /api/machines/{id}/runAntiVirusScan` with `{"Comment": .., "ScanType": "Quick"|"Full"}`.
 pub(crate) async fn run_scan(
     State(state): State<SimState>,
-    Path(raw_id): Path<String>,
+    raw_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let machine_id = machine_id(&raw_id)?;
+    let machine_id = machine_id(&path_id(raw_id)?)?;
     let (comment, scan) = scan_body(&headers, &body)?;
     let machine = state
         .inventory()
@@ -61,9 +62,9 @@ pub(crate) async fn run_scan(
 /// `GET /api/machineactions/{id}`.
 pub(crate) async fn get_action(
     State(state): State<SimState>,
-    Path(raw_id): Path<String>,
+    raw_id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let id = action_id(&raw_id)?;
+    let id = action_id(&path_id(raw_id)?)?;
     let actions = state.actions();
     if actions.get(&id).is_none() {
         return Err(action_not_found(&id));
@@ -101,11 +102,11 @@ pub(crate) async fn list(
 /// `POST /api/machineactions/{id}/cancel` with an optional `{"Comment": ..}`.
 pub(crate) async fn cancel(
     State(state): State<SimState>,
-    Path(raw_id): Path<String>,
+    raw_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let id = action_id(&raw_id)?;
+    let id = action_id(&path_id(raw_id)?)?;
     let comment = cancel_comment(&headers, &body)?;
     let now = state.clock().utc();
     let mut actions = state.actions();
@@ -162,6 +163,12 @@ fn entity(actions: &ActionStore, id: &str, now: OffsetDateTime, status: StatusCo
 
 fn action_not_found(id: &str) -> ApiError {
     ApiError::ResourceNotFound(format!("Action {id} was not found"))
+}
+
+/// A path segment that isn't valid percent-encoded UTF-8 is bad input like any other.
+fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(id)| id)
+        .map_err(|_| ApiError::InvalidInput("in the request path".to_owned()))
 }
 
 /// Machine ids are 40 hex digits; any case is accepted and normalised to lowercase.

@@ -147,7 +147,11 @@ pub struct SimulatorArgs {
     #[arg(long, env = "SCAN_GATEWAY_SIM_TOKEN_LATENCY")]
     pub token_latency: Option<humantime::Duration>,
     /// Refuse every token request as if the client secret had expired (AADSTS7000222).
-    #[arg(long, env = "SCAN_GATEWAY_SIM_TOKEN_SECRET_EXPIRED")]
+    #[arg(
+        long,
+        env = "SCAN_GATEWAY_SIM_TOKEN_SECRET_EXPIRED",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub token_secret_expired: bool,
 }
 
@@ -232,6 +236,7 @@ mod tests {
             "0.1",
             "--client-secret",
             "hunter2",
+            "--token-secret-expired",
         ])
         .unwrap();
         let c = cli.sim.to_config();
@@ -249,6 +254,7 @@ mod tests {
         assert_eq!(c.duplicate_mode, DuplicateMode::ReturnExisting);
         assert_eq!(c.faults.run_scan.error_rate, 0.1);
         assert_eq!(c.faults.token, EndpointFaults::default());
+        assert!(c.faults.token_secret_expired);
         assert!(!format!("{:?} {c:?}", cli.sim).contains("hunter2"));
     }
 

@@ -9,12 +9,12 @@ use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::aad_error::AadError;
 use super::error::ApiError;
 use super::faults::Injected;
 use super::quota::retry_after_secs;
 use super::state::SimState;
 use super::stats::{Counters, Endpoint};
-use super::aad_error::AadError;
 
 /// Middleware for the Defender routes.
 pub(crate) async fn defender(

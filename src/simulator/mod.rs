@@ -135,12 +135,7 @@ impl Simulator {
     /// Defender API base, e.g. `http://127.0.0.1:8443` (paths start with `/api`). An
     /// unspecified listen address (`0.0.0.0`, `::`) is reported as loopback, which is reachable.
     pub fn base_url(&self) -> String {
-        let ip = match self.addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
-        format!("http://{}", SocketAddr::new(ip, self.addr.port()))
+        format!("http://{}", reachable(self.addr))
     }
 
     /// Token authority: the same server; token endpoints are `{authority}/{tenant}/oauth2/v2.0/token`
@@ -164,4 +159,14 @@ impl Simulator {
             .with_graceful_shutdown(shutdown)
             .await
     }
+}
+
+/// The address a local client can connect to: unspecified becomes loopback of the same family.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
 }

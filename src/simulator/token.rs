@@ -30,7 +30,6 @@ const AUDIENCES: &[&str] = &[
     "fc780465-2017-40d4-a0c5-307022471b92",
 ];
 
-
 #[derive(Serialize)]
 struct V2Token<'a> {
     token_type: &'a str,
@@ -142,7 +141,8 @@ fn issue(
     let lifetime = config.token_lifetime;
     let token = state
         .tokens()
-        .issue(&client_id, lifetime, state.clock().now());
+        // The configured spelling, so quota buckets don't split on the id's letter case.
+        .issue(&config.client_id, lifetime, state.clock().now());
     Counters::bump(&state.counters().tokens_issued);
     tracing::debug!(?flavor, resource, "simulated token issued");
     let secs = lifetime.as_secs();
@@ -196,12 +196,11 @@ fn check_credential<'a>(
         return Ok(());
     }
     match (field("client_assertion_type"), field("client_assertion")) {
-        (Some(JWT_BEARER), Some(jwt)) => {
-            credentials::check_assertion(jwt, now.unix_timestamp()).map_err(|e| match e {
+        (Some(JWT_BEARER), Some(jwt)) => credentials::check_assertion(jwt, now.unix_timestamp())
+            .map_err(|e| match e {
                 AssertionError::Expired => AadError::assertion_expired(),
                 AssertionError::Malformed => AadError::assertion_malformed(),
-            })
-        }
+            }),
         (Some(_), Some(_)) => Err(AadError::assertion_type()),
         _ => Err(AadError::no_credential()),
     }

@@ -243,3 +243,24 @@ async fn a_caller_deadline_that_passes_upstream_is_deadline_exceeded() {
         status.message()
     );
 }
+
+#[tokio::test]
+async fn upstream_403_is_permission_denied_upstream_forbidden() {
+    let app = spawn_app().await;
+    let mut faults = scan_gateway::simulator::Faults::default();
+    faults.run_scan.forbidden = true;
+    app.sim.handle.set_faults(faults);
+    let mut client = app.client.clone();
+    let status = client
+        .start_scan(start_request(&app.sim.machine(0)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "UPSTREAM_FORBIDDEN");
+    assert!(
+        status.message().contains("Machine.Scan"),
+        "{}",
+        status.message()
+    );
+}

@@ -377,3 +377,31 @@ async fn health_service_reports_serving() {
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
 }
+
+#[tokio::test]
+async fn run_scan_reports_its_place_in_the_quota_queue_before_the_action() {
+    let sim = spawn_simulator(fast_simulator()).await;
+    let mut args = settings_for(&sim);
+    args.quota = Some("1/400ms".into());
+    let mut app = spawn_gateway_with(sim, args).await;
+    app.client
+        .start_scan(start_request(&app.sim.machine(0)))
+        .await
+        .unwrap();
+    let stream = app
+        .client
+        .run_scan(run_request(&app.sim.machine(1)))
+        .await
+        .unwrap()
+        .into_inner();
+    let (updates, end) = collect(stream).await;
+    assert!(end.is_ok(), "{end:?}");
+    let Some(pb::scan_update::Event::Queued(queued)) =
+        updates[0].update.as_ref().and_then(|u| u.event.clone())
+    else {
+        panic!("the first event is `queued`: {updates:?}");
+    };
+    assert_eq!(queued.position, 1);
+    assert!(queued.estimated_start.is_some());
+    assert_eq!(statuses(&updates).last(), Some(&ActionStatus::Succeeded));
+}

@@ -326,3 +326,13 @@ async fn error_targets_are_fresh_guids_and_unknown_paths_are_404() {
     assert_error(&resp, StatusCode::NOT_FOUND, "NotFound");
     assert_eq!(sim.handle.stats().other, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn undecodable_path_segments_are_invalid_input() {
+    let sim = Sim::new(config());
+    let token = sim.token().await;
+    let resp = sim.scan(&token, "%FF%FE", "Quick").await;
+    assert_error(&resp, StatusCode::BAD_REQUEST, "InvalidInput");
+    let resp = sim.get_action(&token, "%C3%28").await;
+    assert_error(&resp, StatusCode::BAD_REQUEST, "InvalidInput");
+}

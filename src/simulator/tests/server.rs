@@ -48,6 +48,14 @@ async fn binds_port_zero_serves_and_stops() {
 }
 
 #[test]
+fn unspecified_listen_addresses_are_reported_as_loopback() {
+    let url = |a: &str| super::super::reachable(a.parse().unwrap()).to_string();
+    assert_eq!(url("0.0.0.0:8443"), "127.0.0.1:8443");
+    assert_eq!(url("[::]:8443"), "[::1]:8443");
+    assert_eq!(url("10.1.2.3:80"), "10.1.2.3:80");
+}
+
+#[test]
 fn handle_finds_each_kind_of_device() {
     let state = SimState::new(config(), Clock::system());
     let handle = state.handle();

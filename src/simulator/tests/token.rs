@@ -135,10 +135,12 @@ async fn a_well_formed_client_assertion_is_accepted() {
 }
 
 /// `(form overrides, tenant, status, error, AADSTS code)`.
+type Refusal<'a> = (&'a [(&'a str, &'a str)], &'a str, StatusCode, &'a str, u32);
+
 #[tokio::test(start_paused = true)]
 async fn refusals_use_entra_error_bodies() {
     let sim = Sim::new(config());
-    let cases: &[(&[(&str, &str)], &str, StatusCode, &str, u32)] = &[
+    let cases: &[Refusal] = &[
         (
             &[],
             "contoso-typo",
