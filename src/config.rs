@@ -8,7 +8,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
-use crate::{layers::quota::Limit, upstream};
+use crate::{credentials::ClientAuth, layers::quota::Limit, upstream};
 
 pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
 pub const DEFAULT_API_BASE: &str = "https://api.security.microsoft.com";
@@ -30,6 +30,20 @@ pub struct ConfigArgs {
     /// Client secret value of that application (environment only: a flag would show in `ps`).
     #[arg(skip)]
     pub client_secret: Option<SecretString>,
+    /// PEM file with the application's certificate and its unencrypted RSA private key.
+    #[arg(long, env = "AZURE_CLIENT_CERTIFICATE_PATH")]
+    pub client_certificate_path: Option<PathBuf>,
+    /// Send the certificate chain (x5c) with certificate assertions (subject name/issuer auth).
+    #[arg(long, env = "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN", value_parser = clap::builder::BoolishValueParser::new())]
+    pub send_certificate_chain: Option<bool>,
+    /// Projected service-account token for workload identity federation (set by the
+    /// Azure workload identity webhook on Kubernetes).
+    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE")]
+    pub federated_token_file: Option<PathBuf>,
+    /// Refresh the access token this long before it expires (at most a quarter of its
+    /// lifetime) [default: 5m].
+    #[arg(long, env = "SCAN_GATEWAY_TOKEN_REFRESH_MARGIN", value_parser = humantime::parse_duration)]
+    pub token_refresh_margin: Option<Duration>,
     /// Token authority [default: https://login.microsoftonline.com].
     #[arg(long, env = "AZURE_AUTHORITY_HOST")]
     pub authority_host: Option<String>,
@@ -71,6 +85,11 @@ struct FileConfig {
     tenant_id: Option<String>,
     client_id: Option<String>,
     client_secret: Option<SecretString>,
+    client_certificate_path: Option<PathBuf>,
+    send_certificate_chain: Option<bool>,
+    federated_token_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_option")]
+    token_refresh_margin: Option<Duration>,
     authority_host: Option<String>,
     api_base_url: Option<String>,
     token_scope: Option<String>,
@@ -87,12 +106,12 @@ struct FileConfig {
     shutdown_grace: Option<Duration>,
 }
 
-/// The client-secret credential.
+/// The application's identity and how it proves it.
 #[derive(Debug, Clone)]
 pub struct Credentials {
     pub tenant_id: String,
     pub client_id: String,
-    pub client_secret: SecretString,
+    pub auth: ClientAuth,
 }
 
 /// Resolved, checked settings.
@@ -125,7 +144,7 @@ pub enum ConfigError {
         reason: String,
     },
     #[error(
-        "incomplete credentials: {missing} must be set too (AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET go together)"
+        "incomplete credentials: {missing} must be set too (AZURE_TENANT_ID and AZURE_CLIENT_ID, with one of AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or AZURE_FEDERATED_TOKEN_FILE)"
     )]
     IncompleteCredentials { missing: String },
 }
@@ -148,10 +167,27 @@ impl Settings {
                     .map(SecretString::from)
             })
             .or(file.client_secret);
+        let auth = client_auth(
+            secret,
+            args.client_certificate_path
+                .clone()
+                .or(file.client_certificate_path)
+                .map(|path| {
+                    (
+                        path,
+                        args.send_certificate_chain
+                            .or(file.send_certificate_chain)
+                            .unwrap_or(false),
+                    )
+                }),
+            args.federated_token_file
+                .clone()
+                .or(file.federated_token_file),
+        );
         let credentials = credentials(
             args.tenant_id.clone().or(file.tenant_id),
             args.client_id.clone().or(file.client_id),
-            secret,
+            auth,
         )?;
         let url = |setting, raw: Option<String>, default: &str| {
             let raw = raw.unwrap_or_else(|| default.to_owned());
@@ -207,7 +243,10 @@ impl Settings {
                 .upstream_timeout
                 .or(file.upstream_timeout)
                 .unwrap_or(Duration::from_secs(30)),
-            token_refresh_margin: Duration::from_secs(300),
+            token_refresh_margin: args
+                .token_refresh_margin
+                .or(file.token_refresh_margin)
+                .unwrap_or(Duration::from_secs(300)),
             shutdown_grace: args
                 .shutdown_grace
                 .or(file.shutdown_grace)
@@ -256,25 +295,50 @@ fn read_file(path: &PathBuf) -> Result<FileConfig, ConfigError> {
     })
 }
 
+/// Picks the credential the way Azure Identity does: a client secret first, then a
+/// certificate, then workload identity federation.
+fn client_auth(
+    secret: Option<SecretString>,
+    certificate: Option<(PathBuf, bool)>,
+    federated_token_file: Option<PathBuf>,
+) -> Option<ClientAuth> {
+    let nonempty = |p: &PathBuf| !p.as_os_str().is_empty();
+    secret
+        .map(ClientAuth::Secret)
+        .or_else(|| {
+            certificate
+                .filter(|(path, _)| nonempty(path))
+                .map(|(path, send_chain)| ClientAuth::Certificate { path, send_chain })
+        })
+        .or_else(|| {
+            federated_token_file
+                .filter(nonempty)
+                .map(|token_file| ClientAuth::Federated { token_file })
+        })
+}
+
 fn credentials(
     tenant_id: Option<String>,
     client_id: Option<String>,
-    secret: Option<SecretString>,
+    auth: Option<ClientAuth>,
 ) -> Result<Option<Credentials>, ConfigError> {
     let tenant_id = tenant_id.filter(|s| !s.trim().is_empty());
     let client_id = client_id.filter(|s| !s.trim().is_empty());
-    match (tenant_id, client_id, secret) {
+    match (tenant_id, client_id, auth) {
         (None, None, None) => Ok(None),
-        (Some(tenant_id), Some(client_id), Some(client_secret)) => Ok(Some(Credentials {
+        (Some(tenant_id), Some(client_id), Some(auth)) => Ok(Some(Credentials {
             tenant_id,
             client_id,
-            client_secret,
+            auth,
         })),
-        (tenant, client, secret) => {
+        (tenant, client, auth) => {
             let missing: Vec<_> = [
                 (tenant.is_none(), "AZURE_TENANT_ID"),
                 (client.is_none(), "AZURE_CLIENT_ID"),
-                (secret.is_none(), "AZURE_CLIENT_SECRET"),
+                (
+                    auth.is_none(),
+                    "one of AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or AZURE_FEDERATED_TOKEN_FILE",
+                ),
             ]
             .into_iter()
             .filter_map(|(missing, name)| missing.then_some(name))
@@ -355,10 +419,34 @@ mod tests {
         let err = credentials(Some("t".into()), None, None).unwrap_err();
         let text = err.to_string();
         assert!(
-            text.contains("AZURE_CLIENT_ID and AZURE_CLIENT_SECRET"),
+            text.contains("AZURE_CLIENT_ID and one of AZURE_CLIENT_SECRET"),
             "{text}"
         );
         assert!(credentials(None, None, None).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_secret_wins_then_the_certificate_then_workload_identity() {
+        let secret = Some(SecretString::from("s"));
+        let cert = Some((PathBuf::from("/c.pem"), false));
+        let token = Some(PathBuf::from("/var/run/token"));
+        let kind = |auth: Option<ClientAuth>| auth.map(|a| a.kind().as_str());
+        assert_eq!(
+            kind(client_auth(secret, cert.clone(), token.clone())),
+            Some("client_secret")
+        );
+        assert_eq!(
+            kind(client_auth(None, cert, token.clone())),
+            Some("client_certificate")
+        );
+        assert_eq!(
+            kind(client_auth(None, None, token)),
+            Some("workload_identity")
+        );
+        assert_eq!(
+            kind(client_auth(None, Some((PathBuf::new(), false)), None)),
+            None
+        );
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Prometheus metrics, one registry per gateway instance (several gateways can live in one
 //! test process without sharing counters).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, atomic::AtomicU64};
+
+use tokio::time::Instant;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
 
@@ -37,6 +39,12 @@ struct FinalStatusLabel {
     status: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    credential: &'static str,
+    outcome: &'static str,
+}
+
 struct Inner {
     registry: Registry,
     rpc_requests: Family<RpcLabels, Counter>,
@@ -44,6 +52,10 @@ struct Inner {
     upstream_requests: Family<UpstreamLabels, Counter>,
     upstream_duration: Family<ApiLabel, Histogram>,
     scans_finished: Family<FinalStatusLabel, Counter>,
+    token_requests: Family<TokenLabels, Counter>,
+    token_ttl: Gauge<f64, AtomicU64>,
+    /// When the cached token expires; the TTL gauge is computed from it at scrape time.
+    token_expires_at: Mutex<Option<Instant>>,
 }
 
 /// The gateway's metrics. Cheap to clone; clones share the registry.
@@ -94,6 +106,19 @@ impl Metrics {
             "Scans followed to a final status, by that status",
             scans_finished.clone(),
         );
+        let token_requests = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "token_requests",
+            "Requests to the Entra ID token endpoint, by credential kind and outcome",
+            token_requests.clone(),
+        );
+        let token_ttl = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "access_token_ttl",
+            "Time until the cached access token expires (0 when there is none)",
+            Unit::Seconds,
+            token_ttl.clone(),
+        );
         Self(Arc::new(Inner {
             registry,
             rpc_requests,
@@ -101,6 +126,9 @@ impl Metrics {
             upstream_requests,
             upstream_duration,
             scans_finished,
+            token_requests,
+            token_ttl,
+            token_expires_at: Mutex::new(None),
         }))
     }
 
@@ -138,8 +166,36 @@ impl Metrics {
             .inc();
     }
 
+    pub fn record_token_request(&self, credential: &'static str, outcome: &'static str) {
+        self.0
+            .token_requests
+            .get_or_create(&TokenLabels {
+                credential,
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Records when the cached token expires (`None`: no token).
+    pub fn set_token_expiry(&self, expires_at: Option<Instant>) {
+        *self
+            .0
+            .token_expires_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = expires_at;
+    }
+
     /// The Prometheus text exposition (OpenMetrics flavour of prometheus-client).
     pub fn render(&self) -> String {
+        let expires_at = *self
+            .0
+            .token_expires_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let ttl = expires_at.map_or(0.0, |at| {
+            at.saturating_duration_since(Instant::now()).as_secs_f64()
+        });
+        self.0.token_ttl.set(ttl);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.0.registry);

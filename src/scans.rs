@@ -316,7 +316,7 @@ fn is_transient(err: &upstream::Error) -> bool {
     match err {
         U::Api(api) => api.status == 429 || api.status >= 500,
         U::Transport { .. } | U::Malformed { .. } | U::QuotaExhausted { .. } => true,
-        U::Token(upstream::token::TokenError::Unavailable { .. }) => true,
+        U::Token(crate::credentials::TokenError::Unavailable { .. }) => true,
         U::Token(_) | U::DeadlineExceeded { .. } => false,
     }
 }

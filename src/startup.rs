@@ -10,6 +10,7 @@ use crate::{
     admin,
     clock::Clock,
     config::Settings,
+    credentials::{Credential, TokenEndpoint},
     grpc::{ScanServiceImpl, pb},
     layers::{
         auth::TokenCache,
@@ -17,7 +18,7 @@ use crate::{
     },
     metrics::Metrics,
     scans::{Scans, ScansConfig},
-    upstream::{self, DefenderClient, HttpService, token::ClientSecretCredential},
+    upstream::{self, DefenderClient, HttpService},
 };
 
 /// Why the gateway could not start.
@@ -34,6 +35,8 @@ pub enum StartupError {
     },
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
+    #[error("{0}")]
+    Credential(String),
     #[error("cannot build the token endpoint URL: {0}")]
     Authority(url::ParseError),
 }
@@ -59,20 +62,29 @@ impl Gateway {
 
         let http = HttpService::default_client(settings.upstream_timeout)
             .map_err(|err| StartupError::HttpClient(err.to_string()))?;
-        let credential = ClientSecretCredential::new(
+        credentials
+            .auth
+            .check()
+            .map_err(|err| StartupError::Credential(err.to_string()))?;
+        let endpoint = TokenEndpoint::new(
             &settings.authority_host,
             &credentials.tenant_id,
-            credentials.client_id.clone(),
-            credentials.client_secret.clone(),
             settings.token_scope.clone(),
             http.clone(),
             clock,
         )
         .map_err(StartupError::Authority)?;
+        let metrics = Metrics::new();
+        let credential = Credential::new(
+            endpoint,
+            credentials.client_id.clone(),
+            credentials.auth.clone(),
+        );
         let tokens = Arc::new(TokenCache::new(
             Box::new(credential),
             clock,
             settings.token_refresh_margin,
+            metrics.clone(),
         ));
         let quota = Arc::new(Quota::new(
             &QuotaConfig {
@@ -82,7 +94,6 @@ impl Gateway {
             },
             clock,
         ));
-        let metrics = Metrics::new();
         let stack = upstream::stack(
             HttpService::new(http, settings.upstream_timeout),
             tokens,

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 use crate::{
     clock::Clock,
     config::{ConfigArgs, Credentials, Settings},
+    credentials::ClientAuth,
     simulator::{Simulator, SimulatorConfig},
     startup::Gateway,
     telemetry::{self, LogFormat},
@@ -100,7 +101,7 @@ fn use_simulator(
     settings.credentials = Some(Credentials {
         tenant_id: config.tenant_id.clone(),
         client_id: config.client_id.clone(),
-        client_secret: config.client_secret.clone(),
+        auth: ClientAuth::Secret(config.client_secret.clone()),
     });
     // The simulator's own URLs are loopback http://, which the URL check accepts.
     if let Ok(url) = crate::upstream::parse_base_url(&simulator.base_url()) {

@@ -18,7 +18,13 @@ pub struct SimulateArgs {
 pub async fn run(args: SimulateArgs) -> ExitCode {
     let shutdown = super::shutdown_signal();
     telemetry::init(LogFormat::from_env(LogFormat::Json), "info");
-    let config = args.simulator.to_config();
+    let config = match args.simulator.to_config() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let simulator =
         match Simulator::bind(args.simulator.listen, config.clone(), Clock::system()).await {
             Ok(simulator) => simulator,

@@ -7,8 +7,9 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
+    credentials::TokenError,
     error::Error,
-    upstream::{self, ApiError, token::TokenError},
+    upstream::{self, ApiError},
 };
 
 /// The `domain` of every `ErrorInfo` the gateway sends.
@@ -104,6 +105,11 @@ fn upstream_status(error: &upstream::Error, message: String) -> Status {
             )
         }
         U::Token(TokenError::Unavailable { retry_after, .. }) => retryable(message, *retry_after),
+        U::Token(TokenError::Credential(_)) => Status::with_error_details(
+            Code::Internal,
+            message,
+            error_info("UPSTREAM_AUTH", HashMap::new()),
+        ),
         U::QuotaExhausted { retry_after, .. } => Status::with_error_details(
             Code::ResourceExhausted,
             message,
@@ -228,6 +234,7 @@ mod tests {
     fn refused_credentials_are_internal_upstream_auth() {
         let status = Status::from(Error::Upstream(upstream::Error::Token(
             TokenError::Refused {
+                kind: "client_secret",
                 status: 401,
                 error: "invalid_client".into(),
                 aadsts: Some(7000215),

@@ -1,12 +1,15 @@
 //! Adds `Authorization: Bearer <token>` to every upstream request.
 //!
 //! The token is cached and refreshed ahead of its expiry, single-flight: however many calls
-//! need a token at once, one request goes to the token endpoint and the rest wait for it. An
-//! upstream 401 drops the token (the tenant may have revoked it early), fetches a fresh one and
-//! retries the call once.
+//! need a token at once, one request goes to the token endpoint and the rest wait for it. A
+//! refresh that fails while the current token is still valid costs nothing: calls keep the
+//! current token and the refresh is retried with capped, jittered backoff. An upstream 401
+//! drops the token (the tenant may have revoked it early), fetches a fresh one and retries the
+//! call once.
 
 use std::{
     future::Future,
+    hash::{BuildHasher, RandomState},
     mem,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -16,15 +19,31 @@ use std::{
 
 use http::{HeaderValue, StatusCode, header::AUTHORIZATION};
 use secrecy::{ExposeSecret, SecretString};
+use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::{
     clock::Clock,
-    upstream::{
-        Error, Request, Response,
-        token::{Token, TokenError, TokenSource},
-    },
+    credentials::{Token, TokenError, TokenSource},
+    metrics::Metrics,
+    upstream::{Error, Request, Response},
 };
+
+/// First retry delay after a failed refresh; doubles per failure.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Longest delay between two refresh attempts.
+const BACKOFF_CAP: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct State {
+    current: Option<Token>,
+    /// Consecutive failed fetches.
+    failures: u32,
+    /// No fetch before this instant (backoff), with the error that caused it.
+    backoff: Option<(Instant, TokenError)>,
+    /// A background refresh is running.
+    refreshing: bool,
+}
 
 /// The shared token cache.
 pub struct TokenCache {
@@ -32,65 +51,145 @@ pub struct TokenCache {
     clock: Clock,
     /// Refresh this long before expiry (capped at a quarter of a short token's lifetime).
     refresh_margin: Duration,
-    current: Mutex<Option<Token>>,
-    /// Held while a refresh is in flight: the single flight.
-    refreshing: tokio::sync::Mutex<()>,
+    metrics: Metrics,
+    state: Mutex<State>,
+    /// Held while a fetch is in flight: the single flight.
+    flight: tokio::sync::Mutex<()>,
 }
 
 impl TokenCache {
-    pub fn new(source: Box<dyn TokenSource>, clock: Clock, refresh_margin: Duration) -> Self {
+    pub fn new(
+        source: Box<dyn TokenSource>,
+        clock: Clock,
+        refresh_margin: Duration,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             source,
             clock,
             refresh_margin,
-            current: Mutex::new(None),
-            refreshing: tokio::sync::Mutex::new(()),
+            metrics,
+            state: Mutex::new(State::default()),
+            flight: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// A token that is not due for refresh, fetching one if needed.
-    pub async fn token(&self) -> Result<SecretString, TokenError> {
-        if let Some(token) = self.fresh() {
-            return Ok(token);
+    /// A valid token: the cached one (refreshed in the background when due), or a fresh one.
+    pub async fn token(self: &Arc<Self>) -> Result<SecretString, TokenError> {
+        let now = self.clock.now();
+        {
+            let mut state = self.lock();
+            if let Some(token) = &state.current
+                && now < token.expires_at
+            {
+                let access = token.access_token.clone();
+                let due = now >= self.refresh_at(token);
+                let backing_off = state.backoff.as_ref().is_some_and(|(at, _)| now < *at);
+                if due && !backing_off && !state.refreshing {
+                    state.refreshing = true;
+                    let cache = self.clone();
+                    tokio::spawn(async move { cache.refresh_in_background().await });
+                }
+                return Ok(access);
+            }
         }
-        let _flight = self.refreshing.lock().await;
-        // Whoever held the flight before us may have refreshed already.
-        if let Some(token) = self.fresh() {
-            return Ok(token);
+        // No valid token: wait for the one fetch in flight, or make it.
+        let _flight = self.flight.lock().await;
+        if let Some(access) = self.valid() {
+            return Ok(access);
         }
-        let token = self.source.fetch().await?;
-        tracing::debug!(
-            lifetime_s = (token.expires_at - token.issued_at).as_secs(),
-            "fetched an access token"
-        );
-        let access = token.access_token.clone();
-        *self.lock() = Some(token);
-        Ok(access)
+        if let Some((at, error)) = self.lock().backoff.clone()
+            && self.clock.now() < at
+        {
+            return Err(error);
+        }
+        self.fetch().await
     }
 
     /// Forgets `rejected` if it is still the cached token (a newer one is kept).
     pub fn invalidate(&self, rejected: &SecretString) {
-        let mut current = self.lock();
-        if current
+        let mut state = self.lock();
+        if state
+            .current
             .as_ref()
             .is_some_and(|t| t.access_token.expose_secret() == rejected.expose_secret())
         {
-            *current = None;
+            state.current = None;
+            // A refused token says nothing about the token endpoint: fetch at once.
+            state.backoff = None;
+            self.metrics.set_token_expiry(None);
         }
     }
 
-    fn fresh(&self) -> Option<SecretString> {
-        let current = self.lock();
-        let token = current.as_ref()?;
-        let lifetime = token.expires_at.saturating_duration_since(token.issued_at);
-        let margin = self.refresh_margin.min(lifetime / 4);
-        (self.clock.now() + margin < token.expires_at).then(|| token.access_token.clone())
+    async fn refresh_in_background(&self) {
+        {
+            let _flight = self.flight.lock().await;
+            let still_due = self
+                .lock()
+                .current
+                .as_ref()
+                .is_none_or(|t| self.clock.now() >= self.refresh_at(t));
+            if still_due && let Err(err) = self.fetch().await {
+                tracing::warn!(error = %err, "refreshing the access token failed; the current token is still valid");
+            }
+        }
+        self.lock().refreshing = false;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Token>> {
-        // A panic while holding this lock cannot leave a half-written token; keep serving.
-        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    /// Fetches a token; the caller holds the flight.
+    async fn fetch(&self) -> Result<SecretString, TokenError> {
+        let kind = self.source.kind().as_str();
+        match self.source.fetch().await {
+            Ok(token) => {
+                self.metrics.record_token_request(kind, "success");
+                self.metrics.set_token_expiry(Some(token.expires_at));
+                tracing::debug!(
+                    lifetime_s = (token.expires_at - token.issued_at).as_secs(),
+                    "fetched an access token"
+                );
+                let access = token.access_token.clone();
+                let mut state = self.lock();
+                state.current = Some(token);
+                state.failures = 0;
+                state.backoff = None;
+                Ok(access)
+            }
+            Err(err) => {
+                self.metrics.record_token_request(kind, err.outcome());
+                let mut state = self.lock();
+                state.failures = state.failures.saturating_add(1);
+                let delay = backoff(state.failures);
+                state.backoff = Some((self.clock.now() + delay, err.clone()));
+                Err(err)
+            }
+        }
     }
+
+    fn refresh_at(&self, token: &Token) -> Instant {
+        let lifetime = token.expires_at.saturating_duration_since(token.issued_at);
+        token.expires_at - self.refresh_margin.min(lifetime / 4)
+    }
+
+    fn valid(&self) -> Option<SecretString> {
+        let state = self.lock();
+        let token = state.current.as_ref()?;
+        (self.clock.now() < token.expires_at).then(|| token.access_token.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave a half-written state; keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Capped exponential backoff with equal jitter: half the delay fixed, half random, so
+/// replicas that failed together do not retry together.
+fn backoff(failures: u32) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1 << failures.saturating_sub(1).min(16));
+    let delay = exp.min(BACKOFF_CAP);
+    let half = delay / 2;
+    let random = RandomState::new().hash_one(failures);
+    half + half.mul_f64((random % 1_000_000) as f64 / 1_000_000.0)
 }
 
 /// Wraps a service in [`Auth`].
@@ -183,23 +282,39 @@ fn clone_request(request: &Request) -> Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::credentials::CredentialKind;
     use bytes::Bytes;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::{
+        collections::VecDeque,
+        sync::atomic::{AtomicUsize, Ordering},
+    };
     use tower::service_fn;
 
-    /// Issues `token-1`, `token-2`, ... each valid for `lifetime`, counting fetches.
-    struct CountingSource {
-        fetches: Arc<AtomicUsize>,
+    /// A token endpoint on the paused clock: answers after 50 ms, either `token-N` valid for
+    /// `lifetime`, or the next scripted error; counts requests.
+    struct FakeEndpoint {
+        requests: Arc<AtomicUsize>,
         lifetime: Duration,
         clock: Clock,
+        failures: Arc<Mutex<VecDeque<TokenError>>>,
+        down: Arc<std::sync::atomic::AtomicBool>,
     }
 
-    impl TokenSource for CountingSource {
+    impl TokenSource for FakeEndpoint {
+        fn kind(&self) -> CredentialKind {
+            CredentialKind::ClientSecret
+        }
+
         fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<Token, TokenError>> + Send + '_>> {
             Box::pin(async move {
-                // A slow token endpoint, so concurrent callers really overlap.
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                let n = self.fetches.fetch_add(1, Ordering::SeqCst) + 1;
+                let n = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
+                if self.down.load(Ordering::SeqCst) {
+                    return Err(unavailable());
+                }
+                if let Some(err) = self.failures.lock().unwrap().pop_front() {
+                    return Err(err);
+                }
                 let now = self.clock.now();
                 Ok(Token {
                     access_token: SecretString::from(format!("token-{n}")),
@@ -210,57 +325,182 @@ mod tests {
         }
     }
 
-    fn cache(lifetime: Duration) -> (Arc<TokenCache>, Arc<AtomicUsize>) {
-        let fetches = Arc::new(AtomicUsize::new(0));
+    fn unavailable() -> TokenError {
+        TokenError::Unavailable {
+            detail: "connection refused".into(),
+            retry_after: None,
+        }
+    }
+
+    struct Fixture {
+        cache: Arc<TokenCache>,
+        requests: Arc<AtomicUsize>,
+        failures: Arc<Mutex<VecDeque<TokenError>>>,
+        down: Arc<std::sync::atomic::AtomicBool>,
+        metrics: Metrics,
+    }
+
+    fn fixture(lifetime: Duration) -> Fixture {
         let clock = Clock::system();
-        let source = CountingSource {
-            fetches: fetches.clone(),
+        let endpoint = FakeEndpoint {
+            requests: Arc::new(AtomicUsize::new(0)),
             lifetime,
             clock,
+            failures: Arc::default(),
+            down: Arc::default(),
         };
-        let cache = TokenCache::new(Box::new(source), clock, Duration::from_secs(300));
-        (Arc::new(cache), fetches)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn one_fetch_serves_many_concurrent_callers() {
-        let (cache, fetches) = cache(Duration::from_secs(3600));
-        let calls = (0..50).map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.token().await.map(|t| t.expose_secret().to_owned()) })
-        });
-        for call in calls {
-            assert_eq!(call.await.unwrap().unwrap(), "token-1");
+        let (requests, failures, down) = (
+            endpoint.requests.clone(),
+            endpoint.failures.clone(),
+            endpoint.down.clone(),
+        );
+        let metrics = Metrics::new();
+        let cache = TokenCache::new(
+            Box::new(endpoint),
+            clock,
+            Duration::from_secs(300),
+            metrics.clone(),
+        );
+        Fixture {
+            cache: Arc::new(cache),
+            requests,
+            failures,
+            down,
+            metrics,
         }
-        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    }
+
+    async fn token(cache: &Arc<TokenCache>) -> Result<String, TokenError> {
+        cache.token().await.map(|t| t.expose_secret().to_owned())
+    }
+
+    /// Lets spawned refreshes run to completion on the paused clock.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     #[tokio::test(start_paused = true)]
-    async fn refreshes_ahead_of_expiry() {
-        let (cache, fetches) = cache(Duration::from_secs(3600));
-        cache.token().await.unwrap();
-        // 5 minutes before expiry the token is still served...
+    async fn a_thousand_calls_at_the_moment_of_expiry_make_one_token_request() {
+        let f = fixture(Duration::from_secs(3600));
+        assert_eq!(token(&f.cache).await.unwrap(), "token-1");
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let calls: Vec<_> = (0..1000)
+            .map(|_| {
+                let cache = f.cache.clone();
+                tokio::spawn(async move { token(&cache).await })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap().unwrap(), "token-2");
+        }
+        assert_eq!(f.requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refreshes_ahead_of_expiry_in_the_background_and_never_serves_an_expired_token() {
+        let f = fixture(Duration::from_secs(3600));
+        let start = Instant::now();
+        assert_eq!(token(&f.cache).await.unwrap(), "token-1");
+        // Until 5 minutes before expiry the token is served and nothing is fetched...
         tokio::time::advance(Duration::from_secs(3600 - 301)).await;
-        assert_eq!(cache.token().await.unwrap().expose_secret(), "token-1");
-        // ...and inside the margin it is replaced.
+        assert_eq!(token(&f.cache).await.unwrap(), "token-1");
+        assert_eq!(f.requests.load(Ordering::SeqCst), 1);
+        // ...inside the margin the caller still gets the valid token at once, and a refresh
+        // starts behind it.
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(cache.token().await.unwrap().expose_secret(), "token-2");
-        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+        assert_eq!(token(&f.cache).await.unwrap(), "token-1");
+        settle().await;
+        assert_eq!(token(&f.cache).await.unwrap(), "token-2");
+        assert_eq!(f.requests.load(Ordering::SeqCst), 2);
+        // Every token handed out was valid when handed out.
+        assert!(Instant::now() < start + Duration::from_secs(3600));
     }
 
     #[tokio::test(start_paused = true)]
     async fn short_tokens_refresh_at_three_quarters_of_their_life() {
-        let (cache, _) = cache(Duration::from_secs(60));
-        cache.token().await.unwrap();
+        let f = fixture(Duration::from_secs(60));
+        token(&f.cache).await.unwrap();
         tokio::time::advance(Duration::from_secs(44)).await;
-        assert_eq!(cache.token().await.unwrap().expose_secret(), "token-1");
+        token(&f.cache).await.unwrap();
+        settle().await;
+        assert_eq!(f.requests.load(Ordering::SeqCst), 1);
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(cache.token().await.unwrap().expose_secret(), "token-2");
+        token(&f.cache).await.unwrap();
+        settle().await;
+        assert_eq!(token(&f.cache).await.unwrap(), "token-2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_outage_while_the_token_is_valid_costs_nothing() {
+        let f = fixture(Duration::from_secs(3600));
+        token(&f.cache).await.unwrap();
+        f.down.store(true, Ordering::SeqCst);
+        tokio::time::advance(Duration::from_secs(3400)).await;
+        // Refresh is due and failing: every call keeps succeeding with the current token,
+        // and the refresh is retried with backoff, not on every call.
+        for _ in 0..100 {
+            assert_eq!(token(&f.cache).await.unwrap(), "token-1");
+            tokio::time::advance(Duration::from_millis(500)).await;
+        }
+        let attempts = f.requests.load(Ordering::SeqCst) - 1;
+        assert!(
+            (2..=10).contains(&attempts),
+            "{attempts} refresh attempts in 50 s"
+        );
+
+        // After expiry, calls fail with a clear UNAVAILABLE-class error...
+        tokio::time::advance(Duration::from_secs(200)).await;
+        let err = token(&f.cache).await.unwrap_err();
+        assert!(matches!(err, TokenError::Unavailable { .. }), "{err:?}");
+        assert!(err.to_string().contains("token endpoint is unavailable"));
+        // ...and succeed again once the endpoint is back (after the backoff).
+        f.down.store(false, Ordering::SeqCst);
+        tokio::time::advance(BACKOFF_CAP).await;
+        assert!(token(&f.cache).await.unwrap().starts_with("token-"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_refresh_keeps_the_valid_token_too() {
+        let f = fixture(Duration::from_secs(600));
+        token(&f.cache).await.unwrap();
+        f.failures.lock().unwrap().push_back(TokenError::Refused {
+            kind: "client_secret",
+            status: 401,
+            error: "invalid_client".into(),
+            aadsts: Some(7000222),
+            hint: "expired".into(),
+        });
+        tokio::time::advance(Duration::from_secs(500)).await;
+        assert_eq!(token(&f.cache).await.unwrap(), "token-1");
+        settle().await;
+        assert!(f.metrics.render().contains(
+            r#"scan_gateway_token_requests_total{credential="client_secret",outcome="refused"} 1"#
+        ));
+        // The retry after the backoff succeeds.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        token(&f.cache).await.unwrap();
+        settle().await;
+        assert_eq!(token(&f.cache).await.unwrap(), "token-3");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn metrics_count_requests_and_show_the_time_left() {
+        let f = fixture(Duration::from_secs(3600));
+        token(&f.cache).await.unwrap();
+        tokio::time::advance(Duration::from_secs(600)).await;
+        let text = f.metrics.render();
+        assert!(text.contains(
+            r#"scan_gateway_token_requests_total{credential="client_secret",outcome="success"} 1"#
+        ));
+        assert!(
+            text.contains("scan_gateway_access_token_ttl_seconds 3000.0"),
+            "{text}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_401_refreshes_the_token_and_retries_once() {
-        let (cache, fetches) = cache(Duration::from_secs(3600));
+        let f = fixture(Duration::from_secs(3600));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         let inner = service_fn(move |request: Request| {
@@ -277,30 +517,41 @@ mod tests {
                 Ok::<_, Error>(response)
             }
         });
-        let service = AuthLayer::new(cache).layer(inner);
+        let service = AuthLayer::new(f.cache).layer(inner);
         let response = service
             .oneshot(http::Request::new(Bytes::new()))
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(*seen.lock().unwrap(), ["Bearer token-1", "Bearer token-2"]);
-        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+        assert_eq!(f.requests.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_second_401_is_returned_not_retried_forever() {
-        let (cache, fetches) = cache(Duration::from_secs(3600));
+        let f = fixture(Duration::from_secs(3600));
         let inner = service_fn(|_request: Request| async {
             let mut response = http::Response::new(Bytes::new());
             *response.status_mut() = StatusCode::UNAUTHORIZED;
             Ok::<_, Error>(response)
         });
-        let service = AuthLayer::new(cache).layer(inner);
+        let service = AuthLayer::new(f.cache).layer(inner);
         let response = service
             .oneshot(http::Request::new(Bytes::new()))
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+        assert_eq!(f.requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        for failures in 1..40 {
+            let delay = backoff(failures);
+            let full = BACKOFF_BASE
+                .saturating_mul(1 << (failures - 1).min(16))
+                .min(BACKOFF_CAP);
+            assert!(delay >= full / 2 && delay <= full, "{failures}: {delay:?}");
+        }
     }
 }

@@ -136,6 +136,36 @@ impl AadError {
         Self::invalid_client(50027, "JWT token is invalid or malformed.".to_owned())
     }
 
+    pub(crate) fn certificate_not_registered(thumbprint: &str, client_id: &str) -> Self {
+        Self::invalid_client(
+            700027,
+            format!(
+                "Client assertion failed signature validation. Reason - The key was not found. Thumbprint of key used by client: '{thumbprint}'. Please visit the Azure Portal to verify that the certificate is registered on application '{client_id}'."
+            ),
+        )
+    }
+
+    pub(crate) fn signature_invalid() -> Self {
+        Self::invalid_client(
+            700027,
+            "Client assertion failed signature validation. Reason - The signature is invalid."
+                .to_owned(),
+        )
+    }
+
+    pub(crate) fn assertion_claims(reason: &str) -> Self {
+        Self::invalid_client(50027, format!("JWT token is invalid: {reason}."))
+    }
+
+    pub(crate) fn no_federated_match(client_id: &str) -> Self {
+        Self::invalid_client(
+            700213,
+            format!(
+                "No matching federated identity record found for presented assertion subject. Check your federated identity credential configuration on application '{client_id}'."
+            ),
+        )
+    }
+
     pub(crate) fn assertion_type() -> Self {
         let msg = format!("Client assertion type must be '{JWT_BEARER}'.");
         Self::bad_request("invalid_request", 50012, msg)

@@ -95,6 +95,14 @@ pub struct SimulatorArgs {
     /// Client secret the token endpoint accepts [default: simulator-secret].
     #[arg(long, env = "SCAN_GATEWAY_SIM_CLIENT_SECRET", hide_env_values = true, value_parser = secret)]
     pub client_secret: Option<SecretString>,
+    /// PEM file whose first certificate is registered on the application: certificate client
+    /// assertions must be signed with its key.
+    #[arg(long, env = "SCAN_GATEWAY_SIM_CLIENT_CERTIFICATE")]
+    pub client_certificate: Option<std::path::PathBuf>,
+    /// A federated identity credential: assertions equal to this file's current content
+    /// (a projected service-account token) are accepted.
+    #[arg(long, env = "SCAN_GATEWAY_SIM_FEDERATED_TOKEN_FILE")]
+    pub federated_token_file: Option<std::path::PathBuf>,
     /// Application name reported as the actions' requestor.
     #[arg(long, env = "SCAN_GATEWAY_SIM_APP_NAME")]
     pub app_name: Option<String>,
@@ -156,8 +164,8 @@ pub struct SimulatorArgs {
 }
 
 impl SimulatorArgs {
-    /// The profile with every given knob applied.
-    pub fn to_config(&self) -> SimulatorConfig {
+    /// The profile with every given knob applied; fails on an unreadable certificate file.
+    pub fn to_config(&self) -> Result<SimulatorConfig, String> {
         let mut c = match self.profile {
             Profile::Standalone => SimulatorConfig::standalone(),
             Profile::Demo => SimulatorConfig::demo(),
@@ -195,7 +203,24 @@ impl SimulatorArgs {
             token_secret_expired: self.token_secret_expired,
             ..Faults::defender_api(api)
         };
-        c
+        if let Some(path) = &self.client_certificate {
+            use rustls_pki_types::{CertificateDer, pem::PemObject};
+            let der = CertificateDer::pem_file_iter(path)
+                .ok()
+                .and_then(|mut certs| certs.next())
+                .and_then(Result::ok)
+                .ok_or_else(|| {
+                    format!(
+                        "--client-certificate {}: no readable PEM certificate",
+                        path.display()
+                    )
+                })?;
+            c.client_certificate = Some(der.to_vec());
+        }
+        if let Some(path) = &self.federated_token_file {
+            c.federated_token_file = Some(path.clone());
+        }
+        Ok(c)
     }
 }
 
@@ -239,7 +264,7 @@ mod tests {
             "--token-secret-expired",
         ])
         .unwrap();
-        let c = cli.sim.to_config();
+        let c = cli.sim.to_config().unwrap();
         assert_eq!(cli.sim.listen, "127.0.0.1:8443".parse().unwrap());
         assert_eq!(c.full_scan_duration, Duration::from_secs(30));
         assert_eq!(c.quick_scan_duration, Duration::from_secs(6));
@@ -260,7 +285,7 @@ mod tests {
 
     #[test]
     fn defaults_are_the_standalone_profile_without_faults() {
-        let c = Cli::try_parse_from(["x"]).unwrap().sim.to_config();
+        let c = Cli::try_parse_from(["x"]).unwrap().sim.to_config().unwrap();
         assert_eq!(c.pending_duration, Duration::from_secs(30));
         assert_eq!(c.quota, crate::simulator::config::default_quota());
         assert_eq!(c.faults.cancel.error_rate, 0.0);

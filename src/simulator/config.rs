@@ -57,6 +57,13 @@ pub struct SimulatorConfig {
     pub quota: Vec<(u32, Duration)>,
     /// Fault injection, per endpoint.
     pub faults: Faults,
+    /// The certificate registered on the application (DER): certificate client assertions
+    /// must carry its thumbprint and verify against its key.
+    pub client_certificate: Option<Vec<u8>>,
+    /// A federated identity credential: an assertion equal to this file's current content
+    /// (a projected service-account token) is accepted. Read at every token request, so a
+    /// rotated file takes effect at once.
+    pub federated_token_file: Option<std::path::PathBuf>,
 }
 
 /// Documented Defender limits: 100 calls per minute and 1,500 per hour, per API.
@@ -87,6 +94,8 @@ impl SimulatorConfig {
             duplicate_mode: DuplicateMode::Error,
             quota: default_quota(),
             faults: Faults::default(),
+            client_certificate: None,
+            federated_token_file: None,
         }
     }
 

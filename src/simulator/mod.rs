@@ -20,6 +20,7 @@
 mod aad_error;
 mod actions;
 mod api;
+mod assertion;
 mod bearer;
 mod cli;
 mod config;

@@ -16,7 +16,8 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::aad_error::AadError;
-use super::credentials::{self, AssertionError, JWT_BEARER};
+use super::assertion;
+use super::credentials::{self, JWT_BEARER};
 use super::error::json_response;
 use super::state::SimState;
 use super::stats::Counters;
@@ -136,7 +137,7 @@ fn issue(
     let secret = field("client_secret")
         .map(SecretString::from)
         .or_else(|| basic.map(|(_, secret)| secret));
-    check_credential(state, &client_id, secret, &field, now)?;
+    check_credential(state, tenant, &client_id, secret, &field, now)?;
 
     let lifetime = config.token_lifetime;
     let token = state
@@ -181,6 +182,7 @@ fn issue(
 /// A secret (form or Basic auth) or a JWT client assertion.
 fn check_credential<'a>(
     state: &SimState,
+    tenant: &str,
     client_id: &str,
     secret: Option<SecretString>,
     field: &impl Fn(&str) -> Option<&'a str>,
@@ -196,11 +198,9 @@ fn check_credential<'a>(
         return Ok(());
     }
     match (field("client_assertion_type"), field("client_assertion")) {
-        (Some(JWT_BEARER), Some(jwt)) => credentials::check_assertion(jwt, now.unix_timestamp())
-            .map_err(|e| match e {
-                AssertionError::Expired => AadError::assertion_expired(),
-                AssertionError::Malformed => AadError::assertion_malformed(),
-            }),
+        (Some(JWT_BEARER), Some(jwt)) => {
+            assertion::verify(jwt, state.config(), tenant, client_id, now.unix_timestamp())
+        }
         (Some(_), Some(_)) => Err(AadError::assertion_type()),
         _ => Err(AadError::no_credential()),
     }

@@ -2,7 +2,8 @@
 
 use std::{fmt, time::Duration};
 
-use super::{Api, token::TokenError};
+use super::Api;
+use crate::credentials::TokenError;
 
 /// How a request failed to get an HTTP answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

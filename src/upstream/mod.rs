@@ -6,7 +6,6 @@ mod error;
 mod http_service;
 pub mod model;
 pub mod odata;
-pub mod token;
 
 use std::{fmt, net::IpAddr, sync::Arc, time::Duration};
 

@@ -16,7 +16,7 @@ use crate::helpers::*;
 const BIN: &str = env!("CARGO_BIN_EXE_scan-gateway");
 
 /// A child process killed when dropped, with its output lines arriving on channels.
-struct Running {
+pub struct Running {
     child: Child,
     stdout: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
@@ -24,7 +24,7 @@ struct Running {
 }
 
 impl Running {
-    fn spawn(mut command: Command) -> Self {
+    pub fn spawn(mut command: Command) -> Self {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("the binary starts");
         let stdout = lines(child.stdout.take().unwrap());
@@ -42,13 +42,13 @@ impl Running {
         wait_line(&self.stdout, needle, &mut Vec::new())
     }
 
-    fn stderr_line(&mut self, needle: &str) -> String {
+    pub fn stderr_line(&mut self, needle: &str) -> String {
         wait_line(&self.stderr, needle, &mut self.seen_stderr)
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit, without blocking the test's runtime:
     /// the test's own gRPC client must keep running to answer the server's GOAWAY.
-    async fn terminate(&mut self) -> std::process::ExitStatus {
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(status.success());
@@ -61,7 +61,7 @@ impl Running {
         panic!("the gateway did not exit within 10 s of SIGTERM");
     }
 
-    fn all_stderr(&mut self) -> String {
+    pub fn all_stderr(&mut self) -> String {
         while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(200)) {
             self.seen_stderr.push(line);
         }
@@ -106,7 +106,7 @@ fn wait_line(rx: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) 
 }
 
 /// The environment a real deployment sets, pointing at `sim`.
-fn real_mode(sim: &TestSimulator) -> Command {
+pub fn real_mode(sim: &TestSimulator) -> Command {
     let mut command = Command::new(BIN);
     command
         .arg("serve")
@@ -128,7 +128,7 @@ fn real_mode(sim: &TestSimulator) -> Command {
 }
 
 /// The gRPC address from the gateway's JSON "serving" log line.
-fn serving_addr(line: &str) -> String {
+pub fn serving_addr(line: &str) -> String {
     let log: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
     log["fields"]["grpc"]
         .as_str()

@@ -4,7 +4,10 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 
 use super::*;
-use crate::simulator::credentials::base64url_encode;
+use base64::{
+    Engine,
+    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+};
 
 fn v2_form(overrides: &[(&str, &str)]) -> String {
     let mut pairs = vec![
@@ -93,10 +96,7 @@ async fn every_audience_and_basic_auth_are_accepted() {
             .await;
         assert_eq!(resp.status, StatusCode::OK, "{scope}: {}", resp.body);
     }
-    let basic = format!(
-        "Basic {}",
-        base64url_encode(format!("{CLIENT}:{SECRET}").as_bytes())
-    );
+    let basic = format!("Basic {}", STANDARD.encode(format!("{CLIENT}:{SECRET}")));
     let request = Request::post(v2_uri())
         .header(header::AUTHORIZATION, basic)
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -109,29 +109,135 @@ async fn every_audience_and_basic_auth_are_accepted() {
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_well_formed_client_assertion_is_accepted() {
-    let sim = Sim::new(config());
-    let enc = |s: &str| base64url_encode(s.as_bytes());
-    let jwt = format!(
-        "{}.{}.{}",
-        enc(r#"{"alg":"PS256","typ":"JWT"}"#),
-        enc(&format!(
-            r#"{{"iss":"{CLIENT}","sub":"{CLIENT}","exp":1795684745}}"#
-        )),
-        enc("signature")
-    );
-    let jwt_bearer = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-    let body = v2_form(&[
+fn now_unix() -> i64 {
+    time::OffsetDateTime::from(start()).unix_timestamp()
+}
+
+/// A self-signed RSA certificate as the gateway's credential sees it, and its DER.
+fn certificate() -> (crate::credentials::Certificate, Vec<u8>) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["scan-gateway".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let pem = format!("{}{}", cert.pem(), key.serialize_pem());
+    let credential = crate::credentials::Certificate::from_pem(pem.as_bytes(), "test").unwrap();
+    (credential, cert.der().to_vec())
+}
+
+fn assertion_form(jwt: &str) -> String {
+    v2_form(&[
         ("client_secret", ""),
-        ("client_assertion_type", jwt_bearer),
-        ("client_assertion", &jwt),
-    ]);
-    assert_eq!(sim.post_form(&v2_uri(), &body).await.status, StatusCode::OK);
-    tokio::time::advance(std::time::Duration::from_secs(301)).await;
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ),
+        ("client_assertion", jwt),
+    ])
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_certificate_assertion_verifies_against_the_registered_certificate() {
+    let (credential, der) = certificate();
+    let mut config = config();
+    config.client_certificate = Some(der);
+    let sim = Sim::new(config);
+    let audience = format!("https://login.microsoftonline.com/{TENANT}/oauth2/v2.0/token");
+    let jwt = credential
+        .client_assertion(CLIENT, &audience, now_unix(), false)
+        .unwrap();
+    let body = assertion_form(secrecy::ExposeSecret::expose_secret(&jwt));
+    let resp = sim.post_form(&v2_uri(), &body).await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+    // Ten minutes later the same assertion has expired.
+    tokio::time::advance(std::time::Duration::from_secs(601)).await;
     let resp = sim.post_form(&v2_uri(), &body).await;
     assert_eq!(resp.status, StatusCode::UNAUTHORIZED);
     assert_eq!(resp.json()["error_codes"][0], 700024);
+}
+
+#[tokio::test(start_paused = true)]
+async fn certificate_assertions_are_refused_when_unregistered_tampered_or_misaddressed() {
+    let (credential, der) = certificate();
+    let (other, _) = certificate();
+    let mut config = config();
+    config.client_certificate = Some(der);
+    let sim = Sim::new(config);
+    let audience = format!("https://login.microsoftonline.com/{TENANT}/oauth2/v2.0/token");
+    let expose = |jwt: secrecy::SecretString| secrecy::ExposeSecret::expose_secret(&jwt).to_owned();
+
+    let unregistered = expose(
+        other
+            .client_assertion(CLIENT, &audience, now_unix(), false)
+            .unwrap(),
+    );
+    let resp = sim
+        .post_form(&v2_uri(), &assertion_form(&unregistered))
+        .await;
+    assert_eq!(resp.json()["error_codes"][0], 700027, "{}", resp.body);
+    assert!(resp.body.contains("key was not found"), "{}", resp.body);
+
+    let good = expose(
+        credential
+            .client_assertion(CLIENT, &audience, now_unix(), false)
+            .unwrap(),
+    );
+    let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+    parts[2] = URL_SAFE_NO_PAD.encode(b"not the signature");
+    let resp = sim
+        .post_form(&v2_uri(), &assertion_form(&parts.join(".")))
+        .await;
+    assert_eq!(resp.json()["error_codes"][0], 700027, "{}", resp.body);
+    assert!(resp.body.contains("signature is invalid"), "{}", resp.body);
+
+    let elsewhere = expose(
+        credential
+            .client_assertion(
+                CLIENT,
+                "https://login.microsoftonline.com/other/oauth2/v2.0/token",
+                now_unix(),
+                false,
+            )
+            .unwrap(),
+    );
+    let resp = sim.post_form(&v2_uri(), &assertion_form(&elsewhere)).await;
+    assert_eq!(resp.json()["error_codes"][0], 50027, "{}", resp.body);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_federated_token_must_match_the_current_token_file() {
+    let dir = std::env::temp_dir().join(format!("sim-federated-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    let enc = |s: &str| URL_SAFE_NO_PAD.encode(s);
+    let kube_token = |sub: &str| {
+        format!(
+            "{}.{}.{}",
+            enc(r#"{"alg":"RS256","kid":"k1"}"#),
+            enc(&format!(
+                r#"{{"iss":"https://oidc.example","sub":"{sub}","aud":["api://AzureADTokenExchange"],"exp":{}}}"#,
+                now_unix() + 3600
+            )),
+            enc("sig")
+        )
+    };
+    let first = kube_token("system:serviceaccount:scans:gateway-1");
+    std::fs::write(&file, format!("{first}\n")).unwrap();
+    let mut config = config();
+    config.federated_token_file = Some(file.clone());
+    let sim = Sim::new(config);
+
+    let resp = sim.post_form(&v2_uri(), &assertion_form(&first)).await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+
+    // The kubelet rotates the file: the old token no longer matches, the new one does.
+    let second = kube_token("system:serviceaccount:scans:gateway-2");
+    std::fs::write(&file, &second).unwrap();
+    let resp = sim.post_form(&v2_uri(), &assertion_form(&first)).await;
+    assert_eq!(resp.json()["error_codes"][0], 700213, "{}", resp.body);
+    let resp = sim.post_form(&v2_uri(), &assertion_form(&second)).await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// `(form overrides, tenant, status, error, AADSTS code)`.

@@ -1,16 +1,18 @@
-//! Microsoft Entra ID's token endpoint: the OAuth2 client-credentials grant.
+//! Entra ID's v2.0 token endpoint: the client-credentials request, both response shapes, and
+//! refusals turned into errors that say what to fix.
 //!
-//! Errors name the cause and the variable to check, never the secret: Entra's own
-//! `error_description` is reduced to its first line, which quotes ids but no credential.
+//! No error quotes a secret or an assertion: Entra's own `error_description` is reduced to its
+//! first line, which names ids and codes only.
 
-use std::{fmt, future::Future, pin::Pin, time::Duration};
+use std::{fmt, time::Duration};
 
-use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::time::Instant;
 use url::Url;
 
+use super::{CredentialKind, hints};
 use crate::clock::Clock;
+use secrecy::SecretString;
 
 /// An access token and when it stops being valid.
 #[derive(Clone)]
@@ -33,8 +35,9 @@ impl fmt::Debug for Token {
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
     /// The token endpoint answered and refused: a configuration problem, retrying won't help.
-    #[error("the token endpoint refused the credentials ({error}{}): {hint}", aadsts.map(|c| format!(", AADSTS{c}")).unwrap_or_default())]
+    #[error("the token endpoint refused the {kind} credential ({error}{}): {hint}", aadsts.map(|c| format!(", AADSTS{c}")).unwrap_or_default())]
     Refused {
+        kind: &'static str,
         status: u16,
         error: String,
         aadsts: Option<u32>,
@@ -46,94 +49,102 @@ pub enum TokenError {
         detail: String,
         retry_after: Option<Duration>,
     },
+    /// The local credential (certificate or token file) cannot be used.
+    #[error("the credential cannot be used: {0}")]
+    Credential(String),
 }
 
-/// Anything that can fetch a fresh token (client secret today; certificates and workload
-/// identity plug in here).
-pub trait TokenSource: Send + Sync + 'static {
-    fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<Token, TokenError>> + Send + '_>>;
+impl TokenError {
+    /// The outcome label of the token request metric.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            TokenError::Refused { .. } => "refused",
+            TokenError::Unavailable { .. } => "unavailable",
+            TokenError::Credential(_) => "credential_error",
+        }
+    }
 }
 
-/// The client-credentials grant with a client secret, against the v2.0 endpoint.
-pub struct ClientSecretCredential {
-    endpoint: Url,
-    client_id: String,
-    client_secret: SecretString,
+/// The v2.0 token endpoint of one tenant.
+#[derive(Clone)]
+pub struct TokenEndpoint {
+    url: Url,
     scope: String,
     http: reqwest::Client,
     clock: Clock,
 }
 
-impl fmt::Debug for ClientSecretCredential {
+impl fmt::Debug for TokenEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientSecretCredential")
-            .field("endpoint", &self.endpoint.as_str())
-            .field("client_id", &self.client_id)
-            .field("client_secret", &"[REDACTED]")
+        f.debug_struct("TokenEndpoint")
+            .field("url", &self.url.as_str())
+            .field("scope", &self.scope)
             .finish()
     }
 }
 
-impl ClientSecretCredential {
-    /// `authority` is the already validated authority host (`https://login.microsoftonline.com`).
+impl TokenEndpoint {
+    /// `{authority}/{tenant}/oauth2/v2.0/token`; `authority` is an already validated base URL.
     pub fn new(
         authority: &Url,
         tenant_id: &str,
-        client_id: String,
-        client_secret: SecretString,
         scope: String,
         http: reqwest::Client,
         clock: Clock,
     ) -> Result<Self, url::ParseError> {
-        let mut endpoint = authority.clone();
-        endpoint
-            .path_segments_mut()
+        let mut url = authority.clone();
+        url.path_segments_mut()
             .map_err(|()| url::ParseError::RelativeUrlWithCannotBeABaseBase)?
             .pop_if_empty()
             .extend([tenant_id, "oauth2", "v2.0", "token"]);
         Ok(Self {
-            endpoint,
-            client_id,
-            client_secret,
+            url,
             scope,
             http,
             clock,
         })
     }
 
-    async fn request(&self) -> Result<Token, TokenError> {
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", self.client_id.as_str()),
-            ("client_secret", self.client_secret.expose_secret()),
-            ("scope", self.scope.as_str()),
-        ];
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Posts the form and decodes the answer. The lifetime counts from when the request left,
+    /// so network time shortens it, never lengthens it.
+    pub async fn request(
+        &self,
+        form: &[(&str, &str)],
+        kind: CredentialKind,
+    ) -> Result<Token, TokenError> {
         let sent_at = self.clock.now();
+        let unavailable = |detail: String| TokenError::Unavailable {
+            detail,
+            retry_after: None,
+        };
         let response = self
             .http
-            .post(self.endpoint.clone())
-            .form(&form)
+            .post(self.url.clone())
+            .form(form)
             .send()
             .await
-            .map_err(|err| TokenError::Unavailable {
-                detail: format!("{}: {}", self.endpoint, describe(&err)),
-                retry_after: None,
-            })?;
+            .map_err(|err| unavailable(format!("{}: {}", self.url, describe(&err))))?;
         let status = response.status();
-        let retry_after = super::client::retry_after(response.headers());
+        let retry_after = crate::upstream::retry_after(response.headers());
         let body = response
             .bytes()
             .await
-            .map_err(|err| TokenError::Unavailable {
-                detail: format!("{}: {}", self.endpoint, describe(&err)),
-                retry_after: None,
-            })?;
+            .map_err(|err| unavailable(format!("{}: {}", self.url, describe(&err))))?;
         if status.is_success() {
-            let parsed: TokenResponse =
-                serde_json::from_slice(&body).map_err(|err| TokenError::Unavailable {
-                    detail: format!("the token response is not valid JSON: {err}"),
-                    retry_after: None,
-                })?;
+            let parsed: TokenResponse = serde_json::from_slice(&body)
+                .map_err(|err| unavailable(format!("the token response is not valid: {err}")))?;
             return parsed.into_token(sent_at, &self.clock);
         }
         let error: TokenErrorBody = serde_json::from_slice(&body).unwrap_or_default();
@@ -142,17 +153,29 @@ impl ClientSecretCredential {
             || error.error == "temporarily_unavailable"
         {
             return Err(TokenError::Unavailable {
-                detail: format!("HTTP {status} {}", error.error),
+                detail: format!(
+                    "{} answered HTTP {status}{}",
+                    self.url,
+                    error
+                        .aadsts()
+                        .map(|c| format!(" AADSTS{c}"))
+                        .unwrap_or_default()
+                ),
                 retry_after,
             });
         }
-        Err(refusal(status.as_u16(), error))
-    }
-}
-
-impl TokenSource for ClientSecretCredential {
-    fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<Token, TokenError>> + Send + '_>> {
-        Box::pin(self.request())
+        let aadsts = error.aadsts();
+        Err(TokenError::Refused {
+            kind: kind.as_str(),
+            status: status.as_u16(),
+            hint: hints::hint(aadsts, kind, status.as_u16(), &error.error_description),
+            error: if error.error.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                error.error
+            },
+            aadsts,
+        })
     }
 }
 
@@ -179,13 +202,11 @@ struct TokenResponse {
 
 impl TokenResponse {
     fn into_token(self, sent_at: Instant, clock: &Clock) -> Result<Token, TokenError> {
-        // Count the lifetime from when the request left, so network time shortens it, never
-        // lengthens it. `expires_on` is the fallback when `expires_in` is absent.
         let lifetime = match (self.expires_in, self.expires_on) {
             (Some(secs), _) => Duration::from_secs(secs),
             (None, Some(on)) => {
-                let now = clock.utc().unix_timestamp();
-                Duration::from_secs(on.saturating_sub(u64::try_from(now).unwrap_or(0)))
+                let now = u64::try_from(clock.utc().unix_timestamp()).unwrap_or(0);
+                Duration::from_secs(on.saturating_sub(now))
             }
             (None, None) => {
                 return Err(TokenError::Unavailable {
@@ -194,9 +215,9 @@ impl TokenResponse {
                 });
             }
         };
-        if self.access_token.is_empty() {
+        if self.access_token.is_empty() || lifetime.is_zero() {
             return Err(TokenError::Unavailable {
-                detail: "the token response has an empty access_token".into(),
+                detail: "the token response holds no usable token".into(),
                 retry_after: None,
             });
         }
@@ -237,41 +258,17 @@ struct TokenErrorBody {
     error_codes: Vec<u32>,
 }
 
-/// Turns Entra's refusal into an error that says what to fix.
-fn refusal(status: u16, body: TokenErrorBody) -> TokenError {
-    let aadsts = body.error_codes.first().copied().or_else(|| {
-        let digits = body.error_description.strip_prefix("AADSTS")?;
-        digits
-            .split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()
-    });
-    let hint = match aadsts {
-        Some(7000215) => "AZURE_CLIENT_SECRET is not a valid secret of this application (use the secret's value, not its id)".to_owned(),
-        Some(7000222) => "the client secret in AZURE_CLIENT_SECRET has expired: create a new one".to_owned(),
-        Some(700016) => "AZURE_CLIENT_ID names no application in tenant AZURE_TENANT_ID (check both, and AZURE_AUTHORITY_HOST for the right cloud)".to_owned(),
-        Some(90002) => "AZURE_TENANT_ID names no tenant in this cloud (check it and AZURE_AUTHORITY_HOST)".to_owned(),
-        Some(70011) => "MDE_TOKEN_SCOPE is not a valid scope (expected https://api.securitycenter.microsoft.com/.default)".to_owned(),
-        Some(500011) => "the Defender API is not provisioned in this tenant (check MDE_TOKEN_SCOPE and the tenant)".to_owned(),
-        _ => {
-            let first_line = body.error_description.lines().next().unwrap_or("").trim();
-            if first_line.is_empty() {
-                format!("HTTP {status} without a description; check AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET")
-            } else {
-                first_line.chars().take(300).collect()
-            }
-        }
-    };
-    TokenError::Refused {
-        status,
-        error: if body.error.is_empty() {
-            format!("HTTP {status}")
-        } else {
-            body.error
-        },
-        aadsts,
-        hint,
+impl TokenErrorBody {
+    /// The AADSTS code, from `error_codes` or the description's prefix.
+    fn aadsts(&self) -> Option<u32> {
+        self.error_codes.first().copied().or_else(|| {
+            self.error_description
+                .strip_prefix("AADSTS")?
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
     }
 }
 
@@ -302,33 +299,30 @@ mod tests {
             .into_token(now, &clock)
             .unwrap();
         assert_eq!(only_on.expires_at - now, Duration::from_secs(600));
+        assert!(
+            parse(r#"{"access_token":"d"}"#)
+                .into_token(now, &clock)
+                .is_err()
+        );
     }
 
     #[test]
-    fn refusals_name_the_variable_to_fix() {
+    fn the_aadsts_code_comes_from_error_codes_or_the_description() {
         let body = TokenErrorBody {
-            error: "invalid_client".into(),
             error_description: "AADSTS7000215: Invalid client secret provided.\r\nTrace ID: x"
                 .into(),
-            error_codes: vec![],
+            ..Default::default()
         };
-        let err = refusal(401, body);
-        let text = err.to_string();
-        assert!(text.contains("AZURE_CLIENT_SECRET"), "{text}");
-        assert!(text.contains("AADSTS7000215"), "{text}");
-        let err = refusal(
-            400,
-            TokenErrorBody {
-                error: "unauthorized_client".into(),
-                error_description: String::new(),
-                error_codes: vec![700016],
-            },
-        );
-        assert!(err.to_string().contains("AZURE_CLIENT_ID"));
+        assert_eq!(body.aadsts(), Some(7000215));
+        let body = TokenErrorBody {
+            error_codes: vec![700016],
+            ..Default::default()
+        };
+        assert_eq!(body.aadsts(), Some(700016));
     }
 
     #[test]
-    fn debug_never_prints_the_secret() {
+    fn debug_never_prints_the_token() {
         let token = Token {
             access_token: SecretString::from("super-secret-token"),
             issued_at: Instant::now(),
