@@ -1,0 +1,206 @@
+{{/* vim: set filetype=mustache: */}}
+
+{{/* Chart name, at most 63 characters (a DNS label). */}}
+{{- define "scan-gateway.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of the release's resources, at most 63 characters. When the release name already
+contains the chart name, the release name alone is used.
+*/}}
+{{- define "scan-gateway.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A name derived from the full name with a suffix, still at most 63 characters. */}}
+{{- define "scan-gateway.suffixed" -}}
+{{- $full := include "scan-gateway.fullname" .root }}
+{{- printf "%s-%s" ($full | trunc (int (sub 62 (len .suffix))) | trimSuffix "-") .suffix }}
+{{- end }}
+
+{{- define "scan-gateway.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "scan-gateway.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every resource. */}}
+{{- define "scan-gateway.labels" -}}
+helm.sh/chart: {{ include "scan-gateway.chart" . }}
+{{ include "scan-gateway.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/component: gateway
+app.kubernetes.io/part-of: scan-gateway
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels that select the gateway's pods (never change them: selectors are immutable). */}}
+{{- define "scan-gateway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "scan-gateway.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "scan-gateway.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "scan-gateway.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* registry/repository:tag@digest */}}
+{{- define "scan-gateway.image" -}}
+{{- $repository := .Values.image.repository }}
+{{- if .Values.image.registry }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .Values.image.registry) .Values.image.repository }}
+{{- end }}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion | toString }}
+{{- if .Values.image.digest }}
+{{- printf "%s:%s@%s" $repository $tag .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret the chart creates for values given inline (client secret, PEM, Redis URL). */}}
+{{- define "scan-gateway.secretName" -}}
+{{- include "scan-gateway.fullname" . }}
+{{- end }}
+
+{{- define "scan-gateway.configMapName" -}}
+{{- include "scan-gateway.suffixed" (dict "root" . "suffix" "config") }}
+{{- end }}
+
+{{/* true when the chart has something to put in its own Secret. */}}
+{{- define "scan-gateway.createSecret" -}}
+{{- if or .Values.azure.clientSecret.value .Values.azure.clientCertificate.value .Values.redis.url -}}
+true
+{{- end }}
+{{- end }}
+
+{{- define "scan-gateway.redisEnabled" -}}
+{{- if or .Values.redis.url .Values.redis.existingSecret -}}
+true
+{{- end }}
+{{- end }}
+
+{{- define "scan-gateway.clientCertificateEnabled" -}}
+{{- if or .Values.azure.clientCertificate.value .Values.azure.clientCertificate.existingSecret -}}
+true
+{{- end }}
+{{- end }}
+
+{{/* Replica count the gateway divides its fallback quota by. */}}
+{{- define "scan-gateway.replicasForQuota" -}}
+{{- if .Values.autoscaling.enabled }}
+{{- .Values.autoscaling.maxReplicas }}
+{{- else }}
+{{- .Values.replicaCount }}
+{{- end }}
+{{- end }}
+
+{{/* Secret of the serving certificate. */}}
+{{- define "scan-gateway.tlsSecretName" -}}
+{{- if .Values.tls.secretName }}
+{{- .Values.tls.secretName }}
+{{- else if .Values.tls.certManager.enabled }}
+{{- include "scan-gateway.suffixed" (dict "root" . "suffix" "tls") }}
+{{- end }}
+{{- end }}
+
+{{- define "scan-gateway.clientCASecretName" -}}
+{{- default (include "scan-gateway.tlsSecretName" .) .Values.tls.clientCA.secretName }}
+{{- end }}
+
+{{/* "grpc" or "http": how the kubelet probes the gateway. */}}
+{{- define "scan-gateway.probeMode" -}}
+{{- if eq .Values.probes.mode "auto" }}
+{{- ternary "http" "grpc" .Values.tls.enabled }}
+{{- else }}
+{{- .Values.probes.mode }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks across values that the JSON schema cannot express; a broken combination fails
+`helm install`, `helm template` and `helm lint` with a message that names the values.
+*/}}
+{{- define "scan-gateway.validateValues" -}}
+{{- $azure := .Values.azure }}
+{{- $sources := list }}
+{{- if or $azure.clientSecret.value $azure.clientSecret.existingSecret }}
+{{- $sources = append $sources "azure.clientSecret" }}
+{{- end }}
+{{- if or $azure.clientCertificate.value $azure.clientCertificate.existingSecret }}
+{{- $sources = append $sources "azure.clientCertificate" }}
+{{- end }}
+{{- if $azure.workloadIdentity.enabled }}
+{{- $sources = append $sources "azure.workloadIdentity" }}
+{{- end }}
+{{- if gt (len $sources) 1 }}
+{{- fail (printf "choose one Azure credential, not %s" (join " and " $sources)) }}
+{{- end }}
+{{- if and $azure.clientSecret.value $azure.clientSecret.existingSecret }}
+{{- fail "set azure.clientSecret.value or azure.clientSecret.existingSecret, not both" }}
+{{- end }}
+{{- if and $azure.clientCertificate.value $azure.clientCertificate.existingSecret }}
+{{- fail "set azure.clientCertificate.value or azure.clientCertificate.existingSecret, not both" }}
+{{- end }}
+{{- if and (not $azure.workloadIdentity.enabled) (gt (len $sources) 0) (or (not $azure.tenantId) (not $azure.clientId)) }}
+{{- fail (printf "%s needs azure.tenantId and azure.clientId" (first $sources)) }}
+{{- end }}
+{{- if and $azure.workloadIdentity.enabled .Values.serviceAccount.create (not $azure.clientId) }}
+{{- fail "azure.workloadIdentity needs azure.clientId (written to the ServiceAccount annotation azure.workload.identity/client-id)" }}
+{{- end }}
+{{- if and .Values.redis.url .Values.redis.existingSecret }}
+{{- fail "set redis.url or redis.existingSecret, not both" }}
+{{- end }}
+{{- $needed := add .Values.preStopSleepSeconds .Values.gateway.shutdownGraceSeconds 5 }}
+{{- if lt (int .Values.terminationGracePeriodSeconds) (int $needed) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be at least preStopSleepSeconds (%d) + gateway.shutdownGraceSeconds (%d) + 5 = %d, or Kubernetes kills the gateway before in-flight calls finish" (int .Values.terminationGracePeriodSeconds) (int .Values.preStopSleepSeconds) (int .Values.gateway.shutdownGraceSeconds) (int $needed)) }}
+{{- end }}
+{{- if and .Values.tls.enabled (not (include "scan-gateway.tlsSecretName" .)) }}
+{{- fail "tls.enabled needs tls.secretName or tls.certManager.enabled" }}
+{{- end }}
+{{- if and .Values.tls.clientCA.enabled (not .Values.tls.enabled) }}
+{{- fail "tls.clientCA.enabled (mTLS) needs tls.enabled" }}
+{{- end }}
+{{- if and .Values.tls.certManager.enabled (not .Values.tls.certManager.issuerRef.name) }}
+{{- fail "tls.certManager.enabled needs tls.certManager.issuerRef.name" }}
+{{- end }}
+{{- if and .Values.tls.enabled (eq .Values.probes.mode "grpc") }}
+{{- fail "probes.mode grpc cannot be used with tls.enabled: the kubelet's gRPC probe speaks plaintext only (use auto or http)" }}
+{{- end }}
+{{- if eq .Values.containerPorts.grpc .Values.containerPorts.admin }}
+{{- fail "containerPorts.grpc and containerPorts.admin must differ" }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) }}
+{{- fail "autoscaling.maxReplicas must be at least autoscaling.minReplicas" }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (not .Values.autoscaling.targetCPUUtilizationPercentage) (not .Values.autoscaling.targetMemoryUtilizationPercentage) }}
+{{- fail "autoscaling needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage" }}
+{{- end }}
+{{- $pdb := .Values.podDisruptionBudget }}
+{{- $min := "" }}
+{{- if not (kindIs "invalid" $pdb.minAvailable) }}{{ $min = toString $pdb.minAvailable }}{{ end }}
+{{- $max := "" }}
+{{- if not (kindIs "invalid" $pdb.maxUnavailable) }}{{ $max = toString $pdb.maxUnavailable }}{{ end }}
+{{- if and $pdb.enabled (eq $min "") (eq $max "") }}
+{{- fail "podDisruptionBudget needs minAvailable or maxUnavailable" }}
+{{- end }}
+{{- end }}
