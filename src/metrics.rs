@@ -45,6 +45,124 @@ struct TokenLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaRefusedLabels {
+    api: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaWindowLabels {
+    api: &'static str,
+    /// The window length in seconds.
+    window_seconds: u64,
+}
+
+/// The quota's metrics (issue 4).
+struct QuotaFamilies {
+    admitted: Family<ApiLabel, Counter>,
+    refused: Family<QuotaRefusedLabels, Counter>,
+    queue_length: Family<ApiLabel, Gauge>,
+    wait: Family<ApiLabel, Histogram>,
+    remaining: Family<QuotaWindowLabels, Gauge>,
+    fallback: Gauge,
+}
+
+impl QuotaFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        let families = Self {
+            admitted: Family::default(),
+            refused: Family::default(),
+            queue_length: Family::default(),
+            wait: Family::new_with_constructor(|| {
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                    0.001, 4.0, 12,
+                ))
+            }),
+            remaining: Family::default(),
+            fallback: Gauge::default(),
+        };
+        registry.register(
+            "quota_admitted",
+            "Upstream calls admitted by the quota, by API",
+            families.admitted.clone(),
+        );
+        registry.register(
+            "quota_refused",
+            "Upstream calls refused by the quota (deadline, queue_full), by API",
+            families.refused.clone(),
+        );
+        registry.register(
+            "quota_queue_length",
+            "Calls waiting for quota, by API",
+            families.queue_length.clone(),
+        );
+        registry.register_with_unit(
+            "quota_wait",
+            "Time admitted calls waited for quota, by API",
+            Unit::Seconds,
+            families.wait.clone(),
+        );
+        registry.register(
+            "quota_remaining_calls",
+            "Calls left in each quota window at the last admission, by API and window length",
+            families.remaining.clone(),
+        );
+        registry.register(
+            "quota_fallback",
+            "1 while Redis is unreachable and this replica uses its share of the quota",
+            families.fallback.clone(),
+        );
+        families
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// The server's own metrics (issue 6): what is running, and how many streams are open.
+struct ServerFamilies {
+    active_streams: Family<MethodLabel, Gauge>,
+}
+
+impl ServerFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the version of the running gateway is in the label",
+            build_info,
+        );
+        let families = Self {
+            active_streams: Family::default(),
+        };
+        registry.register(
+            "grpc_server_active_streams",
+            "Server streams (RunScan, WatchScan) open now, by method",
+            families.active_streams.clone(),
+        );
+        families
+    }
+}
+
+/// Counts a server stream as open until dropped.
+pub struct OpenStream {
+    gauge: Gauge,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
 struct Inner {
     registry: Registry,
     rpc_requests: Family<RpcLabels, Counter>,
@@ -56,6 +174,8 @@ struct Inner {
     token_ttl: Gauge<f64, AtomicU64>,
     /// When the cached token expires; the TTL gauge is computed from it at scrape time.
     token_expires_at: Mutex<Option<Instant>>,
+    quota: QuotaFamilies,
+    server: ServerFamilies,
 }
 
 /// The gateway's metrics. Cheap to clone; clones share the registry.
@@ -119,6 +239,8 @@ impl Metrics {
             Unit::Seconds,
             token_ttl.clone(),
         );
+        let quota = QuotaFamilies::register(&mut registry);
+        let server = ServerFamilies::register(&mut registry);
         Self(Arc::new(Inner {
             registry,
             rpc_requests,
@@ -129,6 +251,8 @@ impl Metrics {
             token_requests,
             token_ttl,
             token_expires_at: Mutex::new(None),
+            quota,
+            server,
         }))
     }
 
@@ -166,6 +290,51 @@ impl Metrics {
             .inc();
     }
 
+    pub fn record_quota_admitted(&self, api: &'static str, waited_seconds: f64) {
+        self.0.quota.admitted.get_or_create(&ApiLabel { api }).inc();
+        self.0
+            .quota
+            .wait
+            .get_or_create(&ApiLabel { api })
+            .observe(waited_seconds);
+    }
+
+    pub fn record_quota_refused(&self, api: &'static str, reason: &'static str) {
+        self.0
+            .quota
+            .refused
+            .get_or_create(&QuotaRefusedLabels { api, reason })
+            .inc();
+    }
+
+    pub fn set_quota_queue_length(&self, api: &'static str, waiting: usize) {
+        self.0
+            .quota
+            .queue_length
+            .get_or_create(&ApiLabel { api })
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_quota_remaining(
+        &self,
+        api: &'static str,
+        window: std::time::Duration,
+        remaining: u32,
+    ) {
+        self.0
+            .quota
+            .remaining
+            .get_or_create(&QuotaWindowLabels {
+                api,
+                window_seconds: window.as_secs(),
+            })
+            .set(i64::from(remaining));
+    }
+
+    pub fn set_quota_fallback(&self, fallback: bool) {
+        self.0.quota.fallback.set(i64::from(fallback));
+    }
+
     pub fn record_token_request(&self, credential: &'static str, outcome: &'static str) {
         self.0
             .token_requests
@@ -201,6 +370,59 @@ impl Metrics {
         let _ = encode(&mut out, &self.0.registry);
         out
     }
+}
+
+impl Metrics {
+    /// Counts a server stream of `method` as open until the returned guard is dropped.
+    pub fn open_stream(&self, method: &'static str) -> OpenStream {
+        let gauge = self
+            .0
+            .server
+            .active_streams
+            .get_or_create(&MethodLabel { method })
+            .clone();
+        gauge.inc();
+        OpenStream { gauge }
+    }
+
+    /// The Prometheus text format (`text/plain; version=0.0.4`), which `promtool check
+    /// metrics` and scrapers that do not ask for OpenMetrics read.
+    pub fn render_text(&self) -> String {
+        openmetrics_to_text(&self.render())
+    }
+}
+
+/// Rewrites prometheus-client's OpenMetrics exposition in the classic text format: a counter
+/// family is named with its `_total` suffix, and `# UNIT` and `# EOF` lines go. (Neither
+/// exemplars nor info, stateset or gaugehistogram families are used here.)
+fn openmetrics_to_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), kind),
+                "gauge" | "histogram" | "summary" => (name.to_owned(), kind),
+                _ => (name.to_owned(), "untyped"),
+            };
+            if let Some((_, text)) = help.take().and_then(|h| h.split_once(' ')) {
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 impl Default for Metrics {
@@ -250,5 +472,28 @@ mod tests {
             r#"scan_gateway_upstream_requests_total{api="run_antivirus_scan",status="201"} 1"#
         ));
         assert!(text.contains("scan_gateway_grpc_server_request_duration_seconds_bucket"));
+    }
+
+    #[test]
+    fn the_text_format_names_counters_with_total_and_drops_openmetrics_lines() {
+        let metrics = Metrics::new();
+        metrics.record_rpc("RunScan", tonic::Code::Ok, 0.5);
+        let _open = metrics.open_stream("RunScan");
+        let text = metrics.render_text();
+        assert!(text.contains("# TYPE scan_gateway_grpc_server_requests_total counter\n"));
+        assert!(text.contains("# HELP scan_gateway_grpc_server_requests_total gRPC calls"));
+        assert!(
+            text.contains("# TYPE scan_gateway_grpc_server_request_duration_seconds histogram\n")
+        );
+        assert!(text.contains(r#"scan_gateway_grpc_server_active_streams{method="RunScan"} 1"#));
+        assert!(text.contains(r#"scan_gateway_build_info{version=""#));
+        assert!(!text.contains("# EOF"));
+        assert!(!text.contains("# UNIT"));
+        drop(_open);
+        assert!(
+            metrics
+                .render_text()
+                .contains(r#"scan_gateway_grpc_server_active_streams{method="RunScan"} 0"#)
+        );
     }
 }

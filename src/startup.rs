@@ -11,12 +11,10 @@ use crate::{
     clock::Clock,
     config::Settings,
     credentials::{Credential, TokenEndpoint},
-    grpc::{ScanServiceImpl, pb},
-    layers::{
-        auth::TokenCache,
-        quota::{Quota, QuotaConfig},
-    },
+    grpc::{GrpcTraceLayer, ScanServiceImpl, pb},
+    layers::auth::TokenCache,
     metrics::Metrics,
+    quota::{LocalStore, Quota, QuotaConfig, SharedStore, Store},
     scans::{Scans, ScansConfig},
     upstream::{self, DefenderClient, HttpService},
 };
@@ -37,6 +35,10 @@ pub enum StartupError {
     HttpClient(String),
     #[error("{0}")]
     Credential(String),
+    #[error(
+        "SCAN_GATEWAY_REDIS_URL is not a valid Redis URL (expected redis://host:port/db or rediss://...)"
+    )]
+    Redis,
     #[error("cannot build the token endpoint URL: {0}")]
     Authority(url::ParseError),
 }
@@ -86,14 +88,19 @@ impl Gateway {
             settings.token_refresh_margin,
             metrics.clone(),
         ));
-        let quota = Arc::new(Quota::new(
-            &QuotaConfig {
-                limits: settings.quota.clone(),
-                max_wait: settings.max_quota_wait,
-                max_queue: settings.max_queue,
-            },
-            clock,
-        ));
+        let quota_config = QuotaConfig {
+            limits: settings.quota.clone(),
+            max_wait: settings.max_quota_wait,
+            max_queue: settings.max_queue,
+        };
+        let store = match &settings.redis {
+            None => Store::Local(LocalStore::new(&quota_config.limits)),
+            Some(shared) => Store::Shared(Box::new(
+                SharedStore::new(shared.clone(), quota_config.limits.clone(), metrics.clone())
+                    .map_err(|_| StartupError::Redis)?,
+            )),
+        };
+        let quota = Arc::new(Quota::new(&quota_config, store, clock, metrics.clone()));
         let stack = upstream::stack(
             HttpService::new(http, settings.upstream_timeout),
             tokens,
@@ -183,6 +190,8 @@ impl Gateway {
         let local = self.grpc.local_addr()?;
         tracing::info!(grpc = %local, "serving");
         let server = Server::builder()
+            // One server span per ScanService call, continuing the caller's trace.
+            .layer(GrpcTraceLayer::new())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -8,7 +8,7 @@ use crate::{
     credentials::ClientAuth,
     simulator::{Simulator, SimulatorConfig},
     startup::Gateway,
-    telemetry::{self, LogFormat},
+    telemetry::{self, LogFormat, TraceSettings},
 };
 
 #[derive(Debug, clap::Args)]
@@ -22,7 +22,37 @@ pub struct ServeArgs {
 
 pub async fn run(args: ServeArgs) -> ExitCode {
     let shutdown = super::shutdown_signal();
-    telemetry::init(LogFormat::from_env(LogFormat::Json), "info");
+    let traces = match TraceSettings::from_env() {
+        Ok(traces) => traces,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let telemetry = match telemetry::init(
+        LogFormat::from_env(LogFormat::Json),
+        "info",
+        traces.as_ref(),
+    ) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(traces) = &traces {
+        tracing::info!(endpoint = %traces.endpoint, "exporting spans over OTLP/gRPC");
+    }
+    let code = serve(args, shutdown).await;
+    // After the drain, so the spans of the last calls are in the flush.
+    telemetry.shutdown().await;
+    code
+}
+
+async fn serve(
+    args: ServeArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> ExitCode {
     let clock = Clock::system();
     let mut settings = match Settings::load(&args.config) {
         Ok(settings) => settings,

@@ -17,7 +17,8 @@ pub struct SimulateArgs {
 
 pub async fn run(args: SimulateArgs) -> ExitCode {
     let shutdown = super::shutdown_signal();
-    telemetry::init(LogFormat::from_env(LogFormat::Json), "info");
+    // The simulator exports no spans: it plays Microsoft's side.
+    let _logs = telemetry::init(LogFormat::from_env(LogFormat::Json), "info", None);
     let config = match args.simulator.to_config() {
         Ok(config) => config,
         Err(err) => {

@@ -1,14 +1,17 @@
 //! The gRPC face of the gateway: `ScanService`, health and reflection on one port.
 
+pub mod audit;
 mod convert;
 mod service;
 pub mod status;
+pub mod trace;
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 pub use service::ScanServiceImpl;
+pub use trace::GrpcTraceLayer;
 
 /// The generated protobuf types, client and server of `defender.scan.v1`.
 #[allow(clippy::doc_lazy_continuation, clippy::large_enum_variant)]

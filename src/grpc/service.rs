@@ -4,12 +4,14 @@
 
 use std::{pin::Pin, sync::Arc};
 
+use opentelemetry::context::FutureExt as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
-use super::{convert, deadline_of, pb};
+use super::{audit::AuditRecord, convert, deadline_of, pb};
 use crate::{
     error::Error,
     metrics::Metrics,
@@ -51,11 +53,16 @@ impl ScanServiceImpl {
     }
 
     /// Starts the task behind a stream: `start` yields the first action (creating it if need
-    /// be), then the task follows it. `wrap` builds the RPC's response message.
+    /// be), then the task follows it. `wrap` builds the RPC's response message. `audit`, for a
+    /// call that starts a scan, is written once the start has succeeded or failed.
+    ///
+    /// The task runs in the call's span (and trace context), so its polls and upstream calls
+    /// belong to the call's trace.
     fn stream<T, F>(
         &self,
         method: &'static str,
         deadline: Option<Instant>,
+        audit: Option<AuditRecord>,
         start: impl FnOnce(Scans, CallContext) -> F + Send + 'static,
         wrap: fn(pb::ScanUpdate) -> T,
     ) -> EventStream<T>
@@ -67,7 +74,9 @@ impl ScanServiceImpl {
         let scans = self.scans.clone();
         let metrics = self.metrics.clone();
         let started = Instant::now();
-        tokio::spawn(async move {
+        let open = metrics.open_stream(method);
+        let task = async move {
+            let _open = open;
             let queued = events.clone();
             let utc = scans.clone();
             let observer = QueueObserver(Arc::new(move |position, at| {
@@ -81,8 +90,12 @@ impl ScanServiceImpl {
                 deadline,
                 observer: Some(observer),
             };
+            let mut audit = audit;
             let outcome = match start(scans.clone(), ctx.clone()).await {
                 Ok(action) => {
+                    if let Some(audit) = audit.take() {
+                        audit.finish(tonic::Code::Ok, Some((&action.id, &action.machine_id)));
+                    }
                     let follow_ctx = CallContext {
                         deadline,
                         observer: None,
@@ -101,8 +114,15 @@ impl ScanServiceImpl {
                     code
                 }
             };
+            if let Some(audit) = audit {
+                audit.finish(code, None);
+            }
             metrics.record_rpc(method, code, started.elapsed().as_secs_f64());
-        });
+        };
+        tokio::spawn(
+            task.instrument(tracing::Span::current())
+                .with_current_context(),
+        );
         Box::pin(
             ReceiverStream::new(receiver)
                 .map(move |event| event.map(|event| wrap(convert::update(event)))),
@@ -127,15 +147,31 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
     ) -> Result<Response<Self::RunScanStream>, Status> {
         const METHOD: &str = "RunScan";
         let deadline = deadline_of(&request);
+        let r = request.get_ref();
+        let audit = AuditRecord::scan(
+            METHOD,
+            &request,
+            &r.machine_id,
+            r.scan_type,
+            &r.comment,
+            &r.request_id,
+        );
         let r = request.into_inner();
         let parsed =
             match convert::scan_request(&r.machine_id, r.scan_type, &r.comment, &r.request_id) {
                 Ok(parsed) => parsed,
-                Err(err) => return self.invalid(METHOD, err),
+                Err(err) => {
+                    let refused = self.invalid(METHOD, err);
+                    if let Err(status) = &refused {
+                        audit.finish(status.code(), None);
+                    }
+                    return refused;
+                }
             };
         let stream = self.stream(
             METHOD,
             deadline,
+            Some(audit),
             move |scans, ctx| async move { scans.start(&parsed, &ctx).await },
             |update| pb::RunScanResponse {
                 update: Some(update),
@@ -149,20 +185,32 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
         request: Request<pb::StartScanRequest>,
     ) -> Result<Response<pb::StartScanResponse>, Status> {
         let deadline = deadline_of(&request);
+        let r = request.get_ref();
+        let audit = AuditRecord::scan(
+            "StartScan",
+            &request,
+            &r.machine_id,
+            r.scan_type,
+            &r.comment,
+            &r.request_id,
+        );
         let r = request.into_inner();
-        self.unary("StartScan", async {
-            let parsed =
-                convert::scan_request(&r.machine_id, r.scan_type, &r.comment, &r.request_id)?;
-            let ctx = CallContext {
-                deadline,
-                observer: None,
-            };
-            let action = self.scans.start(&parsed, &ctx).await?;
-            Ok(pb::StartScanResponse {
-                action: Some(convert::action(action)),
+        let result = self
+            .unary("StartScan", async {
+                let parsed =
+                    convert::scan_request(&r.machine_id, r.scan_type, &r.comment, &r.request_id)?;
+                let ctx = CallContext {
+                    deadline,
+                    observer: None,
+                };
+                let action = self.scans.start(&parsed, &ctx).await?;
+                Ok(pb::StartScanResponse {
+                    action: Some(convert::action(action)),
+                })
             })
-        })
-        .await
+            .await;
+        audit.finish_unary(&result, |r| r.action.as_ref());
+        result
     }
 
     async fn get_scan(
@@ -197,6 +245,7 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
         let stream = self.stream(
             METHOD,
             deadline,
+            None,
             move |scans, ctx| async move { scans.get(&id, &ctx).await },
             |update| pb::WatchScanResponse {
                 update: Some(update),
@@ -210,18 +259,22 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
         request: Request<pb::CancelScanRequest>,
     ) -> Result<Response<pb::CancelScanResponse>, Status> {
         let deadline = deadline_of(&request);
-        self.unary("CancelScan", async {
-            let parsed = convert::cancel_request(request.get_ref())?;
-            let ctx = CallContext {
-                deadline,
-                observer: None,
-            };
-            let action = self.scans.cancel(&parsed, &ctx).await?;
-            Ok(pb::CancelScanResponse {
-                action: Some(convert::action(action)),
+        let audit = AuditRecord::cancel(&request);
+        let result = self
+            .unary("CancelScan", async {
+                let parsed = convert::cancel_request(request.get_ref())?;
+                let ctx = CallContext {
+                    deadline,
+                    observer: None,
+                };
+                let action = self.scans.cancel(&parsed, &ctx).await?;
+                Ok(pb::CancelScanResponse {
+                    action: Some(convert::action(action)),
+                })
             })
-        })
-        .await
+            .await;
+        audit.finish_unary(&result, |r| r.action.as_ref());
+        result
     }
 
     async fn list_scans(

@@ -21,12 +21,13 @@ use http::{HeaderValue, StatusCode, header::AUTHORIZATION};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
+use tracing::Instrument;
 
 use crate::{
     clock::Clock,
     credentials::{Token, TokenError, TokenSource},
     metrics::Metrics,
-    upstream::{Error, Request, Response},
+    upstream::{Error, Request, Response, clone_request},
 };
 
 /// First retry delay after a failed refresh; doubles per failure.
@@ -139,8 +140,17 @@ impl TokenCache {
     /// Fetches a token; the caller holds the flight.
     async fn fetch(&self) -> Result<SecretString, TokenError> {
         let kind = self.source.kind().as_str();
-        match self.source.fetch().await {
+        // Only a real fetch gets a span; a cached token costs nothing. A background refresh has
+        // no caller, so its span starts a trace of its own.
+        let span = tracing::info_span!(
+            "fetch access token",
+            credential = kind,
+            token.outcome = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        match self.source.fetch().instrument(span.clone()).await {
             Ok(token) => {
+                span.record("token.outcome", "success");
                 self.metrics.record_token_request(kind, "success");
                 self.metrics.set_token_expiry(Some(token.expires_at));
                 tracing::debug!(
@@ -155,6 +165,8 @@ impl TokenCache {
                 Ok(access)
             }
             Err(err) => {
+                span.record("token.outcome", err.outcome());
+                span.record("otel.status_description", err.to_string());
                 self.metrics.record_token_request(kind, err.outcome());
                 let mut state = self.lock();
                 state.failures = state.failures.saturating_add(1);
@@ -266,17 +278,6 @@ fn authorize(mut request: Request, token: &SecretString) -> Result<Request, Erro
     value.set_sensitive(true);
     request.headers_mut().insert(AUTHORIZATION, value);
     Ok(request)
-}
-
-/// Requests hold their body as `Bytes`, so a copy for the one retry is cheap.
-fn clone_request(request: &Request) -> Request {
-    let mut copy = http::Request::new(request.body().clone());
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    *copy.extensions_mut() = request.extensions().clone();
-    copy
 }
 
 #[cfg(test)]
@@ -553,5 +554,22 @@ mod tests {
                 .min(BACKOFF_CAP);
             assert!(delay >= full / 2 && delay <= full, "{failures}: {delay:?}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_real_fetch_gets_a_span() {
+        let (spans, _guard) = crate::telemetry::testing::install();
+        let f = fixture(Duration::from_secs(3600));
+        token(&f.cache).await.unwrap();
+        token(&f.cache).await.unwrap();
+        let fetches: Vec<_> = spans
+            .finished()
+            .into_iter()
+            .filter(|s| s.name == "fetch access token")
+            .collect();
+        assert_eq!(fetches.len(), 1, "the cached token needs no fetch");
+        let attr = |key| crate::telemetry::testing::attr(&fetches[0], key);
+        assert_eq!(attr("credential").as_deref(), Some("client_secret"));
+        assert_eq!(attr("token.outcome").as_deref(), Some("success"));
     }
 }

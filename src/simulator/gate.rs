@@ -23,6 +23,13 @@ pub(crate) async fn defender(
     next: Next,
 ) -> Response {
     state.counters().request(endpoint);
+    if let Some(traceparent) = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        state.traceparents().record(endpoint, traceparent);
+    }
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let response = match admit(&state, endpoint, request.headers()).await {
         Ok(()) => {

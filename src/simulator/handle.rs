@@ -6,6 +6,7 @@ use super::faults::Faults;
 use super::inventory::Machine;
 use super::state::SimState;
 use super::stats::Stats;
+use super::traceparents::SeenTraceparent;
 
 /// A cheap, cloneable view of a simulator's state; usable while it serves.
 #[derive(Debug, Clone)]
@@ -57,6 +58,12 @@ impl SimulatorHandle {
     /// Requests received per endpoint (rejected ones included), tokens issued, and more.
     pub fn stats(&self) -> Stats {
         self.state.counters().snapshot()
+    }
+
+    /// The W3C `traceparent` headers of the last Defender API requests (at most 256), oldest
+    /// first.
+    pub fn traceparents(&self) -> Vec<SeenTraceparent> {
+        self.state.traceparents().all()
     }
 
     /// Replaces the fault settings; takes effect for the next request.

@@ -41,6 +41,7 @@ mod state;
 mod stats;
 mod timestamp;
 mod token;
+mod traceparents;
 mod view;
 
 #[cfg(test)]
@@ -64,6 +65,7 @@ pub use handle::SimulatorHandle;
 pub use inventory::Machine;
 pub use state::SimState;
 pub use stats::{Endpoint, Stats};
+pub use traceparents::SeenTraceparent;
 
 /// The simulator's routes; testable with `tower::ServiceExt::oneshot`, no socket needed.
 pub fn app(state: SimState) -> Router {

@@ -16,6 +16,7 @@ use super::history;
 use super::inventory::Inventory;
 use super::quota::Quota;
 use super::stats::Counters;
+use super::traceparents::Traceparents;
 
 /// The simulator's state; build one with [`SimState::new`] and pass it to [`super::app`].
 #[derive(Clone)]
@@ -32,6 +33,7 @@ struct Inner {
     quota: Mutex<Quota>,
     faults: Mutex<FaultState>,
     counters: Counters,
+    traceparents: Mutex<Traceparents>,
 }
 
 impl std::fmt::Debug for SimState {
@@ -60,6 +62,7 @@ impl SimState {
                 actions: Mutex::new(actions),
                 tokens: Mutex::new(TokenStore::default()),
                 counters: Counters::default(),
+                traceparents: Mutex::default(),
                 inventory,
                 config,
                 clock,
@@ -97,5 +100,9 @@ impl SimState {
 
     pub(crate) fn faults(&self) -> MutexGuard<'_, FaultState> {
         lock(&self.inner.faults)
+    }
+
+    pub(crate) fn traceparents(&self) -> MutexGuard<'_, Traceparents> {
+        lock(&self.inner.traceparents)
     }
 }

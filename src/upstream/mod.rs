@@ -22,10 +22,11 @@ pub use http_service::HttpService;
 use crate::{
     layers::{
         auth::{AuthLayer, TokenCache},
-        quota::{Quota, QuotaLayer},
+        quota::QuotaLayer,
         trace::TraceLayer,
     },
     metrics::Metrics,
+    quota::Quota,
 };
 
 /// A request to the Defender API: a complete `http::Request` tagged with its [`Api`].
@@ -83,6 +84,17 @@ impl fmt::Debug for QueueObserver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("QueueObserver")
     }
+}
+
+/// A copy of a request for a retry. Requests hold their body as `Bytes`, so this is cheap.
+pub(crate) fn clone_request(request: &Request) -> Request {
+    let mut copy = http::Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    copy
 }
 
 /// Why a base URL is refused.

@@ -146,11 +146,10 @@ async fn upstream_429_is_unavailable_with_retry_info() {
         .list_scans(pb::ListScansRequest::default())
         .await
         .unwrap();
-    let status = app
-        .client
-        .list_scans(pb::ListScansRequest::default())
-        .await
-        .unwrap_err();
+    // Retry-After (up to 60 s) is past this call's deadline, so it is not retried.
+    let mut request = tonic::Request::new(pb::ListScansRequest::default());
+    request.set_timeout(Duration::from_secs(5));
+    let status = app.client.list_scans(request).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let delay = status
         .get_details_retry_info()
@@ -263,4 +262,19 @@ async fn upstream_403_is_permission_denied_upstream_forbidden() {
         "{}",
         status.message()
     );
+}
+
+#[tokio::test]
+async fn an_upstream_429_within_the_deadline_is_retried_after_retry_after() {
+    let mut config = fast_simulator();
+    config.quota = vec![(1, Duration::from_secs(1))];
+    let mut app = spawn_gateway(spawn_simulator(config).await).await;
+    for _ in 0..2 {
+        let mut request = tonic::Request::new(pb::ListScansRequest::default());
+        request.set_timeout(Duration::from_secs(10));
+        app.client.list_scans(request).await.unwrap();
+    }
+    let stats = app.sim.handle.stats();
+    assert_eq!(stats.list_actions, 3, "one 429, then the retry");
+    assert_eq!(stats.throttled, 1);
 }

@@ -1,6 +1,6 @@
 //! Starts simulators and gateways on ephemeral loopback ports and hands out typed handles.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use scan_gateway::{
     clock::Clock,
@@ -100,7 +100,7 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub client: ScanServiceClient<Channel>,
-    pub sim: TestSimulator,
+    pub sim: Arc<TestSimulator>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -143,6 +143,11 @@ pub async fn spawn_gateway(sim: TestSimulator) -> TestGateway {
 }
 
 pub async fn spawn_gateway_with(sim: TestSimulator, args: ConfigArgs) -> TestGateway {
+    spawn_gateway_sharing(Arc::new(sim), args).await
+}
+
+/// A gateway in front of a simulator that other gateways may share.
+pub async fn spawn_gateway_sharing(sim: Arc<TestSimulator>, args: ConfigArgs) -> TestGateway {
     let settings = Settings::load(&args).expect("test settings are valid");
     let gateway = Gateway::build(&settings, Clock::system())
         .await

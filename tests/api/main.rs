@@ -2,9 +2,11 @@
 //! gRPC with the generated client (and, in `tools`, with grpcurl and Python grpcio).
 
 mod cli;
+mod collector;
 mod credentials;
 mod errors;
 mod helpers;
+mod observability;
 mod scan_service;
 mod tools;
 mod validation;

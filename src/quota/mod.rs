@@ -1,0 +1,306 @@
+//! The Defender API quota (100 calls a minute and 1,500 an hour, per API), kept by the gateway
+//! so Defender never has to answer 429, and used to the full.
+//!
+//! - Every (calls, window) limit holds over *sliding* windows: no window of that length,
+//!   wherever it starts, holds more calls ([`window`]).
+//! - Each API has its own limits; an optional overall cap applies across all APIs.
+//! - A call that must wait queues in arrival order (per API, a fair tokio mutex is the queue),
+//!   is told its position and estimated start, and is refused at once when that estimate is
+//!   past its deadline or the maximum wait, or when the queue is full. A cancelled caller
+//!   leaves the queue (its future is dropped) and frees its place.
+//! - A 429 from upstream pauses the API until its `Retry-After`.
+//! - With Redis ([`shared`]), all replicas share one quota; each admission is decided by one
+//!   atomic script on Redis's clock. When Redis is unreachable each replica falls back to its
+//!   share of the quota and returns to shared mode when Redis is back.
+
+mod local;
+pub mod shared;
+pub mod window;
+
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::{
+    clock::Clock,
+    metrics::Metrics,
+    upstream::{Api, Error, QueueObserver},
+};
+
+pub use local::LocalStore;
+pub use shared::{SharedConfig, SharedStore};
+
+/// At most `calls` calls in any window of length `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub calls: u32,
+    pub window: Duration,
+}
+
+/// The limits of every bucket: one per API, plus an optional cap over all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub per_api: HashMap<Api, Vec<Limit>>,
+    pub total: Option<Vec<Limit>>,
+}
+
+impl Limits {
+    /// The same limits for every API, no overall cap.
+    pub fn uniform(limits: Vec<Limit>) -> Self {
+        Self {
+            per_api: Api::ALL
+                .into_iter()
+                .map(|api| (api, limits.clone()))
+                .collect(),
+            total: None,
+        }
+    }
+
+    /// Each limit divided by `replicas` (at least one call): a replica's share.
+    pub fn share(&self, replicas: u32) -> Self {
+        let divide = |limits: &Vec<Limit>| -> Vec<Limit> {
+            limits
+                .iter()
+                .map(|l| Limit {
+                    calls: (l.calls / replicas.max(1)).max(1),
+                    window: l.window,
+                })
+                .collect()
+        };
+        Self {
+            per_api: self
+                .per_api
+                .iter()
+                .map(|(api, limits)| (*api, divide(limits)))
+                .collect(),
+            total: self.total.as_ref().map(divide),
+        }
+    }
+}
+
+/// Quota settings.
+#[derive(Debug, Clone)]
+pub struct QuotaConfig {
+    pub limits: Limits,
+    /// Longest a call may wait for a slot, whatever its deadline.
+    pub max_wait: Duration,
+    /// Most calls waiting per API; beyond, calls are refused at once.
+    pub max_queue: usize,
+}
+
+/// What a store says about one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// Nothing fits before this instant.
+    NotBefore(Instant),
+}
+
+/// Where admissions are decided: in this process, or in Redis for all replicas.
+pub enum Store {
+    Local(LocalStore),
+    Shared(Box<SharedStore>),
+}
+
+impl Store {
+    async fn try_admit(&self, api: Api, now: Instant) -> Admission {
+        match self {
+            Store::Local(store) => store.try_admit(api, now),
+            Store::Shared(store) => store.try_admit(api, now).await,
+        }
+    }
+
+    async fn estimate(&self, api: Api, now: Instant, ahead: usize) -> Instant {
+        match self {
+            Store::Local(store) => store.estimate(api, now, ahead),
+            Store::Shared(store) => store.estimate(api, now, ahead).await,
+        }
+    }
+
+    async fn pause(&self, api: Api, until: Instant) {
+        match self {
+            Store::Local(store) => store.pause(api, until),
+            Store::Shared(store) => store.pause(api, until).await,
+        }
+    }
+
+    fn remaining(&self, api: Api, now: Instant) -> Vec<(Duration, u32)> {
+        match self {
+            Store::Local(store) => store.remaining(api, now),
+            Store::Shared(store) => store.remaining(api, now),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Holding it means "my turn": tokio's mutex wakes waiters in arrival order.
+    turn: tokio::sync::Mutex<()>,
+    waiting: AtomicUsize,
+}
+
+/// The quota front: queues, deadlines and metrics over a [`Store`].
+pub struct Quota {
+    clock: Clock,
+    max_wait: Duration,
+    max_queue: usize,
+    queues: HashMap<Api, Queue>,
+    store: Store,
+    metrics: Metrics,
+}
+
+impl Quota {
+    pub fn new(config: &QuotaConfig, store: Store, clock: Clock, metrics: Metrics) -> Self {
+        Self {
+            clock,
+            max_wait: config.max_wait,
+            max_queue: config.max_queue,
+            queues: Api::ALL
+                .into_iter()
+                .map(|api| (api, Queue::default()))
+                .collect(),
+            store,
+            metrics,
+        }
+    }
+
+    /// An in-process quota.
+    pub fn local(config: &QuotaConfig, clock: Clock, metrics: Metrics) -> Self {
+        let store = Store::Local(LocalStore::new(&config.limits));
+        Self::new(config, store, clock, metrics)
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Waits for a slot in `api`'s quota and takes it, or refuses with the time after which a
+    /// call would fit.
+    pub async fn acquire(
+        &self,
+        api: Api,
+        deadline: Option<Instant>,
+        observer: Option<&QueueObserver>,
+    ) -> Result<(), Error> {
+        let queue = &self.queues[&api];
+        let arrived = self.clock.now();
+        let latest = deadline.map_or(arrived + self.max_wait, |d| d.min(arrived + self.max_wait));
+
+        let waiting = Waiting::enter(&queue.waiting, &self.metrics, api);
+        let ahead = waiting.ahead;
+        if ahead >= self.max_queue {
+            let at = self.store.estimate(api, arrived, ahead).await;
+            return Err(self.refuse(api, "queue_full", at, arrived));
+        }
+        let estimate = self.store.estimate(api, arrived, ahead).await;
+        if estimate > latest {
+            return Err(self.refuse(api, "deadline", estimate, arrived));
+        }
+        if estimate > arrived
+            && let Some(QueueObserver(notify)) = observer
+        {
+            notify(ahead + 1, estimate);
+        }
+
+        // Only a call that has to wait gets a span: the common case costs nothing.
+        let span = if estimate > arrived {
+            tracing::info_span!(
+                "quota wait",
+                api = %api,
+                quota.queue_position = ahead + 1,
+                quota.estimated_wait_ms = (estimate - arrived).as_millis() as u64,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        self.wait_turn(api, queue, arrived, latest)
+            .instrument(span)
+            .await
+    }
+
+    async fn wait_turn(
+        &self,
+        api: Api,
+        queue: &Queue,
+        arrived: Instant,
+        latest: Instant,
+    ) -> Result<(), Error> {
+        let Ok(_turn) = tokio::time::timeout_at(latest, queue.turn.lock()).await else {
+            let now = self.clock.now();
+            let at = self.store.estimate(api, now, 0).await;
+            return Err(self.refuse(api, "deadline", at.max(latest), now));
+        };
+        loop {
+            let now = self.clock.now();
+            match self.store.try_admit(api, now).await {
+                Admission::Admitted => {
+                    self.metrics
+                        .record_quota_admitted(api.as_str(), (now - arrived).as_secs_f64());
+                    self.record_remaining(api, now);
+                    return Ok(());
+                }
+                // A pause (429) or another replica took the slot while we waited.
+                Admission::NotBefore(at) if at > latest => {
+                    return Err(self.refuse(api, "deadline", at, now));
+                }
+                Admission::NotBefore(at) => self.clock.sleep_until(at).await,
+            }
+        }
+    }
+
+    /// Upstream said 429: admit nothing on `api` before `until`.
+    pub async fn pause(&self, api: Api, until: Instant) {
+        self.store.pause(api, until).await;
+    }
+
+    fn refuse(&self, api: Api, reason: &'static str, at: Instant, now: Instant) -> Error {
+        self.metrics.record_quota_refused(api.as_str(), reason);
+        Error::QuotaExhausted {
+            api,
+            retry_after: at.saturating_duration_since(now),
+        }
+    }
+
+    fn record_remaining(&self, api: Api, now: Instant) {
+        for (window, remaining) in self.store.remaining(api, now) {
+            self.metrics
+                .set_quota_remaining(api.as_str(), window, remaining);
+        }
+    }
+}
+
+/// Counts a caller as waiting until it is admitted, refused or cancelled (dropped).
+struct Waiting<'a> {
+    counter: &'a AtomicUsize,
+    metrics: &'a Metrics,
+    api: Api,
+    ahead: usize,
+}
+
+impl<'a> Waiting<'a> {
+    fn enter(counter: &'a AtomicUsize, metrics: &'a Metrics, api: Api) -> Self {
+        let ahead = counter.fetch_add(1, Ordering::SeqCst);
+        metrics.set_quota_queue_length(api.as_str(), ahead + 1);
+        Self {
+            counter,
+            metrics,
+            api,
+            ahead,
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let left = self.counter.fetch_sub(1, Ordering::SeqCst) - 1;
+        self.metrics.set_quota_queue_length(self.api.as_str(), left);
+    }
+}
+
+#[cfg(test)]
+mod tests;

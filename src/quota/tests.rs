@@ -1,0 +1,239 @@
+//! The quota on the paused clock: limits over every sliding window, earliest admissions under
+//! saturation (property-tested), deadlines, queue bounds, cancellation, pauses.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use proptest::prelude::*;
+use tokio::time::Instant;
+
+use super::*;
+
+fn limits(pairs: &[(u32, u64)]) -> Vec<Limit> {
+    pairs
+        .iter()
+        .map(|&(calls, millis)| Limit {
+            calls,
+            window: Duration::from_millis(millis),
+        })
+        .collect()
+}
+
+fn quota_with(limits: Limits, max_queue: usize) -> Arc<Quota> {
+    let config = QuotaConfig {
+        limits,
+        max_wait: Duration::from_secs(100_000),
+        max_queue,
+    };
+    Arc::new(Quota::local(&config, Clock::system(), Metrics::new()))
+}
+
+fn quota(pairs: &[(u32, u64)]) -> Arc<Quota> {
+    quota_with(Limits::uniform(limits(pairs)), 100_000)
+}
+
+const MIN: u64 = 60_000;
+const HOUR: u64 = 3_600_000;
+
+#[tokio::test(start_paused = true)]
+async fn admits_the_limit_at_once_then_waits_for_the_window_to_slide() {
+    let quota = quota(&[(100, MIN), (1500, HOUR)]);
+    let start = Instant::now();
+    for _ in 0..100 {
+        quota.acquire(Api::GetAction, None, None).await.unwrap();
+    }
+    assert_eq!(Instant::now(), start);
+    quota.acquire(Api::GetAction, None, None).await.unwrap();
+    assert_eq!(Instant::now() - start, Duration::from_secs(60));
+    // Another API has its own quota.
+    quota.acquire(Api::RunScan, None, None).await.unwrap();
+    assert_eq!(Instant::now() - start, Duration::from_secs(60));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_hourly_limit_holds_under_saturation() {
+    let quota = quota(&[(100, MIN), (1500, HOUR)]);
+    let start = Instant::now();
+    for _ in 0..1500 {
+        quota.acquire(Api::ListActions, None, None).await.unwrap();
+    }
+    // 15 bursts of 100, a minute apart: the 1,500th call is admitted at minute 14.
+    assert_eq!(Instant::now() - start, Duration::from_secs(14 * 60));
+    quota.acquire(Api::ListActions, None, None).await.unwrap();
+    assert_eq!(Instant::now() - start, Duration::from_secs(3600));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_overall_cap_applies_across_apis() {
+    let mut limits = Limits::uniform(self::limits(&[(100, MIN)]));
+    limits.total = Some(self::limits(&[(3, MIN)]));
+    let quota = quota_with(limits, 100);
+    let start = Instant::now();
+    quota.acquire(Api::GetAction, None, None).await.unwrap();
+    quota.acquire(Api::ListActions, None, None).await.unwrap();
+    quota.acquire(Api::RunScan, None, None).await.unwrap();
+    quota.acquire(Api::CancelAction, None, None).await.unwrap();
+    assert_eq!(Instant::now() - start, Duration::from_secs(60));
+}
+
+#[tokio::test(start_paused = true)]
+async fn refuses_at_once_when_the_deadline_cannot_be_met() {
+    let quota = quota(&[(2, MIN)]);
+    quota.acquire(Api::RunScan, None, None).await.unwrap();
+    quota.acquire(Api::RunScan, None, None).await.unwrap();
+    let start = Instant::now();
+    let err = quota
+        .acquire(Api::RunScan, Some(start + Duration::from_secs(10)), None)
+        .await
+        .unwrap_err();
+    assert_eq!(Instant::now(), start, "refused without waiting");
+    let Error::QuotaExhausted { retry_after, .. } = err else {
+        panic!("unexpected {err:?}");
+    };
+    assert_eq!(retry_after, Duration::from_secs(60));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_refuses_at_once() {
+    let quota = quota_with(Limits::uniform(limits(&[(1, MIN)])), 2);
+    quota.acquire(Api::RunScan, None, None).await.unwrap();
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let quota = quota.clone();
+            tokio::spawn(async move { quota.acquire(Api::RunScan, None, None).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let start = Instant::now();
+    let err = quota.acquire(Api::RunScan, None, None).await.unwrap_err();
+    assert!(matches!(err, Error::QuotaExhausted { .. }));
+    assert_eq!(Instant::now(), start);
+    for waiter in waiters {
+        waiter.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_callers_are_told_their_position_and_start() {
+    let quota = quota(&[(1, MIN)]);
+    quota.acquire(Api::RunScan, None, None).await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let observer = QueueObserver(Arc::new(move |position, at| {
+        log.lock().unwrap().push((position, at));
+    }));
+    let start = Instant::now();
+    quota
+        .acquire(Api::RunScan, None, Some(&observer))
+        .await
+        .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [(1, start + Duration::from_secs(60))]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_waiter_frees_its_place() {
+    let quota = quota(&[(1, MIN)]);
+    quota.acquire(Api::RunScan, None, None).await.unwrap();
+    let waiter = {
+        let quota = quota.clone();
+        tokio::spawn(async move { quota.acquire(Api::RunScan, None, None).await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        quota.queues[&Api::RunScan].waiting.load(Ordering::SeqCst),
+        1
+    );
+    waiter.abort();
+    let _ = waiter.await;
+    assert_eq!(
+        quota.queues[&Api::RunScan].waiting.load(Ordering::SeqCst),
+        0
+    );
+    // The next caller is not held behind the cancelled one.
+    let start = Instant::now();
+    quota.acquire(Api::RunScan, None, None).await.unwrap();
+    assert_eq!(Instant::now() - start, Duration::from_secs(59));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_pause_delays_admissions() {
+    let quota = quota(&[(100, MIN)]);
+    let start = Instant::now();
+    quota
+        .pause(Api::GetAction, start + Duration::from_secs(37))
+        .await;
+    quota.acquire(Api::GetAction, None, None).await.unwrap();
+    assert_eq!(Instant::now() - start, Duration::from_secs(37));
+}
+
+/// The reference: each call, in arrival order, starts at the earliest instant that respects
+/// its arrival, the previous call's start (FIFO), and every limit.
+fn earliest_admissions(pairs: &[(u32, u64)], arrivals: &[u64]) -> Vec<u64> {
+    let mut admitted: Vec<u64> = Vec::new();
+    for &arrival in arrivals {
+        let mut at = arrival.max(admitted.last().copied().unwrap_or(0));
+        for &(calls, window) in pairs {
+            let calls = calls as usize;
+            if admitted.len() >= calls {
+                at = at.max(admitted[admitted.len() - calls] + window);
+            }
+        }
+        admitted.push(at);
+    }
+    admitted
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Random arrivals against several (calls, window) pairs: no window is ever exceeded, and
+    /// every admission happens at the earliest moment allowed.
+    #[test]
+    fn no_window_is_exceeded_and_every_admission_is_as_early_as_allowed(
+        pairs in prop::collection::vec((1u32..6, 1u64..50), 1..4)
+            .prop_map(|p| p.into_iter().map(|(c, w)| (c, w * 100)).collect::<Vec<_>>()),
+        gaps in prop::collection::vec(1u64..400, 1..60),
+    ) {
+        let arrivals: Vec<u64> = gaps
+            .iter()
+            .scan(0u64, |t, gap| { *t += gap; Some(*t) })
+            .collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let admitted = runtime.block_on(async {
+            let quota = quota(&pairs);
+            let start = Instant::now();
+            let tasks: Vec<_> = arrivals
+                .iter()
+                .map(|&arrival| {
+                    let quota = quota.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(start + Duration::from_millis(arrival)).await;
+                        quota.acquire(Api::GetAction, None, None).await.unwrap();
+                        (Instant::now() - start).as_millis() as u64
+                    })
+                })
+                .collect();
+            let mut admitted = Vec::new();
+            for task in tasks {
+                admitted.push(task.await.unwrap());
+            }
+            admitted
+        });
+        for &(calls, window) in &pairs {
+            for (i, &t) in admitted.iter().enumerate() {
+                let in_window = admitted[i..].iter().filter(|&&u| u >= t && u < t + window).count();
+                prop_assert!(in_window <= calls as usize, "{in_window} calls in {window} ms from {t}");
+            }
+        }
+        prop_assert_eq!(admitted, earliest_admissions(&pairs, &arrivals));
+    }
+}

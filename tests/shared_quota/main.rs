@@ -1,0 +1,318 @@
+//! The quota shared through a real `redis-server` (started here on a free loopback port):
+//! two gateways together never exceed the simulator's quota, including while Redis is down
+//! and after it restarts empty. Outside CI the tests skip, saying why, when `redis-server` is
+//! missing; in CI (`CI` set) they fail instead.
+//!
+//! A test binary of its own: cargo runs test binaries one after another, so these timing-
+//! sensitive tests do not share the two cores with the rest of the suite.
+
+// The helpers serve the whole API suite; this binary uses a few of them.
+#[allow(dead_code)]
+#[path = "../api/helpers.rs"]
+mod helpers;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use scan_gateway::{
+    grpc::pb,
+    metrics::Metrics,
+    quota::{Admission, Limit, Limits, LocalStore, SharedConfig, SharedStore},
+    upstream::Api,
+};
+use tokio::time::Instant;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::helpers::*;
+
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a private redis-server, or returns `None` (skip) outside CI when there is none.
+    fn start() -> Option<Self> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is required in CI: run scripts/install-test-tools.sh"
+            );
+            eprintln!(
+                "skipping: redis-server is not installed (scripts/install-test-tools.sh installs it)"
+            );
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Self { port, child: None };
+        server.restart();
+        Some(server)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts (again) on the same port, empty: no persistence, as a restarted cache would be.
+    fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if self.ping() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not answer PING within 5 s");
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+        let mut reply = [0u8; 5];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG"
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn limits(pairs: &[(u32, u64)]) -> Vec<Limit> {
+    pairs
+        .iter()
+        .map(|&(calls, ms)| Limit {
+            calls,
+            window: Duration::from_millis(ms),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_shared_store_decides_like_the_in_process_one_for_the_same_arrivals() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let limits = Limits::uniform(limits(&[(3, 1000), (5, 3000)]));
+    let shared = SharedStore::new(
+        SharedConfig {
+            url: secret(&redis.url()),
+            replicas: 1,
+            prefix: "test-identical".into(),
+            timeout: Duration::from_millis(500),
+        },
+        limits.clone(),
+        Metrics::new(),
+    )
+    .unwrap();
+    let local = LocalStore::new(&limits);
+    let start = Instant::now();
+    // Arrivals at 0, 0, 0, 0, then each at the instant the store names.
+    let mut now = start;
+    for step in 0..8 {
+        let (l, s) = (
+            local.try_admit(Api::GetAction, now),
+            shared.try_admit(Api::GetAction, now).await,
+        );
+        match (l, s) {
+            (Admission::Admitted, Admission::Admitted) => {}
+            (Admission::NotBefore(a), Admission::NotBefore(b)) => {
+                let gap = if a > b { a - b } else { b - a };
+                assert!(
+                    gap < Duration::from_millis(100),
+                    "step {step}: {a:?} vs {b:?}"
+                );
+                // Both wait, then the next arrival comes when a call fits.
+                tokio::time::sleep_until(a.max(b) + Duration::from_millis(5)).await;
+                now = Instant::now();
+                continue;
+            }
+            other => panic!("step {step}: local and shared disagree: {other:?}"),
+        }
+        now = Instant::now();
+    }
+    assert!(Instant::now() - start >= Duration::from_millis(1000));
+}
+
+/// Calls ListScans from `workers` loops until `until`; returns (ok, refused or late) and
+/// fails on any other outcome (UNAVAILABLE would mean a 429 got through).
+async fn drive(app: &TestGateway, workers: usize, until: Instant) -> (usize, usize) {
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let mut client = app.client.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut refused) = (0, 0);
+            while Instant::now() < until {
+                let mut request = tonic::Request::new(pb::ListScansRequest {
+                    page_size: 1,
+                    ..Default::default()
+                });
+                request.set_timeout(Duration::from_millis(1500));
+                match client.list_scans(request).await {
+                    Ok(_) => ok += 1,
+                    // Refused by the quota, or admitted too close to the deadline.
+                    // A well-behaved caller waits as RetryInfo says before asking again.
+                    Err(status)
+                        if matches!(
+                            status.code(),
+                            Code::ResourceExhausted | Code::DeadlineExceeded
+                        ) =>
+                    {
+                        refused += 1;
+                        let delay = status
+                            .get_details_retry_info()
+                            .and_then(|r| r.retry_delay)
+                            .unwrap_or(Duration::from_millis(50));
+                        tokio::time::sleep_until((Instant::now() + delay).min(until)).await;
+                    }
+                    Err(status) => panic!("unexpected {status:?}"),
+                }
+            }
+            (ok, refused)
+        }));
+    }
+    let mut totals = (0, 0);
+    for task in tasks {
+        let (ok, refused) = task.await.unwrap();
+        totals.0 += ok;
+        totals.1 += refused;
+    }
+    totals
+}
+
+/// Calls of the list API admitted by one gateway's quota.
+fn admitted(metrics: &str) -> usize {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(r#"scan_gateway_quota_admitted_total{api="list_machine_actions"}"#))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn fallback_gauge(metrics: &str) -> Option<&str> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("scan_gateway_quota_fallback "))
+        .and_then(|l| l.split_whitespace().nth(1))
+}
+
+// Two worker threads, and Redis stopped and started off the runtime, so the gateways keep
+// serving while the test waits for redis-server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_sharing_redis_never_exceed_the_quota_even_through_a_redis_outage() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // A compressed quota: 10 per second and 30 per 5 seconds, enforced (429) by the simulator.
+    let mut config = fast_simulator();
+    config.quota = vec![(10, Duration::from_secs(1)), (30, Duration::from_secs(5))];
+    let sim = Arc::new(spawn_simulator(config).await);
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("scan_gateway::quota=debug,scan_gateway::simulator::gate=debug")
+        .try_init();
+    let url = redis.url();
+    let gateway = |sim: Arc<TestSimulator>| {
+        let mut args = settings_for(&sim);
+        args.quota = Some("10/1s,30/5s".into());
+        args.quota_margin = Some(Duration::from_millis(300));
+        args.redis_url = Some(secret(&url));
+        args.replicas = Some(2);
+        spawn_gateway_sharing(sim, args)
+    };
+    let a = gateway(sim.clone()).await;
+    let b = gateway(sim.clone()).await;
+
+    // Shared: together they use the quota.
+    let until = Instant::now() + Duration::from_millis(2500);
+    let (phase_a, phase_b) = tokio::join!(drive(&a, 3, until), drive(&b, 3, until));
+    let shared_ok = phase_a.0 + phase_b.0;
+    assert!(
+        shared_ok >= 20,
+        "{shared_ok} calls admitted in 2.5 s of shared mode"
+    );
+
+    tracing::info!("DBG PHASE B");
+    // Redis goes away: each falls back to its share, and the quota still holds.
+    let mut redis = tokio::task::spawn_blocking(move || {
+        let mut redis = redis;
+        redis.stop();
+        redis
+    })
+    .await
+    .unwrap();
+    let until = Instant::now() + Duration::from_millis(4000);
+    let (fa, fb) = tokio::join!(drive(&a, 3, until), drive(&b, 3, until));
+    assert_eq!(fallback_gauge(&a.metrics().await), Some("1"));
+    assert_eq!(fallback_gauge(&b.metrics().await), Some("1"));
+
+    tracing::info!("DBG PHASE C");
+    // Redis returns, empty: the gateways write back what they did and share again.
+    let _redis = tokio::task::spawn_blocking(move || {
+        redis.restart();
+        redis
+    })
+    .await
+    .unwrap();
+    let until = Instant::now() + Duration::from_millis(3000);
+    let (ra, rb) = tokio::join!(drive(&a, 3, until), drive(&b, 3, until));
+    assert_eq!(fallback_gauge(&a.metrics().await), Some("0"));
+    assert_eq!(fallback_gauge(&b.metrics().await), Some("0"));
+
+    let stats = sim.handle.stats();
+    let admitted = admitted(&a.metrics().await) + admitted(&b.metrics().await);
+    eprintln!(
+        "admitted: shared {shared_ok}, fallback {}, after restart {}; simulator saw {} list calls, {} throttled",
+        fa.0 + fb.0,
+        ra.0 + rb.0,
+        stats.list_actions,
+        stats.throttled
+    );
+    assert_eq!(stats.throttled, 0, "the simulator answered 429");
+    // A call admitted just before its deadline may give up without sending: never more
+    // upstream calls than admissions.
+    assert!(
+        stats.list_actions as usize <= admitted,
+        "{} list calls reached upstream, {admitted} were admitted",
+        stats.list_actions
+    );
+    assert!(
+        fa.0 + fb.0 > 0,
+        "the fallback admitted calls once the windows slid"
+    );
+    assert!(ra.0 + rb.0 > 0, "shared mode resumed");
+}
