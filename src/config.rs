@@ -92,7 +92,8 @@ pub struct ConfigArgs {
     /// the quota is kept in this process].
     #[arg(long, env = "SCAN_GATEWAY_REDIS_URL", hide_env_values = true, value_parser = secret_value)]
     pub redis_url: Option<SecretString>,
-    /// Replicas sharing the quota: while Redis is unreachable each uses this share [default: 1].
+    /// Replicas sharing the quota: without Redis, or while it is unreachable, each replica keeps
+    /// to its share (each limit divided by this) [default: 1].
     #[arg(long, env = "SCAN_GATEWAY_REPLICAS")]
     pub replicas: Option<u32>,
     /// Longest wait for a Redis answer before falling back [default: 250ms].
@@ -177,6 +178,9 @@ pub struct Settings {
     pub max_queue: usize,
     /// Shared quota in Redis; `None` keeps it in this process.
     pub redis: Option<SharedConfig>,
+    /// Replicas sharing the quota (`SCAN_GATEWAY_REPLICAS`). Without Redis each replica keeps
+    /// to its share; with Redis the share applies only while Redis is unreachable.
+    pub replicas: u32,
     pub poll_interval: Duration,
     pub upstream_timeout: Duration,
     pub token_refresh_margin: Duration,
@@ -327,6 +331,7 @@ impl Settings {
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9464))),
             quota,
             redis,
+            replicas,
             max_quota_wait: args
                 .max_quota_wait
                 .or(file.max_quota_wait)

@@ -94,7 +94,10 @@ impl Gateway {
             max_queue: settings.max_queue,
         };
         let store = match &settings.redis {
-            None => Store::Local(LocalStore::new(&quota_config.limits)),
+            // Without Redis the replicas cannot coordinate: each keeps to its share.
+            None => Store::Local(LocalStore::new(
+                &quota_config.limits.share(settings.replicas),
+            )),
             Some(shared) => Store::Shared(Box::new(
                 SharedStore::new(shared.clone(), quota_config.limits.clone(), metrics.clone())
                     .map_err(|_| StartupError::Redis)?,

@@ -7,7 +7,7 @@ use scan_gateway::grpc::pb::{self, scan_service_client::ScanServiceClient};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::{cli, helpers::*};
+use crate::{helpers::*, process};
 
 /// A fresh directory for one test's files.
 fn scratch(name: &str) -> PathBuf {
@@ -171,15 +171,15 @@ async fn an_unreadable_federated_token_file_refuses_to_start() {
 /// Runs the real binary with one credential kind at trace level, does a scan and a refused
 /// call, stops it, and returns everything it printed.
 async fn run_binary_and_capture(sim: &TestSimulator, credential: &[(&str, &str)]) -> String {
-    let mut command: Command = cli::real_mode(sim);
+    let mut command: Command = process::real_mode(sim);
     command
         .env_remove("AZURE_CLIENT_SECRET")
         .env("RUST_LOG", "trace");
     for (key, value) in credential {
         command.env(key, value);
     }
-    let mut gateway = cli::Running::spawn(command);
-    let addr = cli::serving_addr(&gateway.stderr_line("\"serving\""));
+    let mut gateway = process::Running::spawn(command);
+    let addr = process::serving_addr(&gateway.stderr_line("\"serving\""));
     let mut client = ScanServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap();

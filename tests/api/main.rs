@@ -7,6 +7,7 @@ mod credentials;
 mod errors;
 mod helpers;
 mod observability;
+mod process;
 mod scan_service;
 mod tools;
 mod validation;

@@ -11,9 +11,9 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::{
-    cli::{Running, real_mode, serving_addr},
     collector::{Answer, FakeCollector, ReceivedSpan},
     helpers::*,
+    process::{Running, real_mode, serving_addr},
 };
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";

@@ -1,0 +1,136 @@
+//! Runs the `scan-gateway` binary as a child process: output lines on channels, SIGTERM, and
+//! the environment of a real deployment pointed at a simulator.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use secrecy::ExposeSecret;
+
+use crate::helpers::*;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_scan-gateway");
+
+/// A child process killed when dropped, with its output lines arriving on channels.
+pub struct Running {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+    seen_stderr: Vec<String>,
+}
+
+impl Running {
+    pub fn spawn(mut command: Command) -> Self {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("the binary starts");
+        let stdout = lines(child.stdout.take().unwrap());
+        let stderr = lines(child.stderr.take().unwrap());
+        Self {
+            child,
+            stdout,
+            stderr,
+            seen_stderr: Vec::new(),
+        }
+    }
+
+    /// Waits (bounded) for a stdout line containing `needle`.
+    pub fn stdout_line(&self, needle: &str) -> String {
+        wait_line(&self.stdout, needle, &mut Vec::new())
+    }
+
+    pub fn stderr_line(&mut self, needle: &str) -> String {
+        wait_line(&self.stderr, needle, &mut self.seen_stderr)
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit, without blocking the test's runtime:
+    /// the test's own gRPC client must keep running to answer the server's GOAWAY.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the gateway did not exit within 10 s of SIGTERM");
+    }
+
+    pub fn all_stderr(&mut self) -> String {
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(200)) {
+            self.seen_stderr.push(line);
+        }
+        self.seen_stderr.join("\n")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_line(rx: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                seen.push(line.clone());
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    panic!("no line containing {needle:?}; saw:\n{}", seen.join("\n"));
+}
+
+/// The environment a real deployment sets, pointing at `sim`.
+pub fn real_mode(sim: &TestSimulator) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AZURE_TENANT_ID", &sim.config.tenant_id)
+        .env("AZURE_CLIENT_ID", &sim.config.client_id)
+        .env(
+            "AZURE_CLIENT_SECRET",
+            sim.config.client_secret.expose_secret(),
+        )
+        .env("AZURE_AUTHORITY_HOST", &sim.authority_url)
+        .env("MDE_API_BASE_URL", &sim.base_url)
+        .env("SCAN_GATEWAY_LISTEN", ANY_PORT)
+        .env("SCAN_GATEWAY_ADMIN_LISTEN", ANY_PORT)
+        .env("SCAN_GATEWAY_POLL_INTERVAL", "50ms")
+        .env("RUST_LOG", "debug");
+    command
+}
+
+/// The gRPC address from the gateway's JSON "serving" log line.
+pub fn serving_addr(line: &str) -> String {
+    let log: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+    log["fields"]["grpc"]
+        .as_str()
+        .expect("the serving line names the gRPC address")
+        .to_owned()
+}
