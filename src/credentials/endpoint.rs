@@ -135,13 +135,22 @@ impl TokenEndpoint {
             .form(form)
             .send()
             .await
-            .map_err(|err| unavailable(format!("{}: {}", self.url, describe(&err))))?;
+            .map_err(|err| {
+                unavailable(format!(
+                    "{}: {}",
+                    self.url,
+                    crate::upstream::describe_error(&err)
+                ))
+            })?;
         let status = response.status();
         let retry_after = crate::upstream::retry_after(response.headers());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|err| unavailable(format!("{}: {}", self.url, describe(&err))))?;
+        let body = response.bytes().await.map_err(|err| {
+            unavailable(format!(
+                "{}: {}",
+                self.url,
+                crate::upstream::describe_error(&err)
+            ))
+        })?;
         if status.is_success() {
             let parsed: TokenResponse = serde_json::from_slice(&body)
                 .map_err(|err| unavailable(format!("the token response is not valid: {err}")))?;
@@ -177,17 +186,6 @@ impl TokenEndpoint {
             aadsts,
         })
     }
-}
-
-fn describe(err: &reqwest::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Both response shapes: v2.0 (numbers) and v1 (numbers as strings, `expires_on`).

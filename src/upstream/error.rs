@@ -100,13 +100,7 @@ impl Error {
         } else {
             TransportKind::Other
         };
-        let mut detail = err.to_string();
-        let mut source = std::error::Error::source(err);
-        while let Some(cause) = source {
-            detail.push_str(": ");
-            detail.push_str(&cause.to_string());
-            source = cause.source();
-        }
+        let detail = describe(err);
         Error::Transport { api, kind, detail }
     }
 
@@ -129,4 +123,17 @@ impl Error {
             Error::DeadlineExceeded { .. } => "deadline_exceeded",
         }
     }
+}
+
+/// An error with its whole cause chain, `outer: inner: innermost` (reqwest's own message
+/// leaves out the cause, which is where "connection refused" is).
+pub(crate) fn describe(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -16,6 +16,7 @@ use url::Url;
 
 pub(crate) use client::retry_after;
 pub use client::{ActionQuery, CallContext, DefenderClient, SCAN_ACTION_TYPE};
+pub(crate) use error::describe as describe_error;
 pub use error::{ApiError, Error, TransportKind};
 pub use http_service::HttpService;
 
