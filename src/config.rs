@@ -102,7 +102,15 @@ pub struct ConfigArgs {
     /// Longest a call waits for quota before RESOURCE_EXHAUSTED [default: 5m].
     #[arg(long, env = "SCAN_GATEWAY_MAX_QUOTA_WAIT", value_parser = humantime::parse_duration)]
     pub max_quota_wait: Option<Duration>,
-    /// Time between status polls of a followed scan [default: 10s].
+    /// Longest one stream follows an action before DEADLINE_EXCEEDED (resume with WatchScan)
+    /// [default: 24h].
+    #[arg(long, env = "SCAN_GATEWAY_MAX_WATCH", value_parser = humantime::parse_duration)]
+    pub max_watch: Option<Duration>,
+    /// A scan requested for a machine that is already scanning returns that scan; `false`
+    /// answers ALREADY_EXISTS instead [default: true].
+    #[arg(long, env = "SCAN_GATEWAY_FOLLOW_RUNNING_SCANS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub follow_running_scans: Option<bool>,
+    /// Time between status refreshes of followed scans [default: 10s].
     #[arg(long, env = "SCAN_GATEWAY_POLL_INTERVAL", value_parser = humantime::parse_duration)]
     pub poll_interval: Option<Duration>,
     /// Longest one upstream HTTP exchange may take [default: 30s].
@@ -112,6 +120,9 @@ pub struct ConfigArgs {
     /// [default: 20s; keep it under the pod's terminationGracePeriodSeconds].
     #[arg(long, env = "SCAN_GATEWAY_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
+    /// Inbound TLS, mutual TLS and bearer JWTs (issue 7).
+    #[command(flatten)]
+    pub security: Box<crate::security::SecurityArgs>,
 }
 
 /// The config file: the same settings, all optional. Unknown keys are an error (a typo must
@@ -150,9 +161,20 @@ struct FileConfig {
     #[serde(default, with = "humantime_option")]
     poll_interval: Option<Duration>,
     #[serde(default, with = "humantime_option")]
+    max_watch: Option<Duration>,
+    follow_running_scans: Option<bool>,
+    #[serde(default, with = "humantime_option")]
     upstream_timeout: Option<Duration>,
     #[serde(default, with = "humantime_option")]
     shutdown_grace: Option<Duration>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    jwks: Option<String>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    /// Caller identity pattern → role; see `security::policy`.
+    policy: Option<std::collections::BTreeMap<String, crate::security::Role>>,
 }
 
 /// The application's identity and how it proves it.
@@ -182,9 +204,13 @@ pub struct Settings {
     /// to its share; with Redis the share applies only while Redis is unreachable.
     pub replicas: u32,
     pub poll_interval: Duration,
+    pub max_watch: Duration,
+    pub follow_running_scans: bool,
     pub upstream_timeout: Duration,
     pub token_refresh_margin: Duration,
     pub shutdown_grace: Duration,
+    /// Inbound TLS, caller authentication and the policy; all off by default.
+    pub security: crate::security::SecuritySettings,
 }
 
 /// A setting that cannot be used. Never quotes a secret.
@@ -304,7 +330,24 @@ impl Settings {
                     .or(file.redis_timeout)
                     .unwrap_or(Duration::from_millis(250)),
             });
+        let security = crate::security::SecuritySettings::resolve(
+            &args.security,
+            crate::security::SecurityFile {
+                tls_cert: file.tls_cert,
+                tls_key: file.tls_key,
+                tls_client_ca: file.tls_client_ca,
+                jwks: file.jwks,
+                jwt_issuer: file.jwt_issuer,
+                jwt_audience: file.jwt_audience,
+                policy: file.policy,
+            },
+        )
+        .map_err(|err| ConfigError::Invalid {
+            setting: err.setting,
+            reason: err.reason,
+        })?;
         let settings = Settings {
+            security,
             credentials,
             authority_host: url(
                 "AZURE_AUTHORITY_HOST",
@@ -337,6 +380,14 @@ impl Settings {
                 .or(file.max_quota_wait)
                 .unwrap_or(Duration::from_secs(300)),
             max_queue: args.max_queue.or(file.max_queue).unwrap_or(1000).max(1),
+            max_watch: args
+                .max_watch
+                .or(file.max_watch)
+                .unwrap_or(Duration::from_secs(24 * 3600)),
+            follow_running_scans: args
+                .follow_running_scans
+                .or(file.follow_running_scans)
+                .unwrap_or(true),
             poll_interval: args
                 .poll_interval
                 .or(file.poll_interval)

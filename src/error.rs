@@ -25,9 +25,27 @@ pub enum Error {
     /// The Defender API, the token endpoint, or the quota in front of them.
     #[error(transparent)]
     Upstream(#[from] upstream::Error),
+    /// The stream's watch time (or the caller's deadline) ran out before a final status.
+    #[error(
+        "machine action {action_id} was still {status} when the watch time ran out; resume with WatchScan"
+    )]
+    WatchExpired { action_id: String, status: String },
+    /// The action could not be followed any more.
+    #[error("cannot follow machine action {action_id}: {detail}")]
+    WatchFailed {
+        action_id: String,
+        not_found: bool,
+        detail: String,
+    },
     /// The gateway is shutting down; the caller should resume on another replica.
     #[error("the gateway is shutting down; resume with WatchScan on another replica")]
     ShuttingDown,
+    /// The caller sent no usable credential (client certificate or bearer JWT).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The policy does not let this caller make this call.
+    #[error("caller `{caller}` may not call {rpc}")]
+    PermissionDenied { caller: String, rpc: String },
 }
 
 impl From<FieldViolation> for Error {

@@ -163,6 +163,65 @@ impl Drop for OpenStream {
     }
 }
 
+/// The watcher's metrics (issue 5).
+struct WatchFamilies {
+    actions: Gauge,
+    subscribers: Gauge,
+    refresh_calls: Counter,
+    refreshes: Counter,
+    refreshed_per_call: Histogram,
+    delay: Histogram,
+}
+
+impl WatchFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        let families = Self {
+            actions: Gauge::default(),
+            subscribers: Gauge::default(),
+            refresh_calls: Counter::default(),
+            refreshes: Counter::default(),
+            refreshed_per_call: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(1.0, 4.0, 8),
+            ),
+            delay: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.05, 2.0, 14,
+            )),
+        };
+        registry.register(
+            "watched_actions",
+            "Unfinished actions the watcher follows",
+            families.actions.clone(),
+        );
+        registry.register(
+            "watch_subscribers",
+            "Streams subscribed to watched actions",
+            families.subscribers.clone(),
+        );
+        registry.register(
+            "watch_refreshes",
+            "Refreshes of the watched actions",
+            families.refreshes.clone(),
+        );
+        registry.register(
+            "watch_upstream_calls",
+            "Upstream calls made by the watcher's refreshes",
+            families.refresh_calls.clone(),
+        );
+        registry.register(
+            "watch_actions_per_call",
+            "Watched actions refreshed per upstream call",
+            families.refreshed_per_call.clone(),
+        );
+        registry.register_with_unit(
+            "watch_update_delay",
+            "Time from a status change upstream (lastUpdateDateTimeUtc) to its publication",
+            Unit::Seconds,
+            families.delay.clone(),
+        );
+        families
+    }
+}
+
 struct Inner {
     registry: Registry,
     rpc_requests: Family<RpcLabels, Counter>,
@@ -175,6 +234,7 @@ struct Inner {
     /// When the cached token expires; the TTL gauge is computed from it at scrape time.
     token_expires_at: Mutex<Option<Instant>>,
     quota: QuotaFamilies,
+    watch: WatchFamilies,
     server: ServerFamilies,
 }
 
@@ -240,6 +300,7 @@ impl Metrics {
             token_ttl.clone(),
         );
         let quota = QuotaFamilies::register(&mut registry);
+        let watch = WatchFamilies::register(&mut registry);
         let server = ServerFamilies::register(&mut registry);
         Self(Arc::new(Inner {
             registry,
@@ -252,6 +313,7 @@ impl Metrics {
             token_ttl,
             token_expires_at: Mutex::new(None),
             quota,
+            watch,
             server,
         }))
     }
@@ -329,6 +391,31 @@ impl Metrics {
                 window_seconds: window.as_secs(),
             })
             .set(i64::from(remaining));
+    }
+
+    pub fn set_watched(&self, actions: usize, subscribers: usize) {
+        let watch = &self.0.watch;
+        watch
+            .actions
+            .set(i64::try_from(actions).unwrap_or(i64::MAX));
+        watch
+            .subscribers
+            .set(i64::try_from(subscribers).unwrap_or(i64::MAX));
+    }
+
+    pub fn record_watch_refresh(&self, calls: u32, actions: usize) {
+        let watch = &self.0.watch;
+        watch.refreshes.inc();
+        watch.refresh_calls.inc_by(u64::from(calls));
+        if calls > 0 {
+            watch
+                .refreshed_per_call
+                .observe(actions as f64 / f64::from(calls));
+        }
+    }
+
+    pub fn record_watch_delay(&self, seconds: f64) {
+        self.0.watch.delay.observe(seconds);
     }
 
     pub fn set_quota_fallback(&self, fallback: bool) {

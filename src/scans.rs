@@ -21,6 +21,7 @@ use crate::{
     error::Error,
     metrics::Metrics,
     upstream::{self, ActionQuery, ApiError, CallContext, DefenderClient, SCAN_ACTION_TYPE},
+    watcher::{Update, Watcher},
 };
 
 /// How long an idempotency key maps to the action it created.
@@ -29,10 +30,12 @@ pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Settings of the scan service.
 #[derive(Debug, Clone)]
 pub struct ScansConfig {
-    /// Time between two status polls of a followed action.
-    pub poll_interval: Duration,
-    /// Consecutive transient poll failures tolerated before a stream ends with the error.
-    pub max_poll_failures: u32,
+    /// Longest a stream follows one action; then it ends with DEADLINE_EXCEEDED carrying the
+    /// last known status, and the caller resumes with `WatchScan`.
+    pub max_watch: Duration,
+    /// A scan requested for a machine that is already scanning returns that scan (true), or
+    /// fails with ALREADY_EXISTS (false).
+    pub follow_running: bool,
 }
 
 /// One event of a followed scan.
@@ -77,6 +80,7 @@ struct Inner {
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
     keys: Mutex<HashMap<RequestId, Arc<Keyed>>>,
+    watcher: Watcher,
 }
 
 /// The scan service. Cheap to clone.
@@ -91,6 +95,7 @@ impl Scans {
         clock: Clock,
         config: ScansConfig,
         metrics: Metrics,
+        watcher: Watcher,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self(Arc::new(Inner {
@@ -100,6 +105,7 @@ impl Scans {
             metrics,
             shutdown,
             keys: Mutex::new(HashMap::new()),
+            watcher,
         }))
     }
 
@@ -174,7 +180,14 @@ impl Scans {
         match result {
             Ok(action) => Ok(action),
             Err(upstream::Error::Api(api)) if api.is_already_in_progress() => {
-                self.running_scan(&request.machine_id, api, ctx).await
+                if self.0.config.follow_running {
+                    self.running_scan(&request.machine_id, api, ctx).await
+                } else {
+                    Err(Error::AlreadyExists {
+                        machine_id: request.machine_id.to_string(),
+                        source: Box::new(api),
+                    })
+                }
             }
             Err(err) => Err(not_found_as(err, "machine", request.machine_id.as_str())),
         }
@@ -210,6 +223,19 @@ impl Scans {
         }
     }
 
+    /// The action a new stream starts from: the watcher's latest state when it already
+    /// follows the action (no upstream call), else a fresh read.
+    pub async fn watch_start(
+        &self,
+        id: &ActionId,
+        ctx: &CallContext,
+    ) -> Result<MachineAction, Error> {
+        match self.0.watcher.current(id) {
+            Some(action) => Ok(action),
+            None => self.get(id, ctx).await,
+        }
+    }
+
     pub async fn get(&self, id: &ActionId, ctx: &CallContext) -> Result<MachineAction, Error> {
         self.0
             .client
@@ -240,6 +266,7 @@ impl Scans {
             created_at_or_after: query.created_after,
             top: Some(query.top + 1),
             skip: Some(query.skip),
+            ..ActionQuery::default()
         };
         let mut actions = self.0.client.list_actions(&upstream_query, ctx).await?;
         let next_skip = (actions.len() > query.top as usize).then(|| query.skip + query.top);
@@ -247,8 +274,9 @@ impl Scans {
         Ok(Page { actions, next_skip })
     }
 
-    /// Sends `first`, then the action once per observed status change, until a final status
-    /// has been sent or the caller has gone. Ends with an error when polling fails for good or
+    /// Sends `first`, then the action once per observed status change (from the replica's
+    /// watcher), until a final status has been sent or the caller has gone. Ends with an error
+    /// when the action cannot be followed, the watch time or the caller's deadline runs out, or
     /// the gateway shuts down; the caller sends that error on.
     pub async fn follow<E>(
         &self,
@@ -258,7 +286,7 @@ impl Scans {
     ) -> Result<Followed, Error> {
         let mut shutdown = self.0.shutdown.clone();
         let id = ActionId::parse("id", &first.id).map_err(|_| malformed_id(&first))?;
-        let mut last = first;
+        let mut last = first.clone();
         if events
             .send(Ok(ScanEvent::Action(Box::new(last.clone()))))
             .await
@@ -266,36 +294,56 @@ impl Scans {
         {
             return Ok(Followed::CallerGone);
         }
-        let mut failures = 0;
-        while !last.status.is_final() {
-            let poll = async {
-                self.0.clock.sleep(self.0.config.poll_interval).await;
-                self.0.client.get_action(&id, ctx).await
-            };
-            let result = tokio::select! {
-                result = poll => result,
-                _ = shutdown.wait_for(|stopping| *stopping) => return Err(Error::ShuttingDown),
-                () = events.closed() => return Ok(Followed::CallerGone),
-            };
-            match result {
-                Ok(action) => {
-                    failures = 0;
-                    let changed = action.status != last.status;
-                    last = action;
-                    if changed
-                        && events
-                            .send(Ok(ScanEvent::Action(Box::new(last.clone()))))
-                            .await
-                            .is_err()
+        if last.status.is_final() {
+            self.0
+                .metrics
+                .record_scan_finished(last.status.as_upstream());
+            return Ok(Followed::Final);
+        }
+        let mut updates = self.0.watcher.subscribe(id.clone(), &first);
+        let until = {
+            let max = self.0.clock.now() + self.0.config.max_watch;
+            ctx.deadline.map_or(max, |deadline| deadline.min(max))
+        };
+        loop {
+            // The newest state first: it may be newer than what the caller got.
+            let update = updates.borrow_and_update().clone();
+            match update {
+                Update::Action(action) if action.status != last.status => {
+                    last = *action;
+                    if events
+                        .send(Ok(ScanEvent::Action(Box::new(last.clone()))))
+                        .await
+                        .is_err()
                     {
                         return Ok(Followed::CallerGone);
                     }
+                    if last.status.is_final() {
+                        break;
+                    }
                 }
-                Err(err) if is_transient(&err) && failures < self.0.config.max_poll_failures => {
-                    failures += 1;
-                    tracing::warn!(action_id = %id, error = %err, failures, "status poll failed; retrying");
+                Update::Action(_) => {}
+                Update::Failed { not_found, detail } => {
+                    return Err(Error::WatchFailed {
+                        action_id: id.to_string(),
+                        not_found,
+                        detail,
+                    });
                 }
-                Err(err) => return Err(not_found_as(err, "machine action", id.as_str())),
+            }
+            tokio::select! {
+                changed = updates.changed() => if changed.is_err() {
+                    // The watcher is gone: the gateway is stopping.
+                    return Err(Error::ShuttingDown);
+                },
+                _ = shutdown.wait_for(|stopping| *stopping) => return Err(Error::ShuttingDown),
+                () = events.closed() => return Ok(Followed::CallerGone),
+                () = tokio::time::sleep_until(until) => {
+                    return Err(Error::WatchExpired {
+                        action_id: id.to_string(),
+                        status: last.status.as_upstream().to_owned(),
+                    });
+                }
             }
         }
         self.0
@@ -307,17 +355,6 @@ impl Scans {
     /// The UTC time of a monotonic instant (for `queued` events).
     pub fn utc_at(&self, at: Instant) -> OffsetDateTime {
         self.0.clock.utc_at(at)
-    }
-}
-
-/// A failure that a later poll may not see again.
-fn is_transient(err: &upstream::Error) -> bool {
-    use upstream::Error as U;
-    match err {
-        U::Api(api) => api.status == 429 || api.status >= 500,
-        U::Transport { .. } | U::Malformed { .. } | U::QuotaExhausted { .. } => true,
-        U::Token(crate::credentials::TokenError::Unavailable { .. }) => true,
-        U::Token(_) | U::DeadlineExceeded { .. } => false,
     }
 }
 
@@ -393,14 +430,26 @@ mod tests {
             BoxCloneSyncService::new(fake),
         );
         let (_, shutdown) = watch::channel(false);
+        let watcher = Watcher::start(
+            client.clone(),
+            Clock::system(),
+            crate::watcher::WatcherConfig {
+                interval: Duration::from_millis(10),
+                list_call_spacing: Duration::ZERO,
+                max_failures: 1,
+            },
+            Metrics::new(),
+            shutdown.clone(),
+        );
         let scans = Scans::new(
             client,
             Clock::system(),
             ScansConfig {
-                poll_interval: Duration::from_millis(10),
-                max_poll_failures: 1,
+                max_watch: Duration::from_secs(60),
+                follow_running: true,
             },
             Metrics::new(),
+            watcher,
             shutdown,
         );
         (scans, posts)

@@ -3,6 +3,8 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
+use futures_util::future::Either;
+
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Server, server::TcpIncoming};
 
@@ -16,7 +18,9 @@ use crate::{
     metrics::Metrics,
     quota::{LocalStore, Quota, QuotaConfig, SharedStore, Store},
     scans::{Scans, ScansConfig},
+    security::{self, AuthLayer, Authenticator},
     upstream::{self, DefenderClient, HttpService},
+    watcher::{Watcher, WatcherConfig},
 };
 
 /// Why the gateway could not start.
@@ -41,6 +45,8 @@ pub enum StartupError {
     Redis,
     #[error("cannot build the token endpoint URL: {0}")]
     Authority(url::ParseError),
+    #[error("inbound security: {0}")]
+    Security(String),
 }
 
 /// A gateway whose listeners are bound.
@@ -51,6 +57,9 @@ pub struct Gateway {
     metrics: Metrics,
     stopping: watch::Sender<bool>,
     shutdown_grace: std::time::Duration,
+    /// TLS on the gRPC port, when configured.
+    tls: Option<security::tls::Acceptor>,
+    auth: Authenticator,
 }
 
 impl Gateway {
@@ -59,6 +68,7 @@ impl Gateway {
             .credentials
             .as_ref()
             .ok_or(StartupError::NoCredentials)?;
+        let (tls, auth) = inbound_security(&settings.security, clock).await?;
         let grpc = bind(settings.listen).await?;
         let admin = bind(settings.admin_listen).await?;
 
@@ -113,14 +123,36 @@ impl Gateway {
         let client = DefenderClient::new(settings.api_base_url.clone(), stack);
 
         let (stopping, stopped) = watch::channel(false);
+        // The list API's sustainable spacing: its tightest window / calls.
+        let list_call_spacing = settings
+            .quota
+            .per_api
+            .get(&upstream::Api::ListActions)
+            .into_iter()
+            .flatten()
+            .map(|limit| limit.window / limit.calls.max(1))
+            .max()
+            .unwrap_or_default();
+        let watcher = Watcher::start(
+            client.clone(),
+            clock,
+            WatcherConfig {
+                interval: settings.poll_interval,
+                list_call_spacing,
+                max_failures: 5,
+            },
+            metrics.clone(),
+            stopped.clone(),
+        );
         let scans = Scans::new(
             client,
             clock,
             ScansConfig {
-                poll_interval: settings.poll_interval,
-                max_poll_failures: 5,
+                max_watch: settings.max_watch,
+                follow_running: settings.follow_running_scans,
             },
             metrics.clone(),
+            watcher,
             stopped,
         );
         Ok(Self {
@@ -130,6 +162,8 @@ impl Gateway {
             metrics,
             stopping,
             shutdown_grace: settings.shutdown_grace,
+            tls,
+            auth,
         })
     }
 
@@ -192,16 +226,27 @@ impl Gateway {
 
         let local = self.grpc.local_addr()?;
         tracing::info!(grpc = %local, "serving");
-        let server = Server::builder()
+        let router = Server::builder()
             // One server span per ScanService call, continuing the caller's trace.
             .layer(GrpcTraceLayer::new())
+            // Who is calling, and may they (inside the span, so refusals are traced).
+            .layer(AuthLayer::new(self.auth))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(pb::scan_service_server::ScanServiceServer::new(
                 self.service,
-            ))
-            .serve_with_incoming_shutdown(TcpIncoming::from(self.grpc), drain);
+            ));
+        let server =
+            match self.tls {
+                None => Either::Left(
+                    router.serve_with_incoming_shutdown(TcpIncoming::from(self.grpc), drain),
+                ),
+                Some(acceptor) => Either::Right(router.serve_with_incoming_shutdown(
+                    security::tls::incoming(self.grpc, acceptor),
+                    drain,
+                )),
+            };
         // hyper's graceful shutdown waits for every connection to close, and a client that
         // never answers the GOAWAY would hold the process forever: bound the drain.
         let grace = self.shutdown_grace;
@@ -221,6 +266,33 @@ impl Gateway {
         admin_task.await.map_err(std::io::Error::other)??;
         result
     }
+}
+
+/// The TLS acceptor (certificate reloaded as its files change) and the caller checks.
+async fn inbound_security(
+    settings: &security::SecuritySettings,
+    clock: Clock,
+) -> Result<(Option<security::tls::Acceptor>, Authenticator), StartupError> {
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(|tls| security::tls::acceptor(tls, settings.jwt.is_some()))
+        .transpose()
+        .map_err(|err| StartupError::Security(err.to_string()))?;
+    let jwt = match &settings.jwt {
+        Some(jwt) => Some(
+            security::jwt::JwtVerifier::start(jwt, clock)
+                .await
+                .map_err(StartupError::Security)?,
+        ),
+        None => None,
+    };
+    let auth = Authenticator {
+        mtls: settings.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        jwt,
+        policy: settings.policy.clone(),
+    };
+    Ok((tls, auth))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {

@@ -1,6 +1,7 @@
 //! The gRPC face of the gateway: `ScanService`, health and reflection on one port.
 
 pub mod audit;
+pub mod codec;
 mod convert;
 mod service;
 pub mod status;

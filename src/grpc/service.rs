@@ -70,7 +70,9 @@ impl ScanServiceImpl {
         F: Future<Output = Result<crate::domain::MachineAction, Error>> + Send + 'static,
         T: Send + 'static,
     {
-        let (events, receiver) = mpsc::channel::<Result<ScanEvent, Status>>(STREAM_BUFFER);
+        // The status is boxed: a channel allocates its slots 32 at a time, and an unboxed
+        // `Status` (~180 bytes) in each would cost ~6 KiB per open stream.
+        let (events, receiver) = mpsc::channel::<Result<ScanEvent, Box<Status>>>(STREAM_BUFFER);
         let scans = self.scans.clone();
         let metrics = self.metrics.clone();
         let started = Instant::now();
@@ -110,7 +112,7 @@ impl ScanServiceImpl {
                 Err(err) => {
                     let status = Status::from(err);
                     let code = status.code();
-                    let _ = events.send(Err(status)).await;
+                    let _ = events.send(Err(Box::new(status))).await;
                     code
                 }
             };
@@ -123,10 +125,11 @@ impl ScanServiceImpl {
             task.instrument(tracing::Span::current())
                 .with_current_context(),
         );
-        Box::pin(
-            ReceiverStream::new(receiver)
-                .map(move |event| event.map(|event| wrap(convert::update(event)))),
-        )
+        Box::pin(ReceiverStream::new(receiver).map(move |event| {
+            event
+                .map(|event| wrap(convert::update(event)))
+                .map_err(|status| *status)
+        }))
     }
 
     fn invalid<T>(&self, method: &'static str, err: Error) -> Result<T, Status> {
@@ -246,7 +249,7 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
             METHOD,
             deadline,
             None,
-            move |scans, ctx| async move { scans.get(&id, &ctx).await },
+            move |scans, ctx| async move { scans.watch_start(&id, &ctx).await },
             |update| pb::WatchScanResponse {
                 update: Some(update),
             },

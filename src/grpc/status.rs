@@ -55,6 +55,48 @@ fn to_status(error: &Error) -> Status {
             ),
         ),
         Error::ShuttingDown => Status::unavailable(message),
+        Error::Unauthenticated(_) => Status::with_error_details(
+            Code::Unauthenticated,
+            message,
+            error_info("UNAUTHENTICATED", HashMap::new()),
+        ),
+        Error::PermissionDenied { caller, rpc } => Status::with_error_details(
+            Code::PermissionDenied,
+            message,
+            error_info(
+                "CALLER_NOT_ALLOWED",
+                HashMap::from([
+                    ("caller".to_owned(), caller.clone()),
+                    ("rpc".to_owned(), rpc.clone()),
+                ]),
+            ),
+        ),
+        Error::WatchExpired { action_id, status } => Status::with_error_details(
+            Code::DeadlineExceeded,
+            message,
+            error_info(
+                "WATCH_TIME_EXCEEDED",
+                HashMap::from([
+                    ("action_id".to_owned(), action_id.clone()),
+                    ("last_status".to_owned(), status.clone()),
+                ]),
+            ),
+        ),
+        Error::WatchFailed {
+            action_id,
+            not_found: true,
+            ..
+        } => Status::with_error_details(
+            Code::NotFound,
+            message,
+            ErrorDetails::with_resource_info(
+                "machine action",
+                action_id.clone(),
+                "",
+                "no longer in Defender",
+            ),
+        ),
+        Error::WatchFailed { .. } => Status::unavailable(message),
         Error::Upstream(upstream) => upstream_status(upstream, message),
     }
 }

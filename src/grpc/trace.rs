@@ -98,7 +98,13 @@ fn server_span<B>(request: &http::Request<B>) -> Option<Span> {
     let peer = request
         .extensions()
         .get::<TcpConnectInfo>()
-        .and_then(TcpConnectInfo::remote_addr);
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            request
+                .extensions()
+                .get::<tonic::transport::server::TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|tls| tls.get_ref().remote_addr())
+        });
     Some(tracing::info_span!(
         "grpc request",
         otel.name = path,

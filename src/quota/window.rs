@@ -63,12 +63,10 @@ impl Window {
         self.limits
             .iter()
             .map(|limit| {
-                let used = self
-                    .admitted
-                    .iter()
-                    .rev()
-                    .take_while(|&&t| t + limit.window > now)
-                    .count();
+                // Admissions are in order, so the ones still in the window are a suffix: a
+                // binary search, not a walk over up to the largest limit's worth of them.
+                let used = self.admitted.len()
+                    - self.admitted.partition_point(|&t| t + limit.window <= now);
                 limit
                     .calls
                     .saturating_sub(u32::try_from(used).unwrap_or(u32::MAX))
@@ -94,12 +92,20 @@ pub fn estimate(
     ahead: usize,
     paused_until: Option<Instant>,
 ) -> Instant {
-    let mut future: Vec<Window> = buckets.iter().map(|w| (*w).clone()).collect();
     let start = paused_until.map_or(now, |p| p.max(now));
+    let first = buckets
+        .iter()
+        .fold(start, |at, w| at.max(w.next_free(start)));
+    if ahead == 0 {
+        // Nobody queued (every call that needs no wait): no copy of the admission log, which
+        // holds as many entries as the largest limit allows.
+        return first;
+    }
+    let mut future: Vec<Window> = buckets.iter().map(|w| (*w).clone()).collect();
     let next = |future: &[Window], from: Instant| {
         future.iter().fold(from, |at, w| at.max(w.next_free(from)))
     };
-    let mut at = next(&future, start);
+    let mut at = first;
     for _ in 0..ahead {
         for w in &mut future {
             w.admit(at);

@@ -28,6 +28,8 @@ pub struct CallContext {
 /// Filters of a list call (all optional) and the page to fetch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ActionQuery {
+    /// Any of these actions (empty: no filter on ids).
+    pub ids: Vec<ActionId>,
     pub machine_id: Option<MachineId>,
     pub action_type: Option<&'static str>,
     pub status: Option<ActionStatus>,
@@ -40,6 +42,12 @@ impl ActionQuery {
     /// The query string, `$filter` first.
     fn to_query_string(&self) -> String {
         let mut clauses = Vec::new();
+        if !self.ids.is_empty() {
+            clauses.push(odata::Clause::AnyOf(
+                "id",
+                self.ids.iter().map(ToString::to_string).collect(),
+            ));
+        }
         if let Some(id) = &self.machine_id {
             clauses.push(odata::Clause::Eq("machineId", id.to_string()));
         }

@@ -9,6 +9,8 @@ pub enum Clause {
     Eq(&'static str, String),
     /// `field ge value` on a date-time field (unquoted literal).
     GeDateTime(&'static str, String),
+    /// `(field eq 'a' or field eq 'b' ...)`: any of several values.
+    AnyOf(&'static str, Vec<String>),
 }
 
 /// Renders the `$filter` expression; string literals escape `'` as `''`, as OData requires.
@@ -24,6 +26,16 @@ pub fn filter(clauses: &[Clause]) -> String {
             }
             Clause::GeDateTime(field, value) => {
                 let _ = write!(out, "{field} ge {value}");
+            }
+            Clause::AnyOf(field, values) => {
+                out.push('(');
+                for (j, value) in values.iter().enumerate() {
+                    if j > 0 {
+                        out.push_str(" or ");
+                    }
+                    let _ = write!(out, "{field} eq '{}'", value.replace('\'', "''"));
+                }
+                out.push(')');
             }
         }
     }
@@ -59,6 +71,15 @@ mod tests {
             f,
             "machineId eq '1e5b' and requestor eq 'O''Brien' and creationDateTimeUtc ge 2026-11-26T09:00:00Z"
         );
+    }
+
+    #[test]
+    fn any_of_is_a_parenthesised_disjunction() {
+        let f = filter(&[
+            Clause::AnyOf("id", vec!["a".into(), "b".into()]),
+            Clause::Eq("type", "RunAntiVirusScan".into()),
+        ]);
+        assert_eq!(f, "(id eq 'a' or id eq 'b') and type eq 'RunAntiVirusScan'");
     }
 
     #[test]

@@ -52,6 +52,15 @@ impl ReceivedSpan {
         hex(&self.span.parent_span_id)
     }
 
+    /// The (trace id, span id) pairs this span links to.
+    pub fn links(&self) -> Vec<(String, String)> {
+        self.span
+            .links
+            .iter()
+            .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
+            .collect()
+    }
+
     /// An attribute's value as text (numbers and booleans too).
     pub fn attr(&self, key: &str) -> Option<String> {
         attr(&self.span.attributes, key)

@@ -9,5 +9,6 @@ mod helpers;
 mod observability;
 mod process;
 mod scan_service;
+mod security;
 mod tools;
 mod validation;

@@ -87,7 +87,25 @@ async fn a_run_scan_is_one_trace_from_the_caller_to_the_defender_request() {
     let machine = sim.machine(0);
     run_scan_to_success(&mut client, &machine).await;
 
-    let spans = collector.wait_for(|s| s.span.name == RUN_SCAN_SPAN).await;
+    let all = collector.wait_for(|s| s.span.name == RUN_SCAN_SPAN).await;
+    for span in &all {
+        assert_eq!(span.service, "scan-gateway");
+    }
+    // The shared watcher's refreshes are traces of their own; everything else is the caller's.
+    let refresh_traces: HashSet<String> = named(&all, "watch refresh")
+        .iter()
+        .map(|s| s.trace_id())
+        .collect();
+    assert!(
+        !refresh_traces.is_empty(),
+        "the watcher refreshed the action"
+    );
+    assert!(!refresh_traces.contains(TRACE_ID));
+    let spans: Vec<ReceivedSpan> = all
+        .iter()
+        .filter(|s| !refresh_traces.contains(&s.trace_id()))
+        .cloned()
+        .collect();
     for span in &spans {
         assert_eq!(
             span.trace_id(),
@@ -95,7 +113,6 @@ async fn a_run_scan_is_one_trace_from_the_caller_to_the_defender_request() {
             "{} left the trace",
             span.span.name
         );
-        assert_eq!(span.service, "scan-gateway");
     }
 
     // The server span continues the caller's span.
@@ -112,7 +129,35 @@ async fn a_run_scan_is_one_trace_from_the_caller_to_the_defender_request() {
     assert_eq!(server.attr("rpc.method").as_deref(), Some("RunScan"));
     assert_eq!(server.attr("rpc.grpc.status_code").as_deref(), Some("0"));
 
-    // One client span per upstream call, children of the server span: the scan, then polls.
+    // The watcher's refreshes link to the stream they serve; their calls are their children.
+    let refreshes = named(&all, "watch refresh");
+    for refresh in &refreshes {
+        assert!(
+            refresh
+                .links()
+                .contains(&(TRACE_ID.to_owned(), server.span_id())),
+            "{:?}",
+            refresh.links()
+        );
+    }
+    let refresh_ids: HashSet<String> = refreshes.iter().map(|r| r.span_id()).collect();
+    let watcher_clients: Vec<&ReceivedSpan> = all
+        .iter()
+        .filter(|s| {
+            s.span.kind == SpanKind::Client as i32 && refresh_traces.contains(&s.trace_id())
+        })
+        .collect();
+    assert!(!watcher_clients.is_empty());
+    for client in &watcher_clients {
+        assert!(
+            refresh_ids.contains(&client.parent_id()),
+            "{}",
+            client.span.name
+        );
+        assert_eq!(client.attr("api").as_deref(), Some("list_machine_actions"));
+    }
+
+    // One client span per upstream call of the stream, children of the server span.
     let clients: Vec<_> = spans
         .iter()
         .filter(|s| s.span.kind == SpanKind::Client as i32)
@@ -140,30 +185,33 @@ async fn a_run_scan_is_one_trace_from_the_caller_to_the_defender_request() {
         post.attr("server.port"),
         Some(sim.base_url.rsplit(':').next().unwrap().to_owned())
     );
-    let polls = clients
-        .iter()
-        .filter(|c| c.attr("api").as_deref() == Some("get_machine_action"))
-        .count();
-    assert!(polls >= 2, "{polls} poll spans");
 
     // Beneath the client spans: the token fetch of the first call, and the quota waits.
     let token = named(&spans, "fetch access token");
     assert_eq!(token.len(), 1, "one token fetch");
     assert_eq!(token[0].parent_id(), post.span_id());
     assert_eq!(token[0].attr("token.outcome").as_deref(), Some("success"));
-    let client_ids: HashSet<String> = clients.iter().map(|c| c.span_id()).collect();
-    let waits = named(&spans, "quota wait");
+    let client_ids: HashSet<String> = clients
+        .iter()
+        .chain(&watcher_clients)
+        .map(|c| c.span_id())
+        .collect();
+    let waits = named(&all, "quota wait");
     assert!(!waits.is_empty(), "no quota wait span");
     for wait in waits {
         assert!(client_ids.contains(&wait.parent_id()), "{wait:?}");
     }
 
-    // Every Defender request carried a traceparent of this trace, naming its client span.
+    // Every Defender request carried a traceparent of its trace (the caller's, or a refresh's),
+    // naming its client span.
     let seen = sim.handle.traceparents();
     assert!(seen.len() >= 3, "{seen:?}");
     for header in seen {
         let parts: Vec<&str> = header.traceparent.split('-').collect();
-        assert_eq!(parts[1], TRACE_ID, "{header:?}");
+        assert!(
+            parts[1] == TRACE_ID || refresh_traces.contains(parts[1]),
+            "{header:?}"
+        );
         assert!(client_ids.contains(parts[2]), "{header:?}");
         assert_eq!(parts[3], "01", "sampled");
     }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use scan_gateway::grpc::pb::{self, ActionStatus};
+use scan_gateway::grpc::pb::{self, ActionStatus, scan_service_client::ScanServiceClient};
 
 use crate::helpers::*;
 
@@ -404,4 +404,117 @@ async fn run_scan_reports_its_place_in_the_quota_queue_before_the_action() {
     assert_eq!(queued.position, 1);
     assert!(queued.estimated_start.is_some());
     assert_eq!(statuses(&updates).last(), Some(&ActionStatus::Succeeded));
+}
+
+#[tokio::test]
+async fn a_stalled_subscriber_holds_no_one_back_and_still_gets_the_final_status() {
+    let mut app = spawn_app().await;
+    let machine = app.sim.machine(0);
+    let action = app
+        .client
+        .start_scan(start_request(&machine))
+        .await
+        .unwrap()
+        .into_inner()
+        .action
+        .unwrap();
+    let watch = |client: &mut ScanServiceClient<tonic::transport::Channel>| {
+        let mut client = client.clone();
+        let action_id = action.id.clone();
+        async move {
+            client
+                .watch_scan(pb::WatchScanRequest { action_id })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let mut stalled = watch(&mut app.client).await;
+    let first = stalled.message().await.unwrap().unwrap();
+    assert!(first.update.is_some());
+    // The other subscriber follows the scan to its end while the stalled one reads nothing.
+    let (updates, end) = collect(watch(&mut app.client).await).await;
+    assert!(end.is_ok(), "{end:?}");
+    assert_eq!(
+        updates
+            .iter()
+            .rev()
+            .find_map(|u| match u.update.as_ref()?.event.as_ref()? {
+                pb::scan_update::Event::Action(a) => Some(a.status()),
+                _ => None,
+            }),
+        Some(ActionStatus::Succeeded)
+    );
+    // Now it reads: it may have skipped a status, but it ends with the final one.
+    let (rest, end) = collect(stalled).await;
+    assert!(end.is_ok(), "{end:?}");
+    let last = rest.last().and_then(|u| u.update.as_ref()?.event.clone());
+    let Some(pb::scan_update::Event::Action(last)) = last else {
+        panic!("the stalled stream ends with an action: {rest:?}");
+    };
+    assert_eq!(last.status(), ActionStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn concurrent_scan_requests_for_one_machine_start_one_scan() {
+    let mut config = fast_simulator();
+    config.pending_duration = Duration::from_secs(60);
+    let app = spawn_gateway(spawn_simulator(config).await).await;
+    let machine = app.sim.machine(0);
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let mut client = app.client.clone();
+            let request = start_request(&machine);
+            tokio::spawn(async move { client.start_scan(request).await })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for call in calls {
+        ids.insert(call.await.unwrap().unwrap().into_inner().action.unwrap().id);
+    }
+    assert_eq!(ids.len(), 1, "every caller gets the one scan: {ids:?}");
+    assert_eq!(app.sim.handle.stats().actions_created, 1);
+}
+
+#[tokio::test]
+async fn with_following_off_a_busy_machine_is_already_exists() {
+    let mut config = fast_simulator();
+    config.pending_duration = Duration::from_secs(60);
+    let sim = spawn_simulator(config).await;
+    let mut args = settings_for(&sim);
+    args.follow_running_scans = Some(false);
+    let mut app = spawn_gateway_with(sim, args).await;
+    let machine = app.sim.machine(0);
+    app.client
+        .start_scan(start_request(&machine))
+        .await
+        .unwrap();
+    let status = app
+        .client
+        .start_scan(start_request(&machine))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}");
+}
+
+#[tokio::test]
+async fn a_stream_past_its_watch_time_ends_with_deadline_exceeded_and_the_last_status() {
+    let mut config = fast_simulator();
+    config.pending_duration = Duration::from_secs(60);
+    let sim = spawn_simulator(config).await;
+    let mut args = settings_for(&sim);
+    args.max_watch = Some(Duration::from_millis(300));
+    let mut app = spawn_gateway_with(sim, args).await;
+    let stream = app
+        .client
+        .run_scan(run_request(&app.sim.machine(0)))
+        .await
+        .unwrap()
+        .into_inner();
+    let (updates, end) = collect(stream).await;
+    assert_eq!(statuses(&updates), [ActionStatus::Pending]);
+    let status = end.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
+    assert_eq!(info.metadata["last_status"], "Pending");
 }

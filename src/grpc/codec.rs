@@ -1,0 +1,46 @@
+//! The protobuf codec of `ScanService` with small buffers.
+//!
+//! tonic keeps one encode buffer per response stream for the stream's whole life, 8 KiB by
+//! default. The gateway's messages are a few hundred bytes and its streams can number in the
+//! tens of thousands (one per followed scan), so 1 KiB buffers, which grow if a message needs
+//! it, cut a stream's resident cost severalfold.
+
+use std::marker::PhantomData;
+
+use prost::Message;
+use tonic::codec::{BufferSettings, Codec};
+use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+/// Initial size of a stream's encode and decode buffers.
+const BUFFER_SIZE: usize = 1024;
+/// tonic's default: how much is encoded before the encoder yields to other tasks.
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+/// [`ProstCodec`] with [`BUFFER_SIZE`] buffers; named in `build.rs` for the generated code.
+#[derive(Debug, Clone, Copy)]
+pub struct SmallBufferCodec<T, U>(PhantomData<(T, U)>);
+
+impl<T, U> Default for SmallBufferCodec<T, U> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T, U> Codec for SmallBufferCodec<T, U>
+where
+    T: Message + Send + 'static,
+    U: Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstCodec::<T, U>::raw_encoder(BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD))
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstCodec::<T, U>::raw_decoder(BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD))
+    }
+}

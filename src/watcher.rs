@@ -1,0 +1,375 @@
+//! One watcher per replica follows every action that an open `RunScan`/`WatchScan` stream
+//! waits on, with as few upstream calls as the API allows, and fans each change out.
+//!
+//! Every interval it refreshes the watched, unfinished actions: a few by one list call
+//! filtered on their ids (`(id eq 'a' or id eq 'b' ...)`), many by listing the antivirus-scan
+//! actions created since the oldest of them, page by page. An action the list did not return
+//! is looked up by id. The interval grows when a refresh needs several calls, so polling never
+//! takes more than its share of the list API's quota; with nothing watched, nothing is polled.
+//!
+//! Each action has a `tokio::sync::watch` channel: a subscriber that reads slowly skips
+//! intermediate statuses but always sees the latest, and so the final one; memory per
+//! subscriber is one slot.
+//!
+//! A refresh serves many streams, so it is a trace of its own (`watch refresh`), linked to the
+//! spans of the streams it serves.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use opentelemetry::trace::{SpanContext, TraceContextExt};
+use time::OffsetDateTime;
+use tokio::sync::{Notify, watch};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::{
+    clock::Clock,
+    domain::{ActionId, MachineAction},
+    metrics::Metrics,
+    upstream::{self, ActionQuery, CallContext, DefenderClient, SCAN_ACTION_TYPE},
+};
+
+/// Most ids in one `$filter` (keeps the URL well under common 8 KiB limits).
+const MAX_IDS_PER_FILTER: usize = 40;
+/// Page size of a list by creation time.
+const PAGE_SIZE: u32 = 1000;
+/// Most pages one refresh reads; actions beyond are looked up by id next time round.
+const MAX_PAGES: u32 = 10;
+/// Streams remembered per action for span links, and links per refresh span.
+const LINKS_PER_ACTION: usize = 8;
+const LINKS_PER_REFRESH: usize = 128;
+
+/// Settings of the watcher.
+#[derive(Debug, Clone)]
+pub struct WatcherConfig {
+    /// Time between two refreshes (the freshness of streamed statuses).
+    pub interval: Duration,
+    /// The list API's sustainable spacing between calls (its tightest `window / calls`): a
+    /// refresh of `n` calls waits at least `n` times this before the next.
+    pub list_call_spacing: Duration,
+    /// Consecutive failed refreshes tolerated before subscribers are told.
+    pub max_failures: u32,
+}
+
+/// What subscribers of one action see.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// The latest known state of the action.
+    Action(Box<MachineAction>),
+    /// The action can no longer be followed (it disappeared, or refreshing keeps failing).
+    Failed { not_found: bool, detail: String },
+}
+
+struct Entry {
+    tx: watch::Sender<Update>,
+    created: Option<OffsetDateTime>,
+    /// The spans of (some of) the streams following the action, for span links.
+    links: Vec<SpanContext>,
+}
+
+struct Inner {
+    client: DefenderClient,
+    clock: Clock,
+    config: WatcherConfig,
+    metrics: Metrics,
+    entries: Mutex<HashMap<ActionId, Entry>>,
+    wake: Notify,
+}
+
+/// The replica's watcher. Cheap to clone.
+#[derive(Clone)]
+pub struct Watcher(Arc<Inner>);
+
+impl Watcher {
+    /// Starts the polling task; it ends when `shutdown` turns true.
+    pub fn start(
+        client: DefenderClient,
+        clock: Clock,
+        config: WatcherConfig,
+        metrics: Metrics,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let watcher = Self(Arc::new(Inner {
+            client,
+            clock,
+            config,
+            metrics,
+            entries: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+        }));
+        let task = watcher.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = task.run() => {}
+                _ = shutdown.wait_for(|stopping| *stopping) => {}
+            }
+        });
+        watcher
+    }
+
+    /// Follows `action` (as the caller last saw it); the receiver starts at the newest known
+    /// state, which may be newer than `action`.
+    pub fn subscribe(&self, id: ActionId, action: &MachineAction) -> watch::Receiver<Update> {
+        let stream_span = tracing::Span::current()
+            .context()
+            .span()
+            .span_context()
+            .clone();
+        let mut entries = self.lock();
+        let receiver = match entries.get(&id) {
+            Some(entry) => {
+                // A fresher first-hand read (the caller's GET) wins over an older poll.
+                entry.tx.send_if_modified(|current| match current {
+                    Update::Action(known) if newer(action, known) => {
+                        *current = Update::Action(Box::new(action.clone()));
+                        true
+                    }
+                    _ => false,
+                });
+                let receiver = entry.tx.subscribe();
+                if let Some(entry) = entries.get_mut(&id)
+                    && stream_span.is_valid()
+                    && entry.links.len() < LINKS_PER_ACTION
+                {
+                    entry.links.push(stream_span);
+                }
+                receiver
+            }
+            None => {
+                let (tx, rx) = watch::channel(Update::Action(Box::new(action.clone())));
+                entries.insert(
+                    id,
+                    Entry {
+                        tx,
+                        created: action.creation_time,
+                        links: if stream_span.is_valid() {
+                            vec![stream_span]
+                        } else {
+                            Vec::new()
+                        },
+                    },
+                );
+                rx
+            }
+        };
+        self.0
+            .metrics
+            .set_watched(entries.len(), subscribers(&entries));
+        drop(entries);
+        self.0.wake.notify_one();
+        receiver
+    }
+
+    /// The latest state of an action already followed, if any: a new stream on it needs no
+    /// upstream call.
+    pub fn current(&self, id: &ActionId) -> Option<MachineAction> {
+        match &*self.lock().get(id)?.tx.borrow() {
+            Update::Action(action) => Some((**action).clone()),
+            Update::Failed { .. } => None,
+        }
+    }
+
+    async fn run(&self) {
+        let mut failures = 0u32;
+        loop {
+            let targets = self.targets();
+            if targets.is_empty() {
+                // No subscriber, no polling.
+                self.0.wake.notified().await;
+                continue;
+            }
+            self.0.clock.sleep(self.0.config.interval).await;
+            let targets = self.targets();
+            if targets.is_empty() {
+                continue;
+            }
+            // A trace of its own, linked to the streams it serves.
+            let span =
+                tracing::info_span!(parent: None, "watch refresh", watch.actions = targets.len());
+            for link in self.links() {
+                span.add_link(link);
+            }
+            let calls = match self.refresh(&targets).instrument(span).await {
+                Ok(calls) => {
+                    failures = 0;
+                    calls
+                }
+                Err((calls, err)) => {
+                    failures += 1;
+                    tracing::warn!(error = %err, failures, "refreshing watched actions failed");
+                    if failures >= self.0.config.max_failures {
+                        self.fail_all(&err);
+                        failures = 0;
+                    }
+                    calls
+                }
+            };
+            // Keep to the list API's sustainable rate: a refresh of n calls buys n spacings.
+            let budget = self.0.config.list_call_spacing * calls.saturating_sub(1);
+            if !budget.is_zero() {
+                self.0.clock.sleep(budget).await;
+            }
+        }
+    }
+
+    fn links(&self) -> Vec<SpanContext> {
+        self.lock()
+            .values()
+            .flat_map(|entry| entry.links.iter().cloned())
+            .take(LINKS_PER_REFRESH)
+            .collect()
+    }
+
+    /// Watched, unfinished actions that still have subscribers; forgets the rest.
+    fn targets(&self) -> Vec<(ActionId, Option<OffsetDateTime>)> {
+        let mut entries = self.lock();
+        entries.retain(|_, entry| {
+            let final_ = matches!(&*entry.tx.borrow(), Update::Action(a) if a.status.is_final())
+                || matches!(&*entry.tx.borrow(), Update::Failed { .. });
+            entry.tx.receiver_count() > 0 && !final_
+        });
+        self.0
+            .metrics
+            .set_watched(entries.len(), subscribers(&entries));
+        entries
+            .iter()
+            .map(|(id, entry)| (id.clone(), entry.created))
+            .collect()
+    }
+
+    /// Refreshes `targets`; returns the number of upstream calls made.
+    async fn refresh(
+        &self,
+        targets: &[(ActionId, Option<OffsetDateTime>)],
+    ) -> Result<u32, (u32, upstream::Error)> {
+        let ctx = CallContext::default();
+        let mut calls = 0;
+        let mut seen = std::collections::HashSet::new();
+        let publish = |actions: Vec<MachineAction>,
+                       seen: &mut std::collections::HashSet<ActionId>| {
+            for action in actions {
+                if let Ok(id) = ActionId::parse("id", &action.id) {
+                    self.publish(&id, action);
+                    seen.insert(id);
+                }
+            }
+        };
+        if targets.len() > MAX_IDS_PER_FILTER {
+            // Many actions: list the scans created since the oldest, page by page.
+            let since = targets.iter().filter_map(|(_, created)| *created).min();
+            for page in 0..MAX_PAGES {
+                let query = ActionQuery {
+                    action_type: Some(SCAN_ACTION_TYPE),
+                    created_at_or_after: since,
+                    top: Some(PAGE_SIZE),
+                    skip: Some(page * PAGE_SIZE),
+                    ..ActionQuery::default()
+                };
+                calls += 1;
+                let actions = self
+                    .0
+                    .client
+                    .list_actions(&query, &ctx)
+                    .await
+                    .map_err(|err| (calls, err))?;
+                let full = actions.len() == PAGE_SIZE as usize;
+                publish(actions, &mut seen);
+                if !full || targets.iter().all(|(id, _)| seen.contains(id)) {
+                    break;
+                }
+            }
+        }
+        // Few actions, or those the listing did not return: by id, a filter at a time.
+        let missing: Vec<ActionId> = targets
+            .iter()
+            .map(|(id, _)| id.clone())
+            .filter(|id| !seen.contains(id))
+            .collect();
+        for chunk in missing.chunks(MAX_IDS_PER_FILTER) {
+            let query = ActionQuery {
+                ids: chunk.to_vec(),
+                top: Some(u32::try_from(chunk.len()).unwrap_or(u32::MAX)),
+                ..ActionQuery::default()
+            };
+            calls += 1;
+            let actions = self
+                .0
+                .client
+                .list_actions(&query, &ctx)
+                .await
+                .map_err(|err| (calls, err))?;
+            publish(actions, &mut seen);
+        }
+        // Still missing: gone upstream (or never listed); one GET each says which.
+        for id in missing.iter().filter(|id| !seen.contains(*id)) {
+            calls += 1;
+            match self.0.client.get_action(id, &ctx).await {
+                Ok(action) => self.publish(id, action),
+                Err(upstream::Error::Api(api)) if api.status == 404 => self.fail(
+                    id,
+                    true,
+                    format!("machine action {id} no longer exists in Defender"),
+                ),
+                Err(err) => return Err((calls, err)),
+            }
+        }
+        self.0.metrics.record_watch_refresh(calls, targets.len());
+        Ok(calls)
+    }
+
+    /// Hands a fresh state to the subscribers when its status or update time changed.
+    fn publish(&self, id: &ActionId, action: MachineAction) {
+        let entries = self.lock();
+        let Some(entry) = entries.get(id) else {
+            return;
+        };
+        let mut status_changed = false;
+        entry.tx.send_if_modified(|current| match current {
+            Update::Action(known) if known.status != action.status || newer(&action, known) => {
+                status_changed = known.status != action.status;
+                *current = Update::Action(Box::new(action.clone()));
+                true
+            }
+            _ => false,
+        });
+        if status_changed && let Some(changed_at) = action.last_update_time {
+            let delay = (self.0.clock.utc() - changed_at).as_seconds_f64().max(0.0);
+            self.0.metrics.record_watch_delay(delay);
+        }
+    }
+
+    fn fail(&self, id: &ActionId, not_found: bool, detail: String) {
+        if let Some(entry) = self.lock().get(id) {
+            entry.tx.send_replace(Update::Failed { not_found, detail });
+        }
+    }
+
+    fn fail_all(&self, err: &upstream::Error) {
+        for entry in self.lock().values() {
+            entry.tx.send_replace(Update::Failed {
+                not_found: false,
+                detail: format!("following the action failed repeatedly: {err}"),
+            });
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<ActionId, Entry>> {
+        self.0.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// True when `a` is a later reading than `b`.
+fn newer(a: &MachineAction, b: &MachineAction) -> bool {
+    match (a.last_update_time, b.last_update_time) {
+        (Some(a), Some(b)) => a > b,
+        _ => a.status != b.status && !b.status.is_final(),
+    }
+}
+
+fn subscribers(entries: &HashMap<ActionId, Entry>) -> usize {
+    entries.values().map(|e| e.tx.receiver_count()).sum()
+}
