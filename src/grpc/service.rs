@@ -70,9 +70,7 @@ impl ScanServiceImpl {
         F: Future<Output = Result<crate::domain::MachineAction, Error>> + Send + 'static,
         T: Send + 'static,
     {
-        // The status is boxed: a channel allocates its slots 32 at a time, and an unboxed
-        // `Status` (~180 bytes) in each would cost ~6 KiB per open stream.
-        let (events, receiver) = mpsc::channel::<Result<ScanEvent, Box<Status>>>(STREAM_BUFFER);
+        let (events, receiver) = mpsc::channel::<Result<ScanEvent, Status>>(STREAM_BUFFER);
         let scans = self.scans.clone();
         let metrics = self.metrics.clone();
         let started = Instant::now();
@@ -112,7 +110,7 @@ impl ScanServiceImpl {
                 Err(err) => {
                     let status = Status::from(err);
                     let code = status.code();
-                    let _ = events.send(Err(Box::new(status))).await;
+                    let _ = events.send(Err(status)).await;
                     code
                 }
             };
@@ -125,11 +123,10 @@ impl ScanServiceImpl {
             task.instrument(tracing::Span::current())
                 .with_current_context(),
         );
-        Box::pin(ReceiverStream::new(receiver).map(move |event| {
-            event
-                .map(|event| wrap(convert::update(event)))
-                .map_err(|status| *status)
-        }))
+        Box::pin(
+            ReceiverStream::new(receiver)
+                .map(move |event| event.map(|event| wrap(convert::update(event)))),
+        )
     }
 
     fn invalid<T>(&self, method: &'static str, err: Error) -> Result<T, Status> {
