@@ -13,6 +13,7 @@ pub mod credentials;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod idempotency;
 pub mod layers;
 pub mod metrics;
 pub mod quota;

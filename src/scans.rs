@@ -19,6 +19,7 @@ use crate::{
         ScanRequest, ScanType,
     },
     error::Error,
+    idempotency::{Claim, KeyError, SharedKeys},
     metrics::Metrics,
     upstream::{self, ActionQuery, ApiError, CallContext, DefenderClient, SCAN_ACTION_TYPE},
     watcher::{Update, Watcher},
@@ -80,6 +81,8 @@ struct Inner {
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
     keys: Mutex<HashMap<RequestId, Arc<Keyed>>>,
+    /// The same keys for every replica, in Redis (when configured).
+    shared_keys: Option<SharedKeys>,
     watcher: Watcher,
 }
 
@@ -96,6 +99,7 @@ impl Scans {
         config: ScansConfig,
         metrics: Metrics,
         watcher: Watcher,
+        shared_keys: Option<SharedKeys>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self(Arc::new(Inner {
@@ -105,6 +109,7 @@ impl Scans {
             metrics,
             shutdown,
             keys: Mutex::new(HashMap::new()),
+            shared_keys,
             watcher,
         }))
     }
@@ -125,8 +130,35 @@ impl Scans {
         let id = keyed
             .action
             .get_or_try_init(|| async {
-                let action = self.start_upstream(request, ctx).await?;
+                // Across replicas: another may already have started this scan.
+                let mut claimed = false;
+                if let Some(shared) = &self.0.shared_keys {
+                    let until = ctx
+                        .deadline
+                        .unwrap_or_else(|| self.0.clock.now() + Duration::from_secs(30));
+                    match shared.claim(key, request, until).await {
+                        Ok(Claim::Existing(id)) => return Ok(id),
+                        Ok(Claim::Mine) => claimed = true,
+                        Err(KeyError::Mismatch(violation)) => return Err(violation.into()),
+                        Err(KeyError::Unavailable(reason)) => {
+                            tracing::warn!(%reason, "idempotency key kept by this replica only");
+                        }
+                    }
+                }
+                let started = self.start_upstream(request, ctx).await;
+                let action = match started {
+                    Ok(action) => action,
+                    Err(err) => {
+                        if claimed && let Some(shared) = &self.0.shared_keys {
+                            shared.release(key).await;
+                        }
+                        return Err(err);
+                    }
+                };
                 let id = ActionId::parse("id", &action.id).map_err(|_| malformed_id(&action))?;
+                if claimed && let Some(shared) = &self.0.shared_keys {
+                    shared.record(key, request, &id).await;
+                }
                 created = Some(action);
                 Ok::<_, Error>(id)
             })
@@ -450,6 +482,7 @@ mod tests {
             },
             Metrics::new(),
             watcher,
+            None,
             shutdown,
         );
         (scans, posts)

@@ -14,6 +14,7 @@ use crate::{
     config::Settings,
     credentials::{Credential, TokenEndpoint},
     grpc::{GrpcTraceLayer, ScanServiceImpl, pb},
+    idempotency::SharedKeys,
     layers::auth::TokenCache,
     metrics::Metrics,
     quota::{LocalStore, Quota, QuotaConfig, SharedStore, Store},
@@ -133,6 +134,17 @@ impl Gateway {
             .map(|limit| limit.window / limit.calls.max(1))
             .max()
             .unwrap_or_default();
+        let shared_keys = match &settings.redis {
+            None => None,
+            Some(shared) => Some(
+                SharedKeys::new(
+                    &shared.url,
+                    "scan-gateway:idempotency".to_owned(),
+                    shared.timeout,
+                )
+                .map_err(|_| StartupError::Redis)?,
+            ),
+        };
         let watcher = Watcher::start(
             client.clone(),
             clock,
@@ -153,6 +165,7 @@ impl Gateway {
             },
             metrics.clone(),
             watcher,
+            shared_keys,
             stopped,
         );
         Ok(Self {

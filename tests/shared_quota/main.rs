@@ -316,3 +316,48 @@ async fn two_gateways_sharing_redis_never_exceed_the_quota_even_through_a_redis_
     );
     assert!(ra.0 + rb.0 > 0, "shared mode resumed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_request_id_on_two_gateways_sharing_redis_starts_one_scan() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut config = fast_simulator();
+    config.pending_duration = Duration::from_secs(60);
+    let sim = Arc::new(spawn_simulator(config).await);
+    let url = redis.url();
+    let gateway = |sim: Arc<TestSimulator>| {
+        let mut args = settings_for(&sim);
+        args.redis_url = Some(secret(&url));
+        args.replicas = Some(2);
+        spawn_gateway_sharing(sim, args)
+    };
+    let a = gateway(sim.clone()).await;
+    let b = gateway(sim.clone()).await;
+    let mut request = start_request(&sim.machine(0));
+    request.request_id = "incident-4711/scan".into();
+
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            let mut client = if i % 2 == 0 {
+                a.client.clone()
+            } else {
+                b.client.clone()
+            };
+            let request = request.clone();
+            tokio::spawn(async move { client.start_scan(request).await })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for call in calls {
+        ids.insert(call.await.unwrap().unwrap().into_inner().action.unwrap().id);
+    }
+    assert_eq!(ids.len(), 1, "one action for one key: {ids:?}");
+    assert_eq!(sim.handle.stats().run_scan, 1, "one upstream call");
+
+    // The same key for another machine is refused on either gateway.
+    let mut other = request.clone();
+    other.machine_id = sim.machine(1);
+    let status = b.client.clone().start_scan(other).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+}

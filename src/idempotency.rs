@@ -1,0 +1,226 @@
+//! Idempotency keys shared by all replicas through Redis: the same `request_id` on any replica
+//! within 24 hours names the same action, and concurrent requests with one key make one
+//! upstream call.
+//!
+//! The first request claims the key (`SET NX` with a short expiry), starts the scan and records
+//! the action under the key for 24 hours; a failed start releases the claim so a retry can try
+//! again. A request that finds the key claimed waits for the action (bounded by its deadline).
+//! The key also records the machine and scan type, so reusing it for another scan is refused.
+//! If Redis cannot be reached, the replica's own keys still apply (logged).
+
+use std::{
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
+
+use redis::{AsyncCommands, aio::ConnectionManager};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::time::Instant;
+
+use crate::domain::{ActionId, FieldViolation, RequestId, ScanRequest};
+
+/// How long a key maps to its action.
+pub const TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a claim lasts without a recorded action (a crashed replica's claim expires).
+const CLAIM_TTL: Duration = Duration::from_secs(60);
+/// Time between two looks at a claimed key.
+const POLL: Duration = Duration::from_millis(50);
+
+/// What the shared key says.
+#[derive(Debug)]
+pub enum Claim {
+    /// This request claimed the key: start the scan, then [`SharedKeys::record`] it.
+    Mine,
+    /// Another request already started this scan.
+    Existing(ActionId),
+}
+
+/// Why the shared key gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key names another scan.
+    #[error("{}", .0.description)]
+    Mismatch(FieldViolation),
+    /// Redis is unreachable or slow: the caller falls back to the replica's own keys.
+    #[error("the shared idempotency keys are unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The shared keys.
+pub struct SharedKeys {
+    client: redis::Client,
+    connection: Mutex<Option<ConnectionManager>>,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl SharedKeys {
+    pub fn new(url: &SecretString, prefix: String, timeout: Duration) -> redis::RedisResult<Self> {
+        Ok(Self {
+            client: redis::Client::open(url.expose_secret())?,
+            connection: Mutex::new(None),
+            prefix,
+            timeout,
+        })
+    }
+
+    /// Claims `key` for `request`, or finds the action it already names (waiting, until
+    /// `until`, while another request is starting it).
+    pub async fn claim(
+        &self,
+        key: &RequestId,
+        request: &ScanRequest,
+        until: Instant,
+    ) -> Result<Claim, KeyError> {
+        let redis_key = self.key(key);
+        let scan = scan_of(request);
+        loop {
+            let mut connection = self.connect().await?;
+            let claimed: bool = self
+                .bounded(
+                    redis::cmd("SET")
+                        .arg(&redis_key)
+                        .arg(format!("pending|{scan}"))
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(CLAIM_TTL.as_millis() as u64)
+                        .query_async::<Option<String>>(&mut connection),
+                )
+                .await?
+                .is_some();
+            if claimed {
+                return Ok(Claim::Mine);
+            }
+            let value: Option<String> = self.bounded(connection.get(&redis_key)).await?;
+            match value.as_deref().map(parse) {
+                Some(Some((state, stored_scan, action))) => {
+                    if stored_scan != scan {
+                        return Err(KeyError::Mismatch(FieldViolation::new(
+                            "request_id",
+                            "was already used in the last 24 hours for a scan of another machine or type",
+                        )));
+                    }
+                    if state == "done"
+                        && let Some(id) = action.and_then(|a| ActionId::parse("id", a).ok())
+                    {
+                        return Ok(Claim::Existing(id));
+                    }
+                }
+                // Malformed: treat as someone else's pending claim until it expires.
+                Some(None) => {}
+                // Expired between SET and GET: try to claim again.
+                None => continue,
+            }
+            if Instant::now() + POLL > until {
+                return Err(KeyError::Unavailable(
+                    "another request with this key is still starting its scan".into(),
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Records the action a claimed key names, for [`TTL`].
+    pub async fn record(&self, key: &RequestId, request: &ScanRequest, action: &ActionId) {
+        let result = async {
+            let mut connection = self.connect().await?;
+            self.bounded(connection.set_ex::<_, _, ()>(
+                self.key(key),
+                format!("done|{}|{action}", scan_of(request)),
+                TTL.as_secs(),
+            ))
+            .await
+        }
+        .await;
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "could not record the idempotency key in Redis");
+        }
+    }
+
+    /// Gives a claim back after a failed start, so a retry may claim it.
+    pub async fn release(&self, key: &RequestId) {
+        let result = async {
+            let mut connection = self.connect().await?;
+            self.bounded(connection.del::<_, ()>(self.key(key))).await
+        }
+        .await;
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "could not release the idempotency key in Redis");
+        }
+    }
+
+    fn key(&self, key: &RequestId) -> String {
+        format!("{}:{}", self.prefix, key.as_str())
+    }
+
+    async fn connect(&self) -> Result<ConnectionManager, KeyError> {
+        if let Some(connection) = lock(&self.connection).clone() {
+            return Ok(connection);
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1);
+        let connection = self
+            .bounded(ConnectionManager::new_with_config(
+                self.client.clone(),
+                config,
+            ))
+            .await?;
+        *lock(&self.connection) = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, KeyError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => {
+                *lock(&self.connection) = None;
+                Err(KeyError::Unavailable(err.to_string()))
+            }
+            Err(_) => Err(KeyError::Unavailable(format!(
+                "redis did not answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+}
+
+/// `machine|type`: what a key is bound to.
+fn scan_of(request: &ScanRequest) -> String {
+    format!("{}|{}", request.machine_id, request.scan_type.as_upstream())
+}
+
+/// `state|machine|type[|action]` → (state, `machine|type`, action).
+fn parse(value: &str) -> Option<(&str, String, Option<&str>)> {
+    let mut parts = value.split('|');
+    let state = parts.next()?;
+    let machine = parts.next()?;
+    let scan_type = parts.next()?;
+    Some((state, format!("{machine}|{scan_type}"), parts.next()))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip() {
+        assert_eq!(
+            parse("done|1e5b|Quick|7f3c"),
+            Some(("done", "1e5b|Quick".to_owned(), Some("7f3c")))
+        );
+        assert_eq!(
+            parse("pending|1e5b|Full"),
+            Some(("pending", "1e5b|Full".to_owned(), None))
+        );
+        assert_eq!(parse("garbage"), None);
+    }
+}
