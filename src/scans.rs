@@ -194,23 +194,32 @@ impl Scans {
         Ok(keyed)
     }
 
+    /// Starts the scan upstream. The POST is retried only when it certainly never reached
+    /// Defender (the connection failed); when its outcome is unknown (a timeout, a 5xx, a lost
+    /// or garbled answer) the machine's scans are looked up first, so a fault never starts a
+    /// second scan.
     async fn start_upstream(
         &self,
         request: &ScanRequest,
         ctx: &CallContext,
     ) -> Result<MachineAction, Error> {
-        let result = self
-            .0
-            .client
-            .run_antivirus_scan(
-                &request.machine_id,
-                request.scan_type,
-                request.comment.as_str(),
-                ctx,
-            )
-            .await;
+        let sent_at = self.0.clock.utc();
+        let mut result = self.post_scan(request, ctx).await;
+        if matches!(
+            result,
+            Err(upstream::Error::Transport {
+                kind: upstream::TransportKind::Connect,
+                ..
+            })
+        ) {
+            tracing::info!("the scan request never reached Defender; sending it once more");
+            result = self.post_scan(request, ctx).await;
+        }
         match result {
             Ok(action) => Ok(action),
+            Err(err) if outcome_unknown(&err) => {
+                self.resolve_unknown(request, sent_at, err, ctx).await
+            }
             Err(upstream::Error::Api(api)) if api.is_already_in_progress() => {
                 if self.0.config.follow_running {
                     self.running_scan(&request.machine_id, api, ctx).await
@@ -222,6 +231,74 @@ impl Scans {
                 }
             }
             Err(err) => Err(not_found_as(err, "machine", request.machine_id.as_str())),
+        }
+    }
+
+    async fn post_scan(
+        &self,
+        request: &ScanRequest,
+        ctx: &CallContext,
+    ) -> Result<MachineAction, upstream::Error> {
+        self.0
+            .client
+            .run_antivirus_scan(
+                &request.machine_id,
+                request.scan_type,
+                request.comment.as_str(),
+                ctx,
+            )
+            .await
+    }
+
+    /// The POST may or may not have created the scan: find the one it created (same comment
+    /// and type, created since it was sent, allowing for clock skew) or, when following running
+    /// scans, any scan running on the machine. Nothing found: the original error, and the
+    /// caller may retry safely.
+    async fn resolve_unknown(
+        &self,
+        request: &ScanRequest,
+        sent_at: time::OffsetDateTime,
+        error: upstream::Error,
+        ctx: &CallContext,
+    ) -> Result<MachineAction, Error> {
+        let query = ActionQuery {
+            machine_id: Some(request.machine_id.clone()),
+            action_type: Some(SCAN_ACTION_TYPE),
+            top: Some(10),
+            ..ActionQuery::default()
+        };
+        let actions = match self.0.client.list_actions(&query, ctx).await {
+            Ok(actions) => actions,
+            Err(lookup) => {
+                tracing::warn!(error = %lookup, "could not check whether the scan was created");
+                return Err(error.into());
+            }
+        };
+        let skew = time::Duration::seconds(30);
+        let ours = actions.iter().find(|a| {
+            a.requestor_comment.as_deref() == Some(request.comment.as_str())
+                && a.scope.as_deref() == Some(request.scan_type.as_upstream())
+                && a.creation_time
+                    .is_some_and(|created| created >= sent_at - skew)
+        });
+        let found = ours.or_else(|| {
+            self.0
+                .config
+                .follow_running
+                .then(|| {
+                    actions
+                        .iter()
+                        .filter(|a| !a.status.is_final())
+                        .max_by_key(|a| a.creation_time)
+                })
+                .flatten()
+        });
+        match found {
+            Some(action) => {
+                tracing::warn!(action_id = %action.id, error = %error, "the answer to the scan request was lost; found the scan it created");
+                Ok(action.clone())
+            }
+            None => Err(not_found_as(error, "machine", request.machine_id.as_str())),
         }
     }
 
@@ -387,6 +464,17 @@ impl Scans {
     /// The UTC time of a monotonic instant (for `queued` events).
     pub fn utc_at(&self, at: Instant) -> OffsetDateTime {
         self.0.clock.utc_at(at)
+    }
+}
+
+/// A failure after which the POST may have created the scan anyway.
+fn outcome_unknown(err: &upstream::Error) -> bool {
+    use upstream::{Error as U, TransportKind};
+    match err {
+        U::Transport { kind, .. } => *kind != TransportKind::Connect,
+        U::Api(api) => api.status >= 500,
+        U::Malformed { .. } => true,
+        U::Token(_) | U::QuotaExhausted { .. } | U::DeadlineExceeded { .. } => false,
     }
 }
 

@@ -278,3 +278,48 @@ async fn an_upstream_429_within_the_deadline_is_retried_after_retry_after() {
     assert_eq!(stats.list_actions, 3, "one 429, then the retry");
     assert_eq!(stats.throttled, 1);
 }
+
+#[tokio::test]
+async fn a_lost_answer_to_the_scan_request_finds_the_scan_instead_of_starting_another() {
+    let mut config = fast_simulator();
+    config.pending_duration = Duration::from_secs(60);
+    let app = spawn_gateway(spawn_simulator(config).await).await;
+    let mut faults = scan_gateway::simulator::Faults::default();
+    // Defender creates the scan, but the answer is a 500.
+    faults.run_scan.lost_response_rate = 1.0;
+    app.sim.handle.set_faults(faults);
+    let mut client = app.client.clone();
+    let action = client
+        .start_scan(start_request(&app.sim.machine(0)))
+        .await
+        .unwrap()
+        .into_inner()
+        .action
+        .unwrap();
+    assert_eq!(action.machine_id, app.sim.machine(0));
+    assert_eq!(action.requestor_comment, "integration test");
+    let stats = app.sim.handle.stats();
+    assert_eq!(stats.run_scan, 1, "no blind retry of the POST");
+    assert_eq!(stats.actions_created, 1);
+}
+
+#[tokio::test]
+async fn a_5xx_that_created_nothing_is_unavailable_after_one_post() {
+    let app = spawn_app().await;
+    let mut faults = scan_gateway::simulator::Faults::default();
+    faults.run_scan.error_rate = 1.0;
+    app.sim.handle.set_faults(faults);
+    let mut client = app.client.clone();
+    let status = client
+        .start_scan(start_request(&app.sim.machine(0)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let stats = app.sim.handle.stats();
+    assert_eq!(stats.run_scan, 1, "no blind retry of the POST");
+    assert_eq!(
+        stats.list_actions, 1,
+        "one look for the scan it might have created"
+    );
+    assert_eq!(stats.actions_created, 0);
+}
