@@ -8,16 +8,16 @@
 //! The key also records the machine and scan type, so reusing it for another scan is refused.
 //! If Redis cannot be reached, the replica's own keys still apply (logged).
 
-use std::{
-    sync::{Mutex, MutexGuard},
-    time::Duration,
-};
+use std::time::Duration;
 
-use redis::{AsyncCommands, aio::ConnectionManager};
-use secrecy::{ExposeSecret, SecretString};
+use redis::AsyncCommands;
+use secrecy::SecretString;
 use tokio::time::Instant;
 
-use crate::domain::{ActionId, FieldViolation, RequestId, ScanRequest};
+use crate::{
+    domain::{ActionId, FieldViolation, RequestId, ScanRequest},
+    redis_link::{LinkError, RedisLink},
+};
 
 /// How long a key maps to its action.
 pub const TTL: Duration = Duration::from_secs(24 * 3600);
@@ -46,21 +46,23 @@ pub enum KeyError {
     Unavailable(String),
 }
 
+impl From<LinkError> for KeyError {
+    fn from(err: LinkError) -> Self {
+        KeyError::Unavailable(err.to_string())
+    }
+}
+
 /// The shared keys.
 pub struct SharedKeys {
-    client: redis::Client,
-    connection: Mutex<Option<ConnectionManager>>,
+    redis: RedisLink,
     prefix: String,
-    timeout: Duration,
 }
 
 impl SharedKeys {
     pub fn new(url: &SecretString, prefix: String, timeout: Duration) -> redis::RedisResult<Self> {
         Ok(Self {
-            client: redis::Client::open(url.expose_secret())?,
-            connection: Mutex::new(None),
+            redis: RedisLink::new(url, timeout)?,
             prefix,
-            timeout,
         })
     }
 
@@ -75,8 +77,9 @@ impl SharedKeys {
         let redis_key = self.key(key);
         let scan = scan_of(request);
         loop {
-            let mut connection = self.connect().await?;
+            let mut connection = self.redis.connect().await?;
             let claimed: bool = self
+                .redis
                 .bounded(
                     redis::cmd("SET")
                         .arg(&redis_key)
@@ -91,7 +94,7 @@ impl SharedKeys {
             if claimed {
                 return Ok(Claim::Mine);
             }
-            let value: Option<String> = self.bounded(connection.get(&redis_key)).await?;
+            let value: Option<String> = self.redis.bounded(connection.get(&redis_key)).await?;
             match value.as_deref().map(parse) {
                 Some(Some((state, stored_scan, action))) => {
                     if stored_scan != scan {
@@ -123,13 +126,14 @@ impl SharedKeys {
     /// Records the action a claimed key names, for [`TTL`].
     pub async fn record(&self, key: &RequestId, request: &ScanRequest, action: &ActionId) {
         let result = async {
-            let mut connection = self.connect().await?;
-            self.bounded(connection.set_ex::<_, _, ()>(
-                self.key(key),
-                format!("done|{}|{action}", scan_of(request)),
-                TTL.as_secs(),
-            ))
-            .await
+            let mut connection = self.redis.connect().await?;
+            self.redis
+                .bounded(connection.set_ex::<_, _, ()>(
+                    self.key(key),
+                    format!("done|{}|{action}", scan_of(request)),
+                    TTL.as_secs(),
+                ))
+                .await
         }
         .await;
         if let Err(err) = result {
@@ -140,8 +144,10 @@ impl SharedKeys {
     /// Gives a claim back after a failed start, so a retry may claim it.
     pub async fn release(&self, key: &RequestId) {
         let result = async {
-            let mut connection = self.connect().await?;
-            self.bounded(connection.del::<_, ()>(self.key(key))).await
+            let mut connection = self.redis.connect().await?;
+            self.redis
+                .bounded(connection.del::<_, ()>(self.key(key)))
+                .await
         }
         .await;
         if let Err(err) = result {
@@ -151,41 +157,6 @@ impl SharedKeys {
 
     fn key(&self, key: &RequestId) -> String {
         format!("{}:{}", self.prefix, key.as_str())
-    }
-
-    async fn connect(&self) -> Result<ConnectionManager, KeyError> {
-        if let Some(connection) = lock(&self.connection).clone() {
-            return Ok(connection);
-        }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let connection = self
-            .bounded(ConnectionManager::new_with_config(
-                self.client.clone(),
-                config,
-            ))
-            .await?;
-        *lock(&self.connection) = Some(connection.clone());
-        Ok(connection)
-    }
-
-    async fn bounded<T>(
-        &self,
-        call: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, KeyError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => {
-                *lock(&self.connection) = None;
-                Err(KeyError::Unavailable(err.to_string()))
-            }
-            Err(_) => Err(KeyError::Unavailable(format!(
-                "redis did not answer within {:?}",
-                self.timeout
-            ))),
-        }
     }
 }
 
@@ -201,10 +172,6 @@ fn parse(value: &str) -> Option<(&str, String, Option<&str>)> {
     let machine = parts.next()?;
     let scan_type = parts.next()?;
     Some((state, format!("{machine}|{scan_type}"), parts.next()))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod idempotency;
 pub mod layers;
 pub mod metrics;
 pub mod quota;
+pub mod redis_link;
 pub mod scans;
 pub mod security;
 pub mod simulator;

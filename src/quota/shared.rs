@@ -27,11 +27,15 @@ use std::{
     time::Duration,
 };
 
-use redis::{Script, aio::ConnectionManager};
+use redis::Script;
 use tokio::time::Instant;
 
 use super::{Admission, Limit, Limits, LocalStore};
-use crate::{metrics::Metrics, upstream::Api};
+use crate::{
+    metrics::Metrics,
+    redis_link::{LinkError, RedisLink},
+    upstream::Api,
+};
 
 /// Time between two attempts to reach Redis while in fallback.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -178,8 +182,7 @@ enum Reply {
 
 /// Admissions decided in Redis for all replicas.
 pub struct SharedStore {
-    client: redis::Client,
-    connection: Mutex<Option<ConnectionManager>>,
+    redis: RedisLink,
     config: SharedConfig,
     limits: Limits,
     /// This replica's share, counting every call it made: the fallback's decisions.
@@ -205,10 +208,8 @@ pub struct SharedStore {
 /// Why Redis gave no decision.
 #[derive(Debug, thiserror::Error)]
 enum SharedError {
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("redis did not answer within {0:?}")]
-    Timeout(Duration),
+    #[error(transparent)]
+    Link(#[from] LinkError),
     #[error("unexpected reply from the quota script")]
     Reply,
 }
@@ -217,7 +218,7 @@ impl SharedStore {
     /// Validates the URL; the connection is made on first use (and re-made after failures),
     /// so a gateway starts even while Redis is down, in fallback.
     pub fn new(config: SharedConfig, limits: Limits, metrics: Metrics) -> redis::RedisResult<Self> {
-        let client = redis::Client::open(secrecy::ExposeSecret::expose_secret(&config.url))?;
+        let redis = RedisLink::new(&config.url, config.timeout)?;
         metrics.set_quota_fallback(false);
         let horizon = limits
             .per_api
@@ -228,8 +229,7 @@ impl SharedStore {
             .max()
             .unwrap_or_default();
         Ok(Self {
-            client,
-            connection: Mutex::new(None),
+            redis,
             fallback: LocalStore::new(&limits.share(config.replicas)),
             limits,
             config,
@@ -331,12 +331,13 @@ impl SharedStore {
             .saturating_duration_since(Instant::now())
             .as_millis()
             .max(1);
-        let Ok(mut connection) = self.connect().await else {
+        let Ok(mut connection) = self.redis.connect().await else {
             return;
         };
         let mut invocation = self.pause.key(self.pause_key(api));
         invocation.arg(u64::try_from(ms).unwrap_or(u64::MAX));
         if let Err(err) = self
+            .redis
             .bounded(invocation.invoke_async::<i64>(&mut connection))
             .await
         {
@@ -420,7 +421,7 @@ impl SharedStore {
             );
         }
         // A broken connection is rebuilt on the next probe.
-        *lock(&self.connection) = None;
+        self.redis.forget();
     }
 
     /// At the start of a fallback: if, when Redis last answered, the other replicas had used
@@ -478,7 +479,7 @@ impl SharedStore {
     /// Writes this replica's recent admissions into Redis (idempotently), then joins Redis's
     /// epoch: a new one after a fallback, so the others write theirs in again too.
     async fn sync(&self, now: Instant) -> Result<(), SharedError> {
-        let mut connection = self.connect().await?;
+        let mut connection = self.redis.connect().await?;
         let own: Vec<(Api, u64, String)> = lock(&self.own)
             .iter()
             .filter(|o| o.at + self.horizon > now)
@@ -505,7 +506,8 @@ impl SharedStore {
             for (_, age, member) in entries {
                 invocation.arg(*age).arg(member);
             }
-            self.bounded(invocation.invoke_async::<i64>(&mut connection))
+            self.redis
+                .bounded(invocation.invoke_async::<i64>(&mut connection))
                 .await?;
         }
         let candidate = format!("{}-{}", self.replica_id, self.next_member());
@@ -521,6 +523,7 @@ impl SharedStore {
                     .max(1000),
             );
         let epoch: String = self
+            .redis
             .bounded(invocation.invoke_async(&mut connection))
             .await?;
         tracing::debug!(
@@ -537,7 +540,7 @@ impl SharedStore {
         let Some(epoch) = lock(&self.epoch).clone() else {
             return Ok(Reply::Reset);
         };
-        let mut connection = self.connect().await?;
+        let mut connection = self.redis.connect().await?;
         let buckets = self.buckets(api);
         let mut invocation = self.admit.prepare_invoke();
         for (key, _) in &buckets {
@@ -561,6 +564,7 @@ impl SharedStore {
             }
         }
         let reply: Vec<i64> = self
+            .redis
             .bounded(invocation.invoke_async(&mut connection))
             .await?;
         match reply.as_slice() {
@@ -598,35 +602,6 @@ impl SharedStore {
 
     fn epoch_key(&self) -> String {
         format!("{}:epoch", self.config.prefix)
-    }
-
-    async fn connect(&self) -> Result<ConnectionManager, SharedError> {
-        if let Some(connection) = lock(&self.connection).clone() {
-            return Ok(connection);
-        }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.config.timeout))
-            .set_response_timeout(Some(self.config.timeout))
-            .set_number_of_retries(1);
-        let connection = self
-            .bounded(ConnectionManager::new_with_config(
-                self.client.clone(),
-                config,
-            ))
-            .await?;
-        *lock(&self.connection) = Some(connection.clone());
-        Ok(connection)
-    }
-
-    /// Bounds any Redis call by the configured timeout.
-    async fn bounded<T>(
-        &self,
-        call: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, SharedError> {
-        match tokio::time::timeout(self.config.timeout, call).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(SharedError::Timeout(self.config.timeout)),
-        }
     }
 }
 
