@@ -19,12 +19,7 @@ async fn serve_in_real_mode_runs_a_scan_against_a_separate_simulator_and_stops_o
     )
     .await
     .unwrap();
-    let stream = client
-        .run_scan(run_request(&sim.machine(0)))
-        .await
-        .unwrap()
-        .into_inner();
-    let (updates, end) = collect(stream).await;
+    let (updates, end) = run_to_end(&mut client, &sim.machine(0)).await;
     assert!(end.is_ok(), "{end:?}");
     assert_eq!(
         statuses(&updates).last(),

@@ -58,13 +58,7 @@ async fn a_certificate_credential_runs_a_scan_end_to_end() {
     args.client_certificate_path = Some(path);
     let mut app = spawn_gateway_with(sim, args).await;
 
-    let stream = app
-        .client
-        .run_scan(run_request(&app.sim.machine(0)))
-        .await
-        .unwrap()
-        .into_inner();
-    let (updates, end) = collect(stream).await;
+    let (updates, end) = run_to_end(&mut app.client, &app.sim.machine(0)).await;
     assert!(end.is_ok(), "{end:?}");
     assert_eq!(
         statuses(&updates).last(),
@@ -183,12 +177,7 @@ async fn run_binary_and_capture(sim: &TestSimulator, credential: &[(&str, &str)]
     let mut client = ScanServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    let stream = client
-        .run_scan(run_request(&sim.machine(0)))
-        .await
-        .unwrap()
-        .into_inner();
-    let (_, end) = collect(stream).await;
+    let (_, end) = run_to_end(&mut client, &sim.machine(0)).await;
     assert!(end.is_ok(), "{end:?}");
     let refused = client
         .get_scan(pb::GetScanRequest {

@@ -67,18 +67,8 @@ async fn unsupported_platform_is_failed_precondition_with_the_upstream_code() {
 async fn cancelling_a_finished_scan_is_failed_precondition() {
     let mut app = spawn_app().await;
     let machine = app.sim.machine(0);
-    let stream = app
-        .client
-        .run_scan(run_request(&machine))
-        .await
-        .unwrap()
-        .into_inner();
-    let (updates, _) = collect(stream).await;
-    let Some(pb::scan_update::Event::Action(action)) =
-        updates[0].update.as_ref().and_then(|u| u.event.clone())
-    else {
-        panic!("action first");
-    };
+    let (updates, _) = run_to_end(&mut app.client, &machine).await;
+    let action = action_of(updates[0].update.as_ref()).expect("action first");
     let status = app
         .client
         .cancel_scan(pb::CancelScanRequest {

@@ -212,10 +212,8 @@ pub async fn collect<T>(mut stream: tonic::Streaming<T>) -> (Vec<T>, Result<(), 
 pub fn statuses(updates: &[pb::RunScanResponse]) -> Vec<pb::ActionStatus> {
     updates
         .iter()
-        .filter_map(|u| match u.update.as_ref()?.event.as_ref()? {
-            pb::scan_update::Event::Action(a) => Some(a.status()),
-            pb::scan_update::Event::Queued(_) => None,
-        })
+        .filter_map(|u| action_of(u.update.as_ref()))
+        .map(|a| a.status())
         .collect()
 }
 
@@ -244,4 +242,25 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 /// A secret for tests that must not appear anywhere.
 pub fn secret(value: &str) -> SecretString {
     SecretString::from(value.to_owned())
+}
+
+/// Runs a quick scan of `machine` through `client` to the end of its stream.
+pub async fn run_to_end(
+    client: &mut ScanServiceClient<Channel>,
+    machine: &str,
+) -> (Vec<pb::RunScanResponse>, Result<(), tonic::Status>) {
+    let stream = client
+        .run_scan(run_request(machine))
+        .await
+        .expect("RunScan is accepted")
+        .into_inner();
+    collect(stream).await
+}
+
+/// The action an update carries, if it carries one (not a `queued` event).
+pub fn action_of(update: Option<&pb::ScanUpdate>) -> Option<pb::MachineAction> {
+    match update?.event.as_ref()? {
+        pb::scan_update::Event::Action(action) => Some(action.clone()),
+        pb::scan_update::Event::Queued(_) => None,
+    }
 }

@@ -473,13 +473,7 @@ async fn metrics_after_a_mixed_workload_pass_promtool_and_show_every_family() {
     let mut app = spawn_app().await;
     let machine = app.sim.machine(0);
     // A scan followed to the end, refused calls, a start, a read, a list, a cancel.
-    let stream = app
-        .client
-        .run_scan(run_request(&machine))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(collect(stream).await.1.is_ok());
+    assert!(run_to_end(&mut app.client, &machine).await.1.is_ok());
     let _ = app.client.run_scan(run_request("bad")).await;
     let started = app
         .client

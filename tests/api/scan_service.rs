@@ -10,13 +10,7 @@ use crate::helpers::*;
 async fn run_scan_streams_every_status_to_succeeded_then_ends_ok() {
     let mut app = spawn_app().await;
     let machine = app.sim.machine(0);
-    let stream = app
-        .client
-        .run_scan(run_request(&machine))
-        .await
-        .unwrap()
-        .into_inner();
-    let (updates, end) = collect(stream).await;
+    let (updates, end) = run_to_end(&mut app.client, &machine).await;
     assert!(end.is_ok(), "{end:?}");
     assert_eq!(
         statuses(&updates),
@@ -26,11 +20,8 @@ async fn run_scan_streams_every_status_to_succeeded_then_ends_ok() {
             ActionStatus::Succeeded
         ]
     );
-    let Some(pb::scan_update::Event::Action(first)) =
-        updates[0].update.as_ref().and_then(|u| u.event.clone())
-    else {
-        panic!("the first event is the created action");
-    };
+    let first =
+        action_of(updates[0].update.as_ref()).expect("the first event is the created action");
     assert_eq!(first.machine_id, machine);
     assert_eq!(first.r#type, "RunAntiVirusScan");
     assert_eq!(first.scope, "Quick");
@@ -88,13 +79,8 @@ async fn watch_scan_follows_an_existing_action_to_its_end() {
         .into_inner();
     let (updates, end) = collect(stream).await;
     assert!(end.is_ok(), "{end:?}");
-    let last = updates
-        .last()
-        .and_then(|u| u.update.as_ref()?.event.clone())
-        .unwrap();
-    let pb::scan_update::Event::Action(last) = last else {
-        panic!("the last event is an action");
-    };
+    let last = action_of(updates.last().and_then(|u| u.update.as_ref()))
+        .expect("the last event is an action");
     assert_eq!(last.id, started.id);
     assert_eq!(last.status(), ActionStatus::Succeeded);
 }
@@ -137,19 +123,9 @@ async fn list_scans_filters_by_machine_and_pages() {
     let other = app.sim.machine(1);
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let stream = app
-            .client
-            .run_scan(run_request(&machine))
-            .await
-            .unwrap()
-            .into_inner();
-        let (updates, end) = collect(stream).await;
+        let (updates, end) = run_to_end(&mut app.client, &machine).await;
         assert!(end.is_ok(), "{end:?}");
-        let Some(pb::scan_update::Event::Action(a)) =
-            updates[0].update.as_ref().and_then(|u| u.event.clone())
-        else {
-            panic!("action first");
-        };
+        let a = action_of(updates[0].update.as_ref()).expect("action first");
         ids.push(a.id);
     }
     app.client.start_scan(start_request(&other)).await.unwrap();
@@ -326,13 +302,7 @@ async fn shutdown_ends_open_streams_with_unavailable() {
 async fn admin_port_serves_health_readiness_and_metrics() {
     let mut app = spawn_app().await;
     let machine = app.sim.machine(0);
-    let stream = app
-        .client
-        .run_scan(run_request(&machine))
-        .await
-        .unwrap()
-        .into_inner();
-    let _ = collect(stream).await;
+    let _ = run_to_end(&mut app.client, &machine).await;
     let _ = app
         .client
         .get_scan(pb::GetScanRequest {
@@ -388,13 +358,7 @@ async fn run_scan_reports_its_place_in_the_quota_queue_before_the_action() {
         .start_scan(start_request(&app.sim.machine(0)))
         .await
         .unwrap();
-    let stream = app
-        .client
-        .run_scan(run_request(&app.sim.machine(1)))
-        .await
-        .unwrap()
-        .into_inner();
-    let (updates, end) = collect(stream).await;
+    let (updates, end) = run_to_end(&mut app.client, &app.sim.machine(1)).await;
     assert!(end.is_ok(), "{end:?}");
     let Some(pb::scan_update::Event::Queued(queued)) =
         updates[0].update.as_ref().and_then(|u| u.event.clone())
@@ -439,19 +403,15 @@ async fn a_stalled_subscriber_holds_no_one_back_and_still_gets_the_final_status(
         updates
             .iter()
             .rev()
-            .find_map(|u| match u.update.as_ref()?.event.as_ref()? {
-                pb::scan_update::Event::Action(a) => Some(a.status()),
-                _ => None,
-            }),
+            .find_map(|u| action_of(u.update.as_ref()))
+            .map(|a| a.status()),
         Some(ActionStatus::Succeeded)
     );
     // Now it reads: it may have skipped a status, but it ends with the final one.
     let (rest, end) = collect(stalled).await;
     assert!(end.is_ok(), "{end:?}");
-    let last = rest.last().and_then(|u| u.update.as_ref()?.event.clone());
-    let Some(pb::scan_update::Event::Action(last)) = last else {
-        panic!("the stalled stream ends with an action: {rest:?}");
-    };
+    let last = action_of(rest.last().and_then(|u| u.update.as_ref()))
+        .unwrap_or_else(|| panic!("the stalled stream ends with an action: {rest:?}"));
     assert_eq!(last.status(), ActionStatus::Succeeded);
 }
 
@@ -505,13 +465,7 @@ async fn a_stream_past_its_watch_time_ends_with_deadline_exceeded_and_the_last_s
     let mut args = settings_for(&sim);
     args.max_watch = Some(Duration::from_millis(300));
     let mut app = spawn_gateway_with(sim, args).await;
-    let stream = app
-        .client
-        .run_scan(run_request(&app.sim.machine(0)))
-        .await
-        .unwrap()
-        .into_inner();
-    let (updates, end) = collect(stream).await;
+    let (updates, end) = run_to_end(&mut app.client, &app.sim.machine(0)).await;
     assert_eq!(statuses(&updates), [ActionStatus::Pending]);
     let status = end.unwrap_err();
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
