@@ -135,6 +135,9 @@ async fn measure(actions: usize) -> Row {
         .env("SCAN_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
         .env("SCAN_GATEWAY_POLL_INTERVAL", "10s")
         .env("SCAN_GATEWAY_QUOTA", "1000000/1m")
+        // 10,000 streams from one address: lift the per-caller limits.
+        .env("SCAN_GATEWAY_CALLER_RATE", "0")
+        .env("SCAN_GATEWAY_MAX_STREAMS_PER_CALLER", "100000")
         .env("SCAN_GATEWAY_MAX_QUEUE", "100000")
         .env("RUST_LOG", "warn,scan_gateway::startup=info")
         .stdout(Stdio::null())

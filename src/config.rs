@@ -120,6 +120,24 @@ pub struct ConfigArgs {
     /// [default: 20s; keep it under the pod's terminationGracePeriodSeconds].
     #[arg(long, env = "SCAN_GATEWAY_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
+    /// Largest request message accepted, in bytes; larger ones are refused with
+    /// OUT_OF_RANGE before they are parsed [default: 65536].
+    #[arg(long, env = "SCAN_GATEWAY_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Concurrent HTTP/2 streams per client connection (SETTINGS_MAX_CONCURRENT_STREAMS:
+    /// clients wait for a free stream) [default: 1000].
+    #[arg(long, env = "SCAN_GATEWAY_MAX_STREAMS_PER_CONNECTION")]
+    pub max_streams_per_connection: Option<u32>,
+    /// Open RunScan/WatchScan streams per caller (identity, else IP address); beyond,
+    /// RESOURCE_EXHAUSTED [default: 10000].
+    #[arg(long, env = "SCAN_GATEWAY_MAX_STREAMS_PER_CALLER")]
+    pub max_streams_per_caller: Option<usize>,
+    /// Sustained calls per second per caller; 0 turns the limit off [default: 100].
+    #[arg(long, env = "SCAN_GATEWAY_CALLER_RATE")]
+    pub caller_rate: Option<f64>,
+    /// Calls per caller allowed at once above the sustained rate [default: 1000].
+    #[arg(long, env = "SCAN_GATEWAY_CALLER_BURST")]
+    pub caller_burst: Option<u32>,
     /// Inbound TLS, mutual TLS and bearer JWTs (issue 7).
     #[command(flatten)]
     pub security: Box<crate::security::SecurityArgs>,
@@ -167,6 +185,11 @@ struct FileConfig {
     upstream_timeout: Option<Duration>,
     #[serde(default, with = "humantime_option")]
     shutdown_grace: Option<Duration>,
+    max_message_bytes: Option<usize>,
+    max_streams_per_connection: Option<u32>,
+    max_streams_per_caller: Option<usize>,
+    caller_rate: Option<f64>,
+    caller_burst: Option<u32>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
@@ -174,7 +197,7 @@ struct FileConfig {
     jwt_issuer: Option<String>,
     jwt_audience: Option<String>,
     /// Caller identity pattern → role; see `security::policy`.
-    policy: Option<std::collections::BTreeMap<String, crate::security::Role>>,
+    policy: Option<std::collections::BTreeMap<String, crate::security::Rule>>,
 }
 
 /// The application's identity and how it proves it.
@@ -211,6 +234,15 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Inbound TLS, caller authentication and the policy; all off by default.
     pub security: crate::security::SecuritySettings,
+    pub limits: InboundLimits,
+}
+
+/// What one request, connection or caller may take of the gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundLimits {
+    pub max_message_bytes: usize,
+    pub max_streams_per_connection: u32,
+    pub caller: crate::security::CallerLimits,
 }
 
 /// A setting that cannot be used. Never quotes a secret.
@@ -346,7 +378,35 @@ impl Settings {
             setting: err.setting,
             reason: err.reason,
         })?;
+        let defaults = crate::security::CallerLimits::default();
+        let limits = InboundLimits {
+            max_message_bytes: args
+                .max_message_bytes
+                .or(file.max_message_bytes)
+                .unwrap_or(64 * 1024),
+            max_streams_per_connection: args
+                .max_streams_per_connection
+                .or(file.max_streams_per_connection)
+                .unwrap_or(1000),
+            caller: crate::security::CallerLimits {
+                rate: match args.caller_rate.or(file.caller_rate) {
+                    None => defaults.rate,
+                    // 0 turns the limit off.
+                    Some(0.0) => None,
+                    Some(rate) => Some(rate),
+                },
+                burst: args
+                    .caller_burst
+                    .or(file.caller_burst)
+                    .unwrap_or(defaults.burst),
+                max_streams: args
+                    .max_streams_per_caller
+                    .or(file.max_streams_per_caller)
+                    .unwrap_or(defaults.max_streams),
+            },
+        };
         let settings = Settings {
+            limits,
             security,
             credentials,
             authority_host: url(
@@ -421,6 +481,37 @@ impl Settings {
             }
         };
         positive("SCAN_GATEWAY_POLL_INTERVAL", self.poll_interval)?;
+        let invalid = |setting, reason: &str| {
+            Err(ConfigError::Invalid {
+                setting,
+                reason: reason.into(),
+            })
+        };
+        // The longest valid StartScan (1,000 four-byte characters of comment, plus ids) is
+        // under 4.5 KB: below 8 KiB a valid call could be refused.
+        if self.limits.max_message_bytes < 8192 {
+            return invalid("SCAN_GATEWAY_MAX_MESSAGE_BYTES", "must be at least 8192");
+        }
+        if self.limits.max_streams_per_connection == 0 {
+            return invalid(
+                "SCAN_GATEWAY_MAX_STREAMS_PER_CONNECTION",
+                "must be at least 1",
+            );
+        }
+        if self.limits.caller.max_streams == 0 {
+            return invalid("SCAN_GATEWAY_MAX_STREAMS_PER_CALLER", "must be at least 1");
+        }
+        if let Some(rate) = self.limits.caller.rate
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            return invalid(
+                "SCAN_GATEWAY_CALLER_RATE",
+                "must be a positive number of calls per second, or 0 for no limit",
+            );
+        }
+        if self.limits.caller.burst == 0 {
+            return invalid("SCAN_GATEWAY_CALLER_BURST", "must be at least 1");
+        }
         positive("SCAN_GATEWAY_UPSTREAM_TIMEOUT", self.upstream_timeout)?;
         if self.token_scope.trim().is_empty() {
             return Err(ConfigError::Invalid {

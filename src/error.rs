@@ -46,6 +46,13 @@ pub enum Error {
     /// The policy does not let this caller make this call.
     #[error("caller `{caller}` may not call {rpc}")]
     PermissionDenied { caller: String, rpc: String },
+    /// The caller is over one of its limits (request rate, open streams).
+    #[error("{} of caller `{caller}` reached", .kind.describe())]
+    CallerLimit {
+        caller: String,
+        kind: crate::security::LimitKind,
+        retry_after: Option<std::time::Duration>,
+    },
 }
 
 impl From<FieldViolation> for Error {

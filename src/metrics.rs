@@ -125,6 +125,12 @@ struct BuildLabels {
 /// The server's own metrics (issue 6): what is running, and how many streams are open.
 struct ServerFamilies {
     active_streams: Family<MethodLabel, Gauge>,
+    refused: Family<RefusedLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabel {
+    reason: &'static str,
 }
 
 impl ServerFamilies {
@@ -142,7 +148,14 @@ impl ServerFamilies {
         );
         let families = Self {
             active_streams: Family::default(),
+            refused: Family::default(),
         };
+        registry.register(
+            "grpc_server_refused",
+            "ScanService calls refused before their handler: unauthenticated, \
+             permission_denied, caller_rate, caller_streams",
+            families.refused.clone(),
+        );
         registry.register(
             "grpc_server_active_streams",
             "Server streams (RunScan, WatchScan) open now, by method",
@@ -242,6 +255,12 @@ struct Inner {
 #[derive(Clone)]
 pub struct Metrics(Arc<Inner>);
 
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 1 ms to ~65 s: upstream calls are slow, unary RPCs fast, streams long (capped here).
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -330,6 +349,15 @@ impl Metrics {
             .rpc_duration
             .get_or_create(&MethodLabel { method })
             .observe(seconds);
+    }
+
+    /// A call refused by the server's layers (authentication, policy, caller limits).
+    pub fn record_refused(&self, reason: &'static str) {
+        self.0
+            .server
+            .refused
+            .get_or_create(&RefusedLabel { reason })
+            .inc();
     }
 
     pub fn record_upstream(&self, api: &'static str, status: String, seconds: f64) {

@@ -61,6 +61,8 @@ pub struct Gateway {
     /// TLS on the gRPC port, when configured.
     tls: Option<security::tls::Acceptor>,
     auth: Authenticator,
+    limits: crate::config::InboundLimits,
+    clock: Clock,
 }
 
 impl Gateway {
@@ -177,6 +179,8 @@ impl Gateway {
             shutdown_grace: settings.shutdown_grace,
             tls,
             auth,
+            limits: settings.limits.clone(),
+            clock,
         })
     }
 
@@ -239,17 +243,23 @@ impl Gateway {
 
         let local = self.grpc.local_addr()?;
         tracing::info!(grpc = %local, "serving");
+        let limiter = Arc::new(security::Limiter::new(self.limits.caller, self.clock));
         let router = Server::builder()
+            // Clients queue for a stream beyond this, per connection.
+            .max_concurrent_streams(Some(self.limits.max_streams_per_connection))
             // One server span per ScanService call, continuing the caller's trace.
             .layer(GrpcTraceLayer::new())
             // Who is calling, and may they (inside the span, so refusals are traced).
-            .layer(AuthLayer::new(self.auth))
+            .layer(AuthLayer::new(self.auth, self.metrics.clone()))
+            // Then per-caller rate and open streams, counted by that identity.
+            .layer(security::LimitsLayer::new(limiter, self.metrics.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(pb::scan_service_server::ScanServiceServer::new(
-                self.service,
-            ));
+            .add_service(
+                pb::scan_service_server::ScanServiceServer::new(self.service)
+                    .max_decoding_message_size(self.limits.max_message_bytes),
+            );
         let server =
             match self.tls {
                 None => Either::Left(

@@ -16,11 +16,20 @@ use crate::{
     error::Error,
     metrics::Metrics,
     scans::{Followed, ScanEvent, Scans},
-    upstream::{CallContext, QueueObserver},
+    upstream::{CallContext, QueueObserver, QuotaCaller},
 };
 
 /// Events buffered per stream; a slow reader holds back only its own stream.
 const STREAM_BUFFER: usize = 16;
+
+/// The upstream context of a call: its deadline and its caller (set by the limits layer).
+fn call_context<T>(request: &Request<T>) -> CallContext {
+    CallContext {
+        deadline: deadline_of(request),
+        observer: None,
+        caller: request.extensions().get::<QuotaCaller>().cloned(),
+    }
+}
 
 /// A server stream of `T`.
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -61,7 +70,7 @@ impl ScanServiceImpl {
     fn stream<T, F>(
         &self,
         method: &'static str,
-        deadline: Option<Instant>,
+        base: CallContext,
         audit: Option<AuditRecord>,
         start: impl FnOnce(Scans, CallContext) -> F + Send + 'static,
         wrap: fn(pb::ScanUpdate) -> T,
@@ -87,8 +96,8 @@ impl ScanServiceImpl {
                 }));
             }));
             let ctx = CallContext {
-                deadline,
                 observer: Some(observer),
+                ..base.clone()
             };
             let mut audit = audit;
             let outcome = match start(scans.clone(), ctx.clone()).await {
@@ -96,11 +105,7 @@ impl ScanServiceImpl {
                     if let Some(audit) = audit.take() {
                         audit.finish(tonic::Code::Ok, Some((&action.id, &action.machine_id)));
                     }
-                    let follow_ctx = CallContext {
-                        deadline,
-                        observer: None,
-                    };
-                    scans.follow(action, &follow_ctx, &events).await
+                    scans.follow(action, &base, &events).await
                 }
                 Err(err) => Err(err),
             };
@@ -146,7 +151,7 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
         request: Request<pb::RunScanRequest>,
     ) -> Result<Response<Self::RunScanStream>, Status> {
         const METHOD: &str = "RunScan";
-        let deadline = deadline_of(&request);
+        let base = call_context(&request);
         let r = request.get_ref();
         let audit = AuditRecord::scan(
             METHOD,
@@ -170,7 +175,7 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
             };
         let stream = self.stream(
             METHOD,
-            deadline,
+            base,
             Some(audit),
             move |scans, ctx| async move { scans.start(&parsed, &ctx).await },
             |update| pb::RunScanResponse {
@@ -184,7 +189,7 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
         &self,
         request: Request<pb::StartScanRequest>,
     ) -> Result<Response<pb::StartScanResponse>, Status> {
-        let deadline = deadline_of(&request);
+        let base = call_context(&request);
         let r = request.get_ref();
         let audit = AuditRecord::scan(
             "StartScan",
@@ -199,11 +204,8 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
             .unary("StartScan", async {
                 let parsed =
                     convert::scan_request(&r.machine_id, r.scan_type, &r.comment, &r.request_id)?;
-                let ctx = CallContext {
-                    deadline,
-                    observer: None,
-                };
-                let action = self.scans.start(&parsed, &ctx).await?;
+                let ctx = &base;
+                let action = self.scans.start(&parsed, ctx).await?;
                 Ok(pb::StartScanResponse {
                     action: Some(convert::action(action)),
                 })
@@ -217,14 +219,11 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
         &self,
         request: Request<pb::GetScanRequest>,
     ) -> Result<Response<pb::GetScanResponse>, Status> {
-        let deadline = deadline_of(&request);
+        let base = call_context(&request);
         self.unary("GetScan", async {
             let id = convert::action_id(&request.get_ref().action_id)?;
-            let ctx = CallContext {
-                deadline,
-                observer: None,
-            };
-            let action = self.scans.get(&id, &ctx).await?;
+            let ctx = &base;
+            let action = self.scans.get(&id, ctx).await?;
             Ok(pb::GetScanResponse {
                 action: Some(convert::action(action)),
             })
@@ -237,14 +236,14 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
         request: Request<pb::WatchScanRequest>,
     ) -> Result<Response<Self::WatchScanStream>, Status> {
         const METHOD: &str = "WatchScan";
-        let deadline = deadline_of(&request);
+        let base = call_context(&request);
         let id = match convert::action_id(&request.get_ref().action_id) {
             Ok(id) => id,
             Err(err) => return self.invalid(METHOD, err),
         };
         let stream = self.stream(
             METHOD,
-            deadline,
+            base,
             None,
             move |scans, ctx| async move { scans.watch_start(&id, &ctx).await },
             |update| pb::WatchScanResponse {
@@ -258,16 +257,13 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
         &self,
         request: Request<pb::CancelScanRequest>,
     ) -> Result<Response<pb::CancelScanResponse>, Status> {
-        let deadline = deadline_of(&request);
+        let base = call_context(&request);
         let audit = AuditRecord::cancel(&request);
         let result = self
             .unary("CancelScan", async {
                 let parsed = convert::cancel_request(request.get_ref())?;
-                let ctx = CallContext {
-                    deadline,
-                    observer: None,
-                };
-                let action = self.scans.cancel(&parsed, &ctx).await?;
+                let ctx = &base;
+                let action = self.scans.cancel(&parsed, ctx).await?;
                 Ok(pb::CancelScanResponse {
                     action: Some(convert::action(action)),
                 })
@@ -281,14 +277,11 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
         &self,
         request: Request<pb::ListScansRequest>,
     ) -> Result<Response<pb::ListScansResponse>, Status> {
-        let deadline = deadline_of(&request);
+        let base = call_context(&request);
         self.unary("ListScans", async {
             let query = convert::list_query(request.get_ref())?;
-            let ctx = CallContext {
-                deadline,
-                observer: None,
-            };
-            let page = self.scans.list(&query, &ctx).await?;
+            let ctx = &base;
+            let page = self.scans.list(&query, ctx).await?;
             Ok(pb::ListScansResponse {
                 actions: page.actions.into_iter().map(convert::action).collect(),
                 next_page_token: page

@@ -9,6 +9,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::{
     credentials::TokenError,
     error::Error,
+    security::LimitKind,
     upstream::{self, ApiError},
 };
 
@@ -71,6 +72,23 @@ fn to_status(error: &Error) -> Status {
                 ]),
             ),
         ),
+        Error::CallerLimit {
+            caller,
+            kind,
+            retry_after,
+        } => {
+            let mut details = error_info(
+                match kind {
+                    LimitKind::Rate => "CALLER_RATE_LIMITED",
+                    LimitKind::Streams => "CALLER_STREAM_LIMIT",
+                },
+                HashMap::from([("caller".to_owned(), caller.clone())]),
+            );
+            if let Some(delay) = retry_after {
+                details.set_retry_info(Some(*delay));
+            }
+            Status::with_error_details(Code::ResourceExhausted, message, details)
+        }
         Error::WatchExpired { action_id, status } => Status::with_error_details(
             Code::DeadlineExceeded,
             message,

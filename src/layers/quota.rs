@@ -20,7 +20,9 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::{
     quota::Quota,
-    upstream::{Api, Deadline, Error, QueueObserver, Request, Response, clone_request},
+    upstream::{
+        Api, Deadline, Error, QueueObserver, QuotaCaller, Request, Response, clone_request,
+    },
 };
 
 /// Retries after upstream 429s, per call.
@@ -82,10 +84,13 @@ where
                 .expect("DefenderClient tags every request with its Api");
             let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
             let observer = request.extensions().get::<QueueObserver>().cloned();
+            let caller = request.extensions().get::<QuotaCaller>().cloned();
             let mut request = request;
             let mut retries = 0;
             loop {
-                quota.acquire(api, deadline, observer.as_ref()).await?;
+                quota
+                    .acquire(api, caller.as_ref(), deadline, observer.as_ref())
+                    .await?;
                 let next = clone_request(&request);
                 let response = inner.clone().oneshot(request).await?;
                 if response.status() != StatusCode::TOO_MANY_REQUESTS {

@@ -4,8 +4,9 @@
 //! - Every (calls, window) limit holds over *sliding* windows: no window of that length,
 //!   wherever it starts, holds more calls ([`window`]).
 //! - Each API has its own limits; an optional overall cap applies across all APIs.
-//! - A call that must wait queues in arrival order (per API, a fair tokio mutex is the queue),
-//!   is told its position and estimated start, and is refused at once when that estimate is
+//! - A call that must wait queues, callers taking turns ([`lanes`]; in arrival order within
+//!   a caller), optionally kept to the caller's share of the quota; it is told its position
+//!   and estimated start, and is refused at once when that estimate is
 //!   past its deadline or the maximum wait, or when the queue is full. A cancelled caller
 //!   leaves the queue (its future is dropped) and frees its place.
 //! - A 429 from upstream pauses the API until its `Retry-After`.
@@ -13,6 +14,7 @@
 //!   atomic script on Redis's clock. When Redis is unreachable each replica falls back to its
 //!   share of the quota and returns to shared mode when Redis is back.
 
+mod lanes;
 mod local;
 pub mod shared;
 pub mod window;
@@ -29,7 +31,7 @@ use tracing::Instrument;
 use crate::{
     clock::Clock,
     metrics::Metrics,
-    upstream::{Api, Error, QueueObserver},
+    upstream::{Api, Error, QueueObserver, QuotaCaller},
 };
 
 pub use local::LocalStore;
@@ -147,6 +149,8 @@ struct Queue {
 /// The quota front: queues, deadlines and metrics over a [`Store`].
 pub struct Quota {
     clock: Clock,
+    limits: Limits,
+    lanes: lanes::Lanes,
     max_wait: Duration,
     max_queue: usize,
     queues: HashMap<Api, Queue>,
@@ -158,6 +162,8 @@ impl Quota {
     pub fn new(config: &QuotaConfig, store: Store, clock: Clock, metrics: Metrics) -> Self {
         Self {
             clock,
+            limits: config.limits.clone(),
+            lanes: lanes::Lanes::default(),
             max_wait: config.max_wait,
             max_queue: config.max_queue,
             queues: Api::ALL
@@ -179,11 +185,12 @@ impl Quota {
         &self.clock
     }
 
-    /// Waits for a slot in `api`'s quota and takes it, or refuses with the time after which a
-    /// call would fit.
+    /// Waits for a slot in `api`'s quota and takes it for `caller` (the gateway itself when
+    /// `None`), or refuses with the time after which a call would fit.
     pub async fn acquire(
         &self,
         api: Api,
+        caller: Option<&QuotaCaller>,
         deadline: Option<Instant>,
         observer: Option<&QueueObserver>,
     ) -> Result<(), Error> {
@@ -191,13 +198,33 @@ impl Quota {
         let arrived = self.clock.now();
         let latest = deadline.map_or(arrived + self.max_wait, |d| d.min(arrived + self.max_wait));
 
+        let gateway;
+        let caller = match caller {
+            Some(caller) => caller,
+            None => {
+                gateway = QuotaCaller::gateway();
+                &gateway
+            }
+        };
         let waiting = Waiting::enter(&queue.waiting, &self.metrics, api);
-        let ahead = waiting.ahead;
-        if ahead >= self.max_queue {
+        let in_lane = self
+            .lanes
+            .enter(api, caller, |share| self.share_of(api, share), arrived);
+        // A caller with a share may fill only that share of the queue, so the others still
+        // find room.
+        let own_room = caller.share.map_or(self.max_queue, |s| {
+            (self.max_queue as f64 * s).ceil() as usize
+        });
+        let ahead = in_lane.own_ahead + in_lane.others_ahead;
+        if waiting.ahead >= self.max_queue || in_lane.own_ahead >= own_room {
             let at = self.store.estimate(api, arrived, ahead).await;
             return Err(self.refuse(api, "queue_full", at, arrived));
         }
-        let estimate = self.store.estimate(api, arrived, ahead).await;
+        let estimate = self
+            .store
+            .estimate(api, arrived, ahead)
+            .await
+            .max(in_lane.lane.share_free_at(arrived));
         if estimate > latest {
             return Err(self.refuse(api, "deadline", estimate, arrived));
         }
@@ -218,18 +245,54 @@ impl Quota {
         } else {
             tracing::Span::none()
         };
-        self.wait_turn(api, queue, arrived, latest)
+        self.wait_turn(api, queue, &in_lane.lane, arrived, latest)
             .instrument(span)
             .await
+    }
+
+    /// `api`'s limits scaled by a caller's share (at least one call per window).
+    fn share_of(&self, api: Api, share: f64) -> Vec<Limit> {
+        self.limits
+            .per_api
+            .get(&api)
+            .map(|limits| {
+                limits
+                    .iter()
+                    .map(|l| Limit {
+                        calls: ((f64::from(l.calls) * share) as u32).max(1),
+                        window: l.window,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     async fn wait_turn(
         &self,
         api: Api,
         queue: &Queue,
+        lane: &lanes::Lane,
         arrived: Instant,
         latest: Instant,
     ) -> Result<(), Error> {
+        // First the caller's own turn, then its share, then the API's turn: the API's queue
+        // holds one call per caller, so callers alternate.
+        let Ok(_own_turn) = tokio::time::timeout_at(latest, lane.turn.lock()).await else {
+            let now = self.clock.now();
+            let at = self.store.estimate(api, now, 0).await;
+            return Err(self.refuse(api, "deadline", at.max(latest), now));
+        };
+        loop {
+            let now = self.clock.now();
+            let at = lane.share_free_at(now);
+            if at <= now {
+                break;
+            }
+            if at > latest {
+                return Err(self.refuse(api, "caller_share", at, now));
+            }
+            self.clock.sleep_until(at).await;
+        }
         let Ok(_turn) = tokio::time::timeout_at(latest, queue.turn.lock()).await else {
             let now = self.clock.now();
             let at = self.store.estimate(api, now, 0).await;
@@ -239,6 +302,7 @@ impl Quota {
             let now = self.clock.now();
             match self.store.try_admit(api, now).await {
                 Admission::Admitted => {
+                    lane.record(now);
                     self.metrics
                         .record_quota_admitted(api.as_str(), (now - arrived).as_secs_f64());
                     self.record_remaining(api, now);
@@ -264,6 +328,12 @@ impl Quota {
             api,
             retry_after: at.saturating_duration_since(now),
         }
+    }
+
+    /// Callers with a lane now (for tests).
+    #[cfg(test)]
+    fn lanes(&self) -> usize {
+        self.lanes.len()
     }
 
     fn record_remaining(&self, api: Api, now: Instant) {

@@ -42,13 +42,19 @@ async fn admits_the_limit_at_once_then_waits_for_the_window_to_slide() {
     let quota = quota(&[(100, MIN), (1500, HOUR)]);
     let start = Instant::now();
     for _ in 0..100 {
-        quota.acquire(Api::GetAction, None, None).await.unwrap();
+        quota
+            .acquire(Api::GetAction, None, None, None)
+            .await
+            .unwrap();
     }
     assert_eq!(Instant::now(), start);
-    quota.acquire(Api::GetAction, None, None).await.unwrap();
+    quota
+        .acquire(Api::GetAction, None, None, None)
+        .await
+        .unwrap();
     assert_eq!(Instant::now() - start, Duration::from_secs(60));
     // Another API has its own quota.
-    quota.acquire(Api::RunScan, None, None).await.unwrap();
+    quota.acquire(Api::RunScan, None, None, None).await.unwrap();
     assert_eq!(Instant::now() - start, Duration::from_secs(60));
 }
 
@@ -57,11 +63,17 @@ async fn the_hourly_limit_holds_under_saturation() {
     let quota = quota(&[(100, MIN), (1500, HOUR)]);
     let start = Instant::now();
     for _ in 0..1500 {
-        quota.acquire(Api::ListActions, None, None).await.unwrap();
+        quota
+            .acquire(Api::ListActions, None, None, None)
+            .await
+            .unwrap();
     }
     // 15 bursts of 100, a minute apart: the 1,500th call is admitted at minute 14.
     assert_eq!(Instant::now() - start, Duration::from_secs(14 * 60));
-    quota.acquire(Api::ListActions, None, None).await.unwrap();
+    quota
+        .acquire(Api::ListActions, None, None, None)
+        .await
+        .unwrap();
     assert_eq!(Instant::now() - start, Duration::from_secs(3600));
 }
 
@@ -71,21 +83,35 @@ async fn an_overall_cap_applies_across_apis() {
     limits.total = Some(self::limits(&[(3, MIN)]));
     let quota = quota_with(limits, 100);
     let start = Instant::now();
-    quota.acquire(Api::GetAction, None, None).await.unwrap();
-    quota.acquire(Api::ListActions, None, None).await.unwrap();
-    quota.acquire(Api::RunScan, None, None).await.unwrap();
-    quota.acquire(Api::CancelAction, None, None).await.unwrap();
+    quota
+        .acquire(Api::GetAction, None, None, None)
+        .await
+        .unwrap();
+    quota
+        .acquire(Api::ListActions, None, None, None)
+        .await
+        .unwrap();
+    quota.acquire(Api::RunScan, None, None, None).await.unwrap();
+    quota
+        .acquire(Api::CancelAction, None, None, None)
+        .await
+        .unwrap();
     assert_eq!(Instant::now() - start, Duration::from_secs(60));
 }
 
 #[tokio::test(start_paused = true)]
 async fn refuses_at_once_when_the_deadline_cannot_be_met() {
     let quota = quota(&[(2, MIN)]);
-    quota.acquire(Api::RunScan, None, None).await.unwrap();
-    quota.acquire(Api::RunScan, None, None).await.unwrap();
+    quota.acquire(Api::RunScan, None, None, None).await.unwrap();
+    quota.acquire(Api::RunScan, None, None, None).await.unwrap();
     let start = Instant::now();
     let err = quota
-        .acquire(Api::RunScan, Some(start + Duration::from_secs(10)), None)
+        .acquire(
+            Api::RunScan,
+            None,
+            Some(start + Duration::from_secs(10)),
+            None,
+        )
         .await
         .unwrap_err();
     assert_eq!(Instant::now(), start, "refused without waiting");
@@ -98,16 +124,19 @@ async fn refuses_at_once_when_the_deadline_cannot_be_met() {
 #[tokio::test(start_paused = true)]
 async fn a_full_queue_refuses_at_once() {
     let quota = quota_with(Limits::uniform(limits(&[(1, MIN)])), 2);
-    quota.acquire(Api::RunScan, None, None).await.unwrap();
+    quota.acquire(Api::RunScan, None, None, None).await.unwrap();
     let waiters: Vec<_> = (0..2)
         .map(|_| {
             let quota = quota.clone();
-            tokio::spawn(async move { quota.acquire(Api::RunScan, None, None).await })
+            tokio::spawn(async move { quota.acquire(Api::RunScan, None, None, None).await })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(1)).await;
     let start = Instant::now();
-    let err = quota.acquire(Api::RunScan, None, None).await.unwrap_err();
+    let err = quota
+        .acquire(Api::RunScan, None, None, None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::QuotaExhausted { .. }));
     assert_eq!(Instant::now(), start);
     for waiter in waiters {
@@ -118,7 +147,7 @@ async fn a_full_queue_refuses_at_once() {
 #[tokio::test(start_paused = true)]
 async fn waiting_callers_are_told_their_position_and_start() {
     let quota = quota(&[(1, MIN)]);
-    quota.acquire(Api::RunScan, None, None).await.unwrap();
+    quota.acquire(Api::RunScan, None, None, None).await.unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     let observer = QueueObserver(Arc::new(move |position, at| {
@@ -126,7 +155,7 @@ async fn waiting_callers_are_told_their_position_and_start() {
     }));
     let start = Instant::now();
     quota
-        .acquire(Api::RunScan, None, Some(&observer))
+        .acquire(Api::RunScan, None, None, Some(&observer))
         .await
         .unwrap();
     assert_eq!(
@@ -138,10 +167,10 @@ async fn waiting_callers_are_told_their_position_and_start() {
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_waiter_frees_its_place() {
     let quota = quota(&[(1, MIN)]);
-    quota.acquire(Api::RunScan, None, None).await.unwrap();
+    quota.acquire(Api::RunScan, None, None, None).await.unwrap();
     let waiter = {
         let quota = quota.clone();
-        tokio::spawn(async move { quota.acquire(Api::RunScan, None, None).await })
+        tokio::spawn(async move { quota.acquire(Api::RunScan, None, None, None).await })
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
@@ -156,7 +185,7 @@ async fn a_cancelled_waiter_frees_its_place() {
     );
     // The next caller is not held behind the cancelled one.
     let start = Instant::now();
-    quota.acquire(Api::RunScan, None, None).await.unwrap();
+    quota.acquire(Api::RunScan, None, None, None).await.unwrap();
     assert_eq!(Instant::now() - start, Duration::from_secs(59));
 }
 
@@ -167,7 +196,10 @@ async fn an_upstream_pause_delays_admissions() {
     quota
         .pause(Api::GetAction, start + Duration::from_secs(37))
         .await;
-    quota.acquire(Api::GetAction, None, None).await.unwrap();
+    quota
+        .acquire(Api::GetAction, None, None, None)
+        .await
+        .unwrap();
     assert_eq!(Instant::now() - start, Duration::from_secs(37));
 }
 
@@ -217,7 +249,7 @@ proptest! {
                     let quota = quota.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep_until(start + Duration::from_millis(arrival)).await;
-                        quota.acquire(Api::GetAction, None, None).await.unwrap();
+                        quota.acquire(Api::GetAction, None, None, None).await.unwrap();
                         (Instant::now() - start).as_millis() as u64
                     })
                 })
@@ -236,4 +268,124 @@ proptest! {
         }
         prop_assert_eq!(admitted, earliest_admissions(&pairs, &arrivals));
     }
+}
+
+fn caller(id: &str, share: Option<f64>) -> QuotaCaller {
+    QuotaCaller {
+        id: Arc::from(id),
+        share,
+    }
+}
+
+/// Starts `n` waiting calls of `who`, in order, and returns their admission times as they come.
+fn spawn_calls(
+    quota: &Arc<Quota>,
+    who: &QuotaCaller,
+    n: usize,
+    log: &Arc<Mutex<Vec<(String, Instant)>>>,
+) -> Vec<tokio::task::JoinHandle<Result<(), Error>>> {
+    (0..n)
+        .map(|_| {
+            let (quota, who, log) = (quota.clone(), who.clone(), log.clone());
+            tokio::spawn(async move {
+                quota.acquire(Api::RunScan, Some(&who), None, None).await?;
+                log.lock()
+                    .unwrap()
+                    .push((who.id.to_string(), Instant::now()));
+                Ok(())
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_take_turns_however_many_calls_one_of_them_queued() {
+    let quota = quota(&[(1, 1000)]);
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let noisy = caller("noisy", None);
+    let quiet = caller("quiet", None);
+    // The noisy caller queues 20 calls first, then the quiet one queues 3.
+    let mut calls = spawn_calls(&quota, &noisy, 20, &log);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    calls.extend(spawn_calls(&quota, &quiet, 3, &log));
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    let order: Vec<String> = log.lock().unwrap().iter().map(|(w, _)| w.clone()).collect();
+    let quiet_at: Vec<usize> = order
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| *w == "quiet")
+        .map(|(i, _)| i)
+        .collect();
+    // In arrival order the quiet caller would be served 21st to 23rd; taking turns, it is
+    // served within the first few admissions.
+    assert!(quiet_at.iter().all(|&i| i <= 7), "{order:?}");
+    assert_eq!(order.len(), 23);
+    assert_eq!(quota.lanes(), 0, "empty lanes are dropped");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_with_a_share_gets_no_more_than_its_share_and_the_rest_stays_free() {
+    // 10 calls per second; the noisy caller may use 30 % of it.
+    let quota = quota(&[(10, 1000)]);
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let noisy = caller("noisy", Some(0.3));
+    let start = Instant::now();
+    let calls = spawn_calls(&quota, &noisy, 9, &log);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // The quiet caller is admitted at once: the noisy one left 7 calls of the window free.
+    for _ in 0..7 {
+        quota
+            .acquire(Api::RunScan, Some(&caller("quiet", None)), None, None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(Instant::now() - start, Duration::from_millis(10));
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    // 3 per second for the noisy caller: 9 calls take three windows.
+    let times: Vec<Duration> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, at)| *at - start)
+        .collect();
+    for (i, at) in times.iter().enumerate() {
+        assert!(
+            *at >= Duration::from_millis(1000 * (i as u64 / 3)),
+            "call {i} at {at:?}: {times:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_with_a_share_fills_only_its_share_of_the_queue() {
+    let quota = quota_with(Limits::uniform(limits(&[(1, MIN)])), 10);
+    quota.acquire(Api::RunScan, None, None, None).await.unwrap();
+    let noisy = caller("noisy", Some(0.2));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let waiting = spawn_calls(&quota, &noisy, 2, &log);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let err = quota
+        .acquire(Api::RunScan, Some(&noisy), None, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::QuotaExhausted { .. }));
+    // Another caller still finds room.
+    let other = {
+        let quota = quota.clone();
+        tokio::spawn(async move {
+            quota
+                .acquire(Api::RunScan, Some(&caller("other", None)), None, None)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(!other.is_finished());
+    for call in waiting {
+        call.abort();
+    }
+    other.abort();
 }

@@ -20,7 +20,7 @@ use tonic::{
 use tower::{Layer, Service};
 
 use super::{Caller, Policy, der, jwt::JwtVerifier, policy};
-use crate::{error::Error, telemetry::AUDIT_TARGET};
+use crate::{error::Error, metrics::Metrics, telemetry::AUDIT_TARGET};
 
 const SCAN_SERVICE: &str = "/defender.scan.v1.ScanService/";
 
@@ -89,16 +89,22 @@ impl Authenticator {
     }
 }
 
+/// Request extension: the caller's share of the quota, from its policy rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CallerShare(pub f64);
+
 /// Wraps the gRPC server's routes in [`Auth`].
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     auth: Arc<Authenticator>,
+    metrics: Metrics,
 }
 
 impl AuthLayer {
-    pub fn new(auth: Authenticator) -> Self {
+    pub fn new(auth: Authenticator, metrics: Metrics) -> Self {
         Self {
             auth: Arc::new(auth),
+            metrics,
         }
     }
 }
@@ -110,6 +116,7 @@ impl<S> Layer<S> for AuthLayer {
         Auth {
             inner,
             auth: self.auth.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -119,6 +126,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     auth: Arc<Authenticator>,
+    metrics: Metrics,
 }
 
 impl<S, B> Service<http::Request<B>> for Auth<S>
@@ -142,26 +150,27 @@ where
         }
         match self.auth.check(method, &request) {
             Ok(caller) => {
+                if let Some(share) = self
+                    .auth
+                    .policy
+                    .as_ref()
+                    .and_then(|p| p.rule_of(&caller.0))
+                    .and_then(|rule| rule.quota_share)
+                {
+                    request.extensions_mut().insert(CallerShare(share));
+                }
                 request.extensions_mut().insert(caller);
                 Either::Right(self.inner.call(request))
             }
             Err(error) => {
-                let (caller, code) = match &error {
+                let (caller, code, reason) = match &error {
                     Error::PermissionDenied { caller, .. } => {
-                        (caller.as_str(), "PERMISSION_DENIED")
+                        (caller.as_str(), "PERMISSION_DENIED", "permission_denied")
                     }
-                    _ => ("unauthenticated", "UNAUTHENTICATED"),
+                    _ => ("unauthenticated", "UNAUTHENTICATED", "unauthenticated"),
                 };
-                let peer = request
-                    .extensions()
-                    .get::<TlsConnectInfo<TcpConnectInfo>>()
-                    .and_then(|t| t.get_ref().remote_addr())
-                    .or_else(|| {
-                        request
-                            .extensions()
-                            .get::<TcpConnectInfo>()
-                            .and_then(TcpConnectInfo::remote_addr)
-                    });
+                self.metrics.record_refused(reason);
+                let peer = super::limits::peer(&request);
                 tracing::info!(
                     target: AUDIT_TARGET,
                     rpc = method,
@@ -196,7 +205,7 @@ mod tests {
             Ok::<_, std::convert::Infallible>(response)
         });
         let request = http::Request::builder().uri(path).body(()).unwrap();
-        AuthLayer::new(auth)
+        AuthLayer::new(auth, Metrics::new())
             .layer(inner)
             .oneshot(request)
             .await

@@ -8,6 +8,7 @@
 pub mod der;
 pub mod jwt;
 pub mod layer;
+pub mod limits;
 pub mod policy;
 pub mod tls;
 
@@ -16,7 +17,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 pub use layer::{AuthLayer, Authenticator};
-pub use policy::{Policy, Role};
+pub use limits::{CallerLimits, LimitKind, Limiter, LimitsLayer};
+pub use policy::{Policy, Role, Rule};
 
 /// The authenticated caller, put in the request's extensions by [`AuthLayer`]: the URI (else
 /// DNS) SAN of its client certificate, or the `sub` of its JWT.
@@ -59,7 +61,7 @@ pub struct SecurityFile {
     pub jwks: Option<String>,
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
-    pub policy: Option<std::collections::BTreeMap<String, Role>>,
+    pub policy: Option<std::collections::BTreeMap<String, Rule>>,
 }
 
 /// Resolved inbound security settings.
@@ -140,6 +142,14 @@ impl SecuritySettings {
             }
         };
         let policy = file.policy.map(Policy::new);
+        if let Some((pattern, share)) = policy.as_ref().and_then(Policy::invalid_share) {
+            return Err(invalid(
+                "policy",
+                format!(
+                    "quota_share of \"{pattern}\" is {share}; it must be above 0 and at most 1"
+                ),
+            ));
+        }
         let mtls = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
         if policy.is_some() && !mtls && jwt.is_none() {
             return Err(invalid(
@@ -186,7 +196,7 @@ mod tests {
         };
         assert!(SecuritySettings::resolve(&only_jwks, SecurityFile::default()).is_err());
         let policy_alone = SecurityFile {
-            policy: Some([("a".to_owned(), Role::Scan)].into()),
+            policy: Some([("a".to_owned(), Role::Scan.into())].into()),
             ..SecurityFile::default()
         };
         assert_eq!(

@@ -5,10 +5,12 @@
 //! "system:serviceaccount:scanning:scheduler" = "scan"   # exact
 //! "system:serviceaccount:dashboards:*" = "read"         # prefix
 //! "spiffe://cluster.local/ns/soc/*" = "scan"
+//! "system:serviceaccount:fleet:*" = { role = "scan", quota_share = 0.25 }
 //! ```
 //!
 //! An exact pattern beats a prefix; among prefixes the longest wins. A caller no pattern
-//! matches may do nothing.
+//! matches may do nothing. A `quota_share` caps the caller's calls at that share of each
+//! Defender API's quota (see `quota`), so it cannot starve the others.
 
 use std::collections::BTreeMap;
 
@@ -49,18 +51,64 @@ pub fn need_of(method: &str) -> Need {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the policy says of the callers one pattern matches.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(from = "RuleSpec")]
+pub struct Rule {
+    pub role: Role,
+    /// Share (0..=1) of each API's quota the caller may use; `None` is no cap.
+    pub quota_share: Option<f64>,
+}
+
+impl From<Role> for Rule {
+    fn from(role: Role) -> Self {
+        Self {
+            role,
+            quota_share: None,
+        }
+    }
+}
+
+/// A rule as written: a role alone, or a table.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RuleSpec {
+    Role(Role),
+    Table(RuleTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleTable {
+    role: Role,
+    quota_share: Option<f64>,
+}
+
+impl From<RuleSpec> for Rule {
+    fn from(spec: RuleSpec) -> Self {
+        match spec {
+            RuleSpec::Role(role) => role.into(),
+            RuleSpec::Table(t) => Self {
+                role: t.role,
+                quota_share: t.quota_share,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
-    exact: BTreeMap<String, Role>,
+    exact: BTreeMap<String, Rule>,
     /// Longest prefix first.
-    prefixes: Vec<(String, Role)>,
+    prefixes: Vec<(String, Rule)>,
 }
 
 impl Policy {
-    pub fn new(rules: BTreeMap<String, Role>) -> Self {
+    pub fn new<R: Into<Rule>>(rules: BTreeMap<String, R>) -> Self {
         let mut exact = BTreeMap::new();
         let mut prefixes = Vec::new();
         for (pattern, role) in rules {
+            let role = role.into();
             match pattern.strip_suffix('*') {
                 Some(prefix) => prefixes.push((prefix.to_owned(), role)),
                 None => {
@@ -72,14 +120,32 @@ impl Policy {
         Self { exact, prefixes }
     }
 
-    /// The caller's role, if the policy names it.
-    pub fn role_of(&self, caller: &str) -> Option<Role> {
+    /// The rule that applies to the caller, if the policy names it.
+    pub fn rule_of(&self, caller: &str) -> Option<Rule> {
         self.exact.get(caller).copied().or_else(|| {
             self.prefixes
                 .iter()
                 .find(|(prefix, _)| caller.starts_with(prefix.as_str()))
-                .map(|(_, role)| *role)
+                .map(|(_, rule)| *rule)
         })
+    }
+
+    /// The caller's role, if the policy names it.
+    pub fn role_of(&self, caller: &str) -> Option<Role> {
+        self.rule_of(caller).map(|rule| rule.role)
+    }
+
+    /// The first quota share outside (0, 1], as `(pattern, share)`.
+    pub fn invalid_share(&self) -> Option<(&str, f64)> {
+        self.exact
+            .iter()
+            .map(|(p, r)| (p.as_str(), r))
+            .chain(self.prefixes.iter().map(|(p, r)| (p.as_str(), r)))
+            .find_map(|(pattern, rule)| {
+                rule.quota_share
+                    .filter(|s| !(*s > 0.0 && *s <= 1.0))
+                    .map(|s| (pattern, s))
+            })
     }
 }
 
@@ -109,6 +175,43 @@ mod tests {
         );
         assert_eq!(p.role_of("system:serviceaccount:ns:ui"), Some(Role::Read));
         assert_eq!(p.role_of("anyone"), Some(Role::Read));
+    }
+
+    #[test]
+    fn rules_are_a_role_or_a_table_with_a_quota_share() {
+        #[derive(Deserialize)]
+        struct File {
+            policy: BTreeMap<String, Rule>,
+        }
+        let file: File = toml::from_str(
+            r#"
+            [policy]
+            "a" = "read"
+            "b*" = { role = "scan", quota_share = 0.25 }
+            "#,
+        )
+        .unwrap();
+        let p = Policy::new(file.policy);
+        assert_eq!(p.rule_of("a"), Some(Rule::from(Role::Read)));
+        assert_eq!(
+            p.rule_of("bob"),
+            Some(Rule {
+                role: Role::Scan,
+                quota_share: Some(0.25)
+            })
+        );
+        assert_eq!(p.invalid_share(), None);
+        let bad = Policy::new(BTreeMap::from([(
+            "x".to_owned(),
+            Rule {
+                role: Role::Scan,
+                quota_share: Some(1.5),
+            },
+        )]));
+        assert_eq!(bad.invalid_share(), Some(("x", 1.5)));
+        let typo: Result<File, _> =
+            toml::from_str("[policy]\n\"a\" = { role = \"scan\", share = 1 }");
+        assert!(typo.is_err());
     }
 
     #[test]

@@ -11,7 +11,8 @@ use tower::ServiceExt;
 use url::Url;
 
 use super::{
-    Api, ApiError, Deadline, Error, QueueObserver, Request, UpstreamService, model, odata,
+    Api, ApiError, Deadline, Error, QueueObserver, QuotaCaller, Request, UpstreamService, model,
+    odata,
 };
 use crate::domain::{ActionId, ActionStatus, MachineAction, MachineId, ScanType};
 
@@ -23,6 +24,8 @@ pub const SCAN_ACTION_TYPE: &str = "RunAntiVirusScan";
 pub struct CallContext {
     pub deadline: Option<tokio::time::Instant>,
     pub observer: Option<QueueObserver>,
+    /// Who the call is for (fair queueing, quota shares); `None` counts as the gateway.
+    pub caller: Option<QuotaCaller>,
 }
 
 /// Filters of a list call (all optional) and the page to fetch.
@@ -210,6 +213,9 @@ impl DefenderClient {
         request.extensions_mut().insert(api);
         if let Some(deadline) = ctx.deadline {
             request.extensions_mut().insert(Deadline(deadline));
+        }
+        if let Some(caller) = &ctx.caller {
+            request.extensions_mut().insert(caller.clone());
         }
         if let Some(observer) = &ctx.observer {
             request.extensions_mut().insert(observer.clone());

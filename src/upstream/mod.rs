@@ -87,6 +87,25 @@ impl fmt::Debug for QueueObserver {
     }
 }
 
+/// Request extension: who an upstream call is made for. The quota serves callers in turn
+/// and keeps each to its `share` of every API's quota.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuotaCaller {
+    pub id: Arc<str>,
+    /// Share (0..=1) of each API's quota; `None` is no cap.
+    pub share: Option<f64>,
+}
+
+impl QuotaCaller {
+    /// The gateway itself (the watcher's refreshes).
+    pub fn gateway() -> Self {
+        Self {
+            id: Arc::from("scan-gateway"),
+            share: None,
+        }
+    }
+}
+
 /// A copy of a request for a retry. Requests hold their body as `Bytes`, so this is cheap.
 pub(crate) fn clone_request(request: &Request) -> Request {
     let mut copy = http::Request::new(request.body().clone());

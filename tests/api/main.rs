@@ -6,6 +6,7 @@ mod collector;
 mod credentials;
 mod errors;
 mod helpers;
+mod limits;
 mod observability;
 mod process;
 mod scan_service;

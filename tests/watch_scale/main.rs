@@ -40,6 +40,8 @@ async fn a_thousand_actions_followed_by_three_thousand_streams_cost_one_list_cal
     args.quota = Some("1000000/1m".into());
     args.poll_interval = Some(Duration::from_millis(250));
     args.max_queue = Some(10_000);
+    // 3,000 calls at once from one address: lift the per-caller rate.
+    args.caller_rate = Some(0.0);
     let app = spawn_gateway_with(sim, args).await;
 
     let mut clients = Vec::new();
