@@ -675,3 +675,45 @@ async fn jwks_is_fetched_from_a_url() {
     assert_eq!(status.code(), Code::Unauthenticated);
     server.abort();
 }
+
+#[tokio::test]
+async fn a_caller_with_a_quota_share_cannot_take_the_others_quota() {
+    let dir = temp_dir();
+    let signer = Signer::new("k1");
+    let sim = spawn_simulator(fast_simulator()).await;
+    let mut args = jwt_args(
+        &sim,
+        &dir,
+        &signer,
+        "\"system:serviceaccount:fleet:bulk\" = { role = \"scan\", quota_share = 0.2 }\n\"system:serviceaccount:soc:*\" = \"scan\"",
+    );
+    // Five scans a minute: the bulk caller may use one of them.
+    args.quota_run_antivirus_scan = Some("5/1m".into());
+    let gw = spawn_gateway_with(sim, args).await;
+    let mut client = gw.client.clone();
+    let bulk = signer.token(claims("system:serviceaccount:fleet:bulk"));
+    let soc = signer.token(claims("system:serviceaccount:soc:responder"));
+
+    client
+        .start_scan(with_token(start_request(&gw.sim.machine(0)), &bulk))
+        .await
+        .expect("the first call is within the share");
+    let mut second = with_token(start_request(&gw.sim.machine(1)), &bulk);
+    second.set_timeout(Duration::from_secs(5));
+    let refused = client.start_scan(second).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    let wait = refused
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo");
+    assert!(wait > Duration::from_secs(50), "{wait:?}");
+
+    // The rest of the minute's quota is still there for everyone else.
+    for n in 2..6 {
+        client
+            .start_scan(with_token(start_request(&gw.sim.machine(n)), &soc))
+            .await
+            .expect("the other caller's scans start at once");
+    }
+    assert_eq!(gw.sim.api_requests(), 5);
+}
