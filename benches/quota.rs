@@ -103,6 +103,7 @@ async fn saturate(client: DefenderClient, reactive: bool) -> u64 {
                 let ctx = CallContext {
                     deadline: Some(end),
                     observer: None,
+                    caller: None,
                 };
                 match client.list_actions(&query, &ctx).await {
                     Ok(_) if Instant::now() < end => {

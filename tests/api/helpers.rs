@@ -59,7 +59,39 @@ impl Drop for TestSimulator {
     }
 }
 
+/// With `SCAN_GATEWAY_TEST_LOG_DIR` set (`scripts/test.sh` sets it), everything the gateways
+/// and simulators of this test binary log (the gateway's own events at trace level, the rest
+/// at debug), with every span's fields, goes to a
+/// file there: `scripts/check-secrets.py` then searches the output of the whole run for
+/// secrets, tokens and keys.
+fn log_to_test_dir() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Some(dir) = std::env::var_os("SCAN_GATEWAY_TEST_LOG_DIR") else {
+            return;
+        };
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "test".into());
+        let path = std::path::Path::new(&dir).join(format!("{binary}-{}.log", std::process::id()));
+        let file = std::fs::File::create(&path).expect("the test log directory is writable");
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_span_list(true)
+            .with_current_span(true)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                std::env::var("SCAN_GATEWAY_TEST_LOG")
+                    .unwrap_or_else(|_| "debug,scan_gateway=trace".into()),
+            ))
+            .with_writer(std::sync::Mutex::new(file))
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
+}
+
 pub async fn spawn_simulator(config: SimulatorConfig) -> TestSimulator {
+    log_to_test_dir();
     let simulator = Simulator::bind(ANY_PORT.parse().unwrap(), config.clone(), Clock::system())
         .await
         .expect("simulator binds a loopback port");
@@ -148,6 +180,7 @@ pub async fn spawn_gateway_with(sim: TestSimulator, args: ConfigArgs) -> TestGat
 
 /// A gateway in front of a simulator that other gateways may share.
 pub async fn spawn_gateway_sharing(sim: Arc<TestSimulator>, args: ConfigArgs) -> TestGateway {
+    log_to_test_dir();
     let settings = Settings::load(&args).expect("test settings are valid");
     let gateway = Gateway::build(&settings, Clock::system())
         .await

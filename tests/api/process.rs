@@ -26,8 +26,8 @@ impl Running {
     pub fn spawn(mut command: Command) -> Self {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("the binary starts");
-        let stdout = lines(child.stdout.take().unwrap());
-        let stderr = lines(child.stderr.take().unwrap());
+        let stdout = lines(child.stdout.take().unwrap(), tee(child.id(), "stdout"));
+        let stderr = lines(child.stderr.take().unwrap(), tee(child.id(), "stderr"));
         Self {
             child,
             stdout,
@@ -75,10 +75,25 @@ impl Drop for Running {
     }
 }
 
-fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+/// With `SCAN_GATEWAY_TEST_LOG_DIR` set, a copy of the child's output goes there too, for the
+/// secret-leak check over the whole run (`scripts/check-secrets.py`).
+fn tee(pid: u32, stream: &str) -> Option<std::fs::File> {
+    let dir = std::env::var_os("SCAN_GATEWAY_TEST_LOG_DIR")?;
+    let path = std::path::Path::new(&dir).join(format!("child-{pid}.{stream}.log"));
+    std::fs::File::create(path).ok()
+}
+
+fn lines(
+    stream: impl std::io::Read + Send + 'static,
+    mut copy: Option<std::fs::File>,
+) -> mpsc::Receiver<String> {
+    use std::io::Write;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if let Some(file) = &mut copy {
+                let _ = writeln!(file, "{line}");
+            }
             if tx.send(line).is_err() {
                 break;
             }
