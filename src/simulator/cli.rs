@@ -10,7 +10,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use super::config::{DuplicateMode, SimulatorConfig};
-use super::faults::{EndpointFaults, Faults};
+use super::faults::{EndpointFaults, Faults, ResetPoint};
 
 /// The preset the knobs start from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -148,12 +148,31 @@ pub struct SimulatorArgs {
     /// Share (0..=1) of Defender API calls that take effect but answer 500 (lost responses).
     #[arg(long, env = "SCAN_GATEWAY_SIM_FAULT_LOST_RESPONSE_RATE", value_parser = share)]
     pub fault_lost_response_rate: Option<f64>,
+    /// Share (0..=1) of Defender API calls whose connection is dropped without an answer (see
+    /// --fault-reset-at).
+    #[arg(long, env = "SCAN_GATEWAY_SIM_FAULT_RESET_RATE", value_parser = share)]
+    pub fault_reset_rate: Option<f64>,
+    /// Where injected resets cut the call: before it takes effect, after (the scan exists, its
+    /// answer is lost), or either, half and half [default: either].
+    #[arg(long, value_enum, env = "SCAN_GATEWAY_SIM_FAULT_RESET_AT")]
+    pub fault_reset_at: Option<ResetPoint>,
+    /// Share (0..=1) of successful Defender API answers whose JSON is garbled (status kept; the
+    /// call took effect).
+    #[arg(long, env = "SCAN_GATEWAY_SIM_FAULT_MALFORMED_RATE", value_parser = share)]
+    pub fault_malformed_rate: Option<f64>,
     /// Share (0..=1) of token requests answered 503 temporarily_unavailable.
     #[arg(long, env = "SCAN_GATEWAY_SIM_TOKEN_ERROR_RATE", value_parser = share)]
     pub token_error_rate: Option<f64>,
     /// Latency added to every token request.
     #[arg(long, env = "SCAN_GATEWAY_SIM_TOKEN_LATENCY")]
     pub token_latency: Option<humantime::Duration>,
+    /// Share (0..=1) of token requests whose connection is dropped without an answer (before or
+    /// after a token is issued, half and half).
+    #[arg(long, env = "SCAN_GATEWAY_SIM_TOKEN_RESET_RATE", value_parser = share)]
+    pub token_reset_rate: Option<f64>,
+    /// Share (0..=1) of issued tokens whose JSON answer is garbled.
+    #[arg(long, env = "SCAN_GATEWAY_SIM_TOKEN_MALFORMED_RATE", value_parser = share)]
+    pub token_malformed_rate: Option<f64>,
     /// Refuse every token request as if the client secret had expired (AADSTS7000222).
     #[arg(
         long,
@@ -193,11 +212,16 @@ impl SimulatorArgs {
             retry_after: dur(&self.fault_retry_after).unwrap_or(Duration::from_secs(30)),
             lost_response_rate: self.fault_lost_response_rate.unwrap_or_default(),
             forbidden: false,
+            reset_rate: self.fault_reset_rate.unwrap_or_default(),
+            reset_at: self.fault_reset_at.unwrap_or_default(),
+            malformed_rate: self.fault_malformed_rate.unwrap_or_default(),
         };
         c.faults = Faults {
             token: EndpointFaults {
                 latency: dur(&self.token_latency).unwrap_or_default(),
                 error_rate: self.token_error_rate.unwrap_or_default(),
+                reset_rate: self.token_reset_rate.unwrap_or_default(),
+                malformed_rate: self.token_malformed_rate.unwrap_or_default(),
                 ..EndpointFaults::default()
             },
             token_secret_expired: self.token_secret_expired,
@@ -284,6 +308,48 @@ mod tests {
     }
 
     #[test]
+    fn reset_and_malformed_knobs_reach_every_defender_endpoint() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--fault-reset-rate",
+            "0.25",
+            "--fault-reset-at",
+            "after",
+            "--fault-malformed-rate",
+            "0.5",
+            "--token-reset-rate",
+            "0.1",
+            "--token-malformed-rate",
+            "0.2",
+        ])
+        .unwrap();
+        let c = cli.sim.to_config().unwrap();
+        for f in [
+            &c.faults.run_scan,
+            &c.faults.get_action,
+            &c.faults.list_actions,
+            &c.faults.cancel,
+        ] {
+            assert_eq!((f.reset_rate, f.reset_at), (0.25, ResetPoint::After));
+            assert_eq!(f.malformed_rate, 0.5);
+        }
+        assert_eq!(
+            (c.faults.token.reset_rate, c.faults.token.malformed_rate),
+            (0.1, 0.2)
+        );
+        assert_eq!(c.faults.token.reset_at, ResetPoint::Either);
+        let c = Cli::try_parse_from(["x"]).unwrap().sim.to_config().unwrap();
+        assert_eq!(c.faults.run_scan.reset_at, ResetPoint::Either);
+        assert_eq!(
+            (
+                c.faults.run_scan.reset_rate,
+                c.faults.run_scan.malformed_rate
+            ),
+            (0.0, 0.0)
+        );
+    }
+
+    #[test]
     fn defaults_are_the_standalone_profile_without_faults() {
         let c = Cli::try_parse_from(["x"]).unwrap().sim.to_config().unwrap();
         assert_eq!(c.pending_duration, Duration::from_secs(30));
@@ -298,6 +364,9 @@ mod tests {
             &["x", "--quota", "100"],
             &["x", "--quota", "100/0s"],
             &["x", "--pending", "soon"],
+            &["x", "--fault-reset-rate", "2"],
+            &["x", "--fault-malformed-rate", "-0.1"],
+            &["x", "--fault-reset-at", "sometimes"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }

@@ -1,17 +1,19 @@
 //! The steps every simulated request passes before its handler, in one place and in the order
-//! the real services apply them: count, added latency, token check, 403, injected faults, quota.
+//! the real services apply them: count, added latency, token check, 403, injected faults, quota;
+//! and the faults applied to the answer after it (reset, lost, malformed).
 //!
 //! Each route gets this middleware with its [`Endpoint`] baked in, so handlers only do their
 //! own work and the order cannot drift between routes.
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::aad_error::AadError;
 use super::error::ApiError;
-use super::faults::Injected;
+use super::faults::{Injected, garble};
 use super::quota::retry_after_secs;
 use super::state::SimState;
 use super::stats::{Counters, Endpoint};
@@ -32,29 +34,54 @@ pub(crate) async fn defender(
     }
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let response = match admit(&state, endpoint, request.headers()).await {
-        Ok(()) => {
+        Ok(reset_after_effect) => {
             let response = next.run(request).await;
-            // The effect happened, but the client never learns it: as a lost response.
-            if response.status().is_success() && state.faults().roll_lost_response(endpoint) {
+            if reset_after_effect {
+                // The handler ran (a successful scan POST created its action), but the answer
+                // never arrives: the connection breaks instead.
+                Counters::bump(&state.counters().faults_injected);
+                connection_reset()
+            } else if !response.status().is_success() {
+                response
+            } else if state.faults().roll_lost_response(endpoint) {
+                // The effect happened, but the client never learns it: as a lost response.
                 Counters::bump(&state.counters().faults_injected);
                 ApiError::InternalServerError.into_response()
             } else {
-                response
+                malform(&state, endpoint, response).await
             }
         }
-        Err(e) => e.into_response(),
+        Err(Refusal::Reset) => connection_reset(),
+        Err(Refusal::Api(e)) => e.into_response(),
     };
     tracing::debug!(
         endpoint = endpoint.name(),
         %method,
         %path,
         status = response.status().as_u16(),
+        reset = is_reset(&response),
         "simulated Defender request"
     );
     response
 }
 
-async fn admit(state: &SimState, endpoint: Endpoint, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Why [`admit`] stopped a request before its handler.
+enum Refusal {
+    /// An HTTP error answer.
+    Api(ApiError),
+    /// No answer at all: the connection is dropped.
+    Reset,
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+
+/// Lets a request through to its handler, or refuses it. `Ok(true)`: let it take effect, then
+/// reset the connection instead of answering.
+async fn admit(state: &SimState, endpoint: Endpoint, headers: &HeaderMap) -> Result<bool, Refusal> {
     let latency = state.faults().latency(endpoint);
     if !latency.is_zero() {
         state.clock().sleep(latency).await;
@@ -63,26 +90,72 @@ async fn admit(state: &SimState, endpoint: Endpoint, headers: &HeaderMap) -> Res
     let client = state.tokens().authenticate(headers, now)?;
     if state.faults().forbidden(endpoint) {
         Counters::bump(&state.counters().faults_injected);
-        return Err(ApiError::Forbidden(missing_roles(endpoint)));
+        return Err(ApiError::Forbidden(missing_roles(endpoint)).into());
     }
     let injected = state.faults().roll(endpoint);
-    match injected {
-        Injected::Nothing => {}
+    let reset_after_effect = match injected {
+        Injected::Nothing => false,
+        Injected::ResetAfterEffect => true,
         Injected::Throttle(wait) => {
             Counters::bump(&state.counters().faults_injected);
-            return Err(ApiError::TooManyRequests(retry_after_secs(wait)));
+            return Err(ApiError::TooManyRequests(retry_after_secs(wait)).into());
         }
         Injected::Error => {
             Counters::bump(&state.counters().faults_injected);
-            return Err(ApiError::InternalServerError);
+            return Err(ApiError::InternalServerError.into());
         }
-    }
+        Injected::Reset => {
+            Counters::bump(&state.counters().faults_injected);
+            return Err(Refusal::Reset);
+        }
+    };
     let admitted = state.quota().admit(endpoint, &client, now);
     if let Err(wait) = admitted {
         Counters::bump(&state.counters().throttled);
-        return Err(ApiError::TooManyRequests(retry_after_secs(wait)));
+        return Err(ApiError::TooManyRequests(retry_after_secs(wait)).into());
     }
-    Ok(())
+    Ok(reset_after_effect)
+}
+
+/// An answer that never arrives. Its body fails on the first read, so hyper drops the
+/// connection before writing anything, not even the status line (its head is only buffered
+/// until the first body frame): the client sees the connection close mid-exchange, a
+/// transport error, never an HTTP status (reqwest: "connection closed before message
+/// completed").
+fn connection_reset() -> Response {
+    let broken = tokio_stream::once(Err::<Bytes, _>(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "injected connection reset",
+    )));
+    let mut response = Response::new(Body::from_stream(broken));
+    // Its status (200) never leaves the simulator; the marker keeps the logs honest.
+    response.extensions_mut().insert(InjectedReset);
+    response
+}
+
+/// Marks a [`connection_reset`] answer.
+#[derive(Debug, Clone, Copy)]
+struct InjectedReset;
+
+fn is_reset(response: &Response) -> bool {
+    response.extensions().get::<InjectedReset>().is_some()
+}
+
+/// A successful answer, or, when the malformed roll says so, the same answer (status and
+/// `Content-Type` kept) with its JSON garbled.
+async fn malform(state: &SimState, endpoint: Endpoint, response: Response) -> Response {
+    let Some(kind) = state.faults().roll_malformed(endpoint) else {
+        return response;
+    };
+    Counters::bump(&state.counters().faults_injected);
+    let (mut parts, body) = response.into_parts();
+    // The simulator's own in-memory body cannot fail to read; an empty one is malformed too.
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    // The length changes; hyper sets the new one from the body.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(garble(kind, &body)))
 }
 
 /// The observed 403 wording, with each API's documented permissions.
@@ -109,7 +182,14 @@ pub(crate) async fn token(State(state): State<SimState>, request: Request, next:
     let injected = state.faults().roll(Endpoint::Token);
     let now = state.clock().utc();
     let response = match injected {
-        Injected::Nothing => next.run(request).await,
+        Injected::Nothing => {
+            let response = next.run(request).await;
+            if response.status().is_success() {
+                malform(&state, Endpoint::Token, response).await
+            } else {
+                response
+            }
+        }
         Injected::Throttle(wait) => {
             Counters::bump(&state.counters().faults_injected);
             AadError::throttled(retry_after_secs(wait)).respond(now, request.headers())
@@ -118,7 +198,22 @@ pub(crate) async fn token(State(state): State<SimState>, request: Request, next:
             Counters::bump(&state.counters().faults_injected);
             AadError::unavailable().respond(now, request.headers())
         }
+        Injected::Reset => {
+            Counters::bump(&state.counters().faults_injected);
+            connection_reset()
+        }
+        Injected::ResetAfterEffect => {
+            // A token is issued, but the client never receives it.
+            let _issued = next.run(request).await;
+            Counters::bump(&state.counters().faults_injected);
+            connection_reset()
+        }
     };
-    tracing::debug!(%path, status = response.status().as_u16(), "simulated token request");
+    tracing::debug!(
+        %path,
+        status = response.status().as_u16(),
+        reset = is_reset(&response),
+        "simulated token request"
+    );
     response
 }

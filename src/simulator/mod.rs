@@ -60,7 +60,7 @@ use crate::clock::Clock;
 pub use actions::ActionStatus;
 pub use cli::{Profile, QuotaSpec, SimulatorArgs};
 pub use config::{DuplicateMode, SimulatorConfig, default_quota};
-pub use faults::{EndpointFaults, Faults};
+pub use faults::{EndpointFaults, Faults, ResetPoint};
 pub use handle::SimulatorHandle;
 pub use inventory::Machine;
 pub use state::SimState;

@@ -59,7 +59,8 @@ pub struct Stats {
     pub actions_created: u64,
     /// Requests refused by the quota with 429 (injected 429s are not counted).
     pub throttled: u64,
-    /// Faults injected (500, 503, 429 or 403 from the fault settings).
+    /// Faults injected (500, 503, 429, 403, connection resets and garbled JSON from the fault
+    /// settings).
     pub faults_injected: u64,
 }
 

@@ -5,6 +5,7 @@ mod cli;
 mod collector;
 mod credentials;
 mod errors;
+mod faults;
 mod helpers;
 mod limits;
 mod observability;
