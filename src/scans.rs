@@ -353,16 +353,39 @@ impl Scans {
             .map_err(|err| not_found_as(err, "machine action", id.as_str()))
     }
 
+    /// Cancels an action. Cancelling is idempotent: when the answer is lost (the cancel may
+    /// have taken effect) or Defender refuses because the action is already final, the action
+    /// is read back, and if it is Cancelled the caller gets it, as a retry of a cancel whose
+    /// answer was lost expects.
     pub async fn cancel(
         &self,
         request: &CancelRequest,
         ctx: &CallContext,
     ) -> Result<MachineAction, Error> {
-        self.0
+        let id = &request.action_id;
+        let err = match self
+            .0
             .client
-            .cancel_action(&request.action_id, request.comment.as_str(), ctx)
+            .cancel_action(id, request.comment.as_str(), ctx)
             .await
-            .map_err(|err| not_found_as(err, "machine action", request.action_id.as_str()))
+        {
+            Ok(action) => return Ok(action),
+            Err(err) => err,
+        };
+        let already_final = matches!(&err, upstream::Error::Api(api) if api.status == 400);
+        if outcome_unknown(&err) || already_final {
+            match self.0.client.get_action(id, ctx).await {
+                Ok(action) if action.status == crate::domain::ActionStatus::Cancelled => {
+                    tracing::info!(action_id = %id, error = %err, "the cancel's answer was lost or refused, but the action is cancelled");
+                    return Ok(action);
+                }
+                Ok(_) => {}
+                Err(lookup) => {
+                    tracing::warn!(action_id = %id, error = %lookup, "could not read the action back after a failed cancel");
+                }
+            }
+        }
+        Err(not_found_as(err, "machine action", id.as_str()))
     }
 
     /// Antivirus-scan actions, newest first. One more than the page is fetched to know

@@ -436,3 +436,71 @@ async fn a_403_is_permission_denied_and_starts_nothing() {
     assert_eq!(stats.actions_created, 0);
     assert_no_duplicate_and_nothing_lost(&app, &machine, "forbidden-1", None).await;
 }
+
+/// Cancels `action_id` through the gateway.
+async fn cancel(app: &TestGateway, action_id: &str) -> Result<pb::MachineAction, tonic::Status> {
+    let mut client = app.client.clone();
+    client
+        .cancel_scan(pb::CancelScanRequest {
+            action_id: action_id.to_owned(),
+            comment: "fault suite".into(),
+        })
+        .await
+        .map(|r| {
+            r.into_inner()
+                .action
+                .expect("a cancel answers with the action")
+        })
+}
+
+#[tokio::test]
+async fn a_cancel_whose_answer_is_lost_is_read_back_and_a_retry_is_idempotent() {
+    let app = spawn_faulty(Faults::default()).await;
+    let machine = app.sim.machine(0);
+    let id = start(&app, &machine, "cancel-1", Duration::from_secs(5))
+        .await
+        .unwrap();
+    // The cancel takes effect, but the connection breaks before its answer.
+    app.sim.handle.set_faults(Faults {
+        cancel: EndpointFaults {
+            reset_rate: 1.0,
+            reset_at: ResetPoint::After,
+            ..EndpointFaults::default()
+        },
+        ..Faults::default()
+    });
+    let cancelled = cancel(&app, &id).await.expect("the cancel is found done");
+    assert_eq!(cancelled.status, pb::ActionStatus::Cancelled as i32);
+    let stats = app.sim.handle.stats();
+    assert_eq!(
+        (stats.cancel, stats.get_action),
+        (1, 1),
+        "one cancel, one read back"
+    );
+
+    // A caller that retries anyway gets the cancelled action, not an error.
+    app.sim.handle.set_faults(Faults::default());
+    let again = cancel(&app, &id)
+        .await
+        .expect("cancelling twice is idempotent");
+    assert_eq!(again.status, pb::ActionStatus::Cancelled as i32);
+    // A cancel that really did not happen still fails.
+    app.sim.handle.set_faults(Faults {
+        cancel: EndpointFaults {
+            reset_rate: 1.0,
+            reset_at: ResetPoint::Before,
+            ..EndpointFaults::default()
+        },
+        ..Faults::default()
+    });
+    let other = start(
+        &app,
+        &app.sim.machine(1),
+        "cancel-2",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let status = cancel(&app, &other).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+}
