@@ -175,8 +175,13 @@ pub fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
     }
 }
 
+/// google.protobuf.Timestamp's documented range: 0001-01-01T00:00:00Z to
+/// 9999-12-31T23:59:59.999999999Z. Outside it a time has no RFC 3339 form, so it could not be
+/// written into the OData filter (a negative year would reach Defender as a bare number).
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
 fn timestamp_from_proto(ts: &prost_types::Timestamp) -> Option<OffsetDateTime> {
-    if !(0..1_000_000_000).contains(&ts.nanos) {
+    if !(0..1_000_000_000).contains(&ts.nanos) || !TIMESTAMP_SECONDS.contains(&ts.seconds) {
         return None;
     }
     let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);

@@ -6,6 +6,8 @@ mod convert;
 mod service;
 pub mod status;
 pub mod trace;
+#[cfg(test)]
+mod validation_props;
 
 use std::time::Duration;
 

@@ -2,6 +2,8 @@
 //! layers ([`stack`]) over reqwest ([`HttpService`]).
 
 mod client;
+#[cfg(test)]
+mod decode_props;
 mod error;
 mod http_service;
 pub mod model;

@@ -111,23 +111,28 @@ impl TryFrom<WireAction> for MachineAction {
 /// than failing the whole action: a status update matters more than a malformed date.
 pub fn parse_timestamp(raw: Option<&str>) -> Option<OffsetDateTime> {
     let raw = raw?.trim();
-    if let Ok(at) = OffsetDateTime::parse(raw, &Rfc3339) {
-        return Some(at);
-    }
-    let naive = time::macros::format_description!(
-        version = 2,
-        "[year]-[month]-[day]T[hour]:[minute]:[second][optional [.[subsecond]]]"
-    );
-    PrimitiveDateTime::parse(raw, naive)
-        .ok()
-        .map(PrimitiveDateTime::assume_utc)
+    let at = match OffsetDateTime::parse(raw, &Rfc3339) {
+        Ok(at) => at,
+        Err(_) => {
+            let naive = time::macros::format_description!(
+                version = 2,
+                "[year]-[month]-[day]T[hour]:[minute]:[second][optional [.[subsecond]]]"
+            );
+            PrimitiveDateTime::parse(raw, naive).ok()?.assume_utc()
+        }
+    };
+    // Kept in UTC and within the years RFC 3339 can write: near either end an offset moves a
+    // time out of them ("9999-12-31T23:59:59-23:59" is year 10000 in UTC), where converting
+    // it to UTC later (for a `$filter`) would panic.
+    at.checked_to_offset(time::UtcOffset::UTC)
+        .filter(|utc| (0..=9999).contains(&utc.year()))
 }
 
 /// Formats a timestamp for an OData `$filter` literal (UTC, RFC 3339).
 pub fn format_timestamp(at: OffsetDateTime) -> String {
-    at.to_offset(time::UtcOffset::UTC)
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| at.unix_timestamp().to_string())
+    at.checked_to_offset(time::UtcOffset::UTC)
+        .and_then(|utc| utc.format(&Rfc3339).ok())
+        .unwrap_or_else(|| at.unix_timestamp().to_string())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod errors;
 mod faults;
 mod helpers;
 mod limits;
+mod malformed;
 mod observability;
 mod process;
 mod scan_service;
