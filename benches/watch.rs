@@ -24,7 +24,13 @@ use tokio::{
 use tonic::transport::Channel;
 
 const FRESHNESS: Duration = Duration::from_secs(10);
-const MEASURE: Duration = Duration::from_secs(60);
+/// How long each size is measured (`WATCH_BENCH_SECONDS` shortens it while investigating).
+fn measure_time() -> Duration {
+    std::env::var("WATCH_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(60), Duration::from_secs)
+}
 const CONNECTIONS: usize = 16;
 
 struct Row {
@@ -140,6 +146,8 @@ async fn measure(actions: usize) -> Row {
         .env("SCAN_GATEWAY_MAX_STREAMS_PER_CALLER", "100000")
         .env("SCAN_GATEWAY_MAX_QUEUE", "100000")
         .env("RUST_LOG", "warn,scan_gateway::startup=info")
+        // Allocator settings under study (glibc's MALLOC_ARENA_MAX and the like) pass through.
+        .envs(std::env::vars().filter(|(k, _)| k.starts_with("MALLOC_")))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -162,6 +170,7 @@ async fn measure(actions: usize) -> Row {
         }
     };
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let rss_idle = rss_mb(pid);
 
     let token = token(&base, &config).await;
     let ids = start_scans(&base, &token, &handle, actions).await;
@@ -209,10 +218,13 @@ async fn measure(actions: usize) -> Row {
     }
     drop(delays_tx);
     let rss_streams_open = rss_mb(pid);
+    eprintln!(
+        "{actions} actions: gateway RSS {rss_idle:.1} MB idle, {rss_streams_open:.1} MB with every stream open"
+    );
 
     let before = handle.stats();
     let started = Instant::now();
-    tokio::time::sleep(MEASURE).await;
+    tokio::time::sleep(measure_time()).await;
     let after = handle.stats();
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     let calls = (after.list_actions + after.get_action) - (before.list_actions + before.get_action);
@@ -244,8 +256,22 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
-    let rows = runtime.block_on(async { vec![measure(1_000).await, measure(10_000).await] });
-    println!("watching actions at a 10 s freshness, one stream per action, for one minute");
+    // `WATCH_BENCH_SIZES=10000` measures one size only (the README's table uses both).
+    let sizes: Vec<usize> = std::env::var("WATCH_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 10_000]);
+    let rows = runtime.block_on(async {
+        let mut rows = Vec::new();
+        for size in sizes {
+            rows.push(measure(size).await);
+        }
+        rows
+    });
+    println!(
+        "watching actions at a 10 s freshness, one stream per action, for {} s",
+        measure_time().as_secs()
+    );
     println!(
         "{:>8} {:>18} {:>22} {:>16} {:>14} {:>12}",
         "actions",

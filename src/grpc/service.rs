@@ -100,7 +100,7 @@ impl ScanServiceImpl {
                 ..base.clone()
             };
             let mut audit = audit;
-            let outcome = match start(scans.clone(), ctx.clone()).await {
+            let outcome = match Box::pin(start(scans.clone(), ctx)).await {
                 Ok(action) => {
                     if let Some(audit) = audit.take() {
                         audit.finish(tonic::Code::Ok, Some((&action.id, &action.machine_id)));

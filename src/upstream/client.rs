@@ -245,14 +245,27 @@ fn action(api: Api, wire: model::WireAction) -> Result<MachineAction, Error> {
     })
 }
 
+/// The longest upstream error message kept (Defender's are a sentence or two).
+const MAX_MESSAGE_CHARS: usize = 1000;
+
+/// `text` cut to at most `max` characters, marked when cut.
+fn bounded(mut text: String, max: usize) -> String {
+    if let Some((at, _)) = text.char_indices().nth(max) {
+        text.truncate(at);
+        text.push('…');
+    }
+    text
+}
+
 /// Decodes Defender's error envelope; a body that is not one still yields a useful error.
 fn api_error(api: Api, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ApiError {
     let parsed: Option<model::WireErrorBody> = serde_json::from_slice(body).ok();
     let (code, message, target) = match parsed {
+        // Bounded: these reach callers' statuses and the logs, and a body may be megabytes.
         Some(model::WireErrorBody { error }) => (
-            error.code.unwrap_or_default(),
-            error.message.unwrap_or_default(),
-            error.target,
+            bounded(error.code.unwrap_or_default(), 100),
+            bounded(error.message.unwrap_or_default(), MAX_MESSAGE_CHARS),
+            error.target.map(|t| bounded(t, 200)),
         ),
         None => (
             String::new(),
@@ -290,6 +303,25 @@ fn httpdate(value: &str) -> Option<std::time::SystemTime> {
     time::PrimitiveDateTime::parse(value, format)
         .ok()
         .map(|at| at.assume_utc().into())
+}
+
+#[cfg(test)]
+#[test]
+fn long_upstream_error_texts_are_cut_on_a_character_boundary() {
+    let body = serde_json::json!({
+        "error": { "code": "X".repeat(500), "message": "é".repeat(5000), "target": "t" }
+    })
+    .to_string();
+    let error = api_error(
+        Api::GetAction,
+        StatusCode::BAD_REQUEST,
+        &HeaderMap::new(),
+        body.as_bytes(),
+    );
+    assert_eq!(error.message.chars().count(), MAX_MESSAGE_CHARS + 1);
+    assert!(error.message.ends_with('…'));
+    assert_eq!(error.code.chars().count(), 101);
+    assert_eq!(error.target.as_deref(), Some("t"));
 }
 
 #[cfg(test)]
