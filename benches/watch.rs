@@ -129,7 +129,18 @@ async fn measure(actions: usize) -> Row {
     let handle = simulator.handle();
     tokio::spawn(simulator.run_until_stopped(std::future::pending()));
 
-    let mut gateway = Command::new(env!("CARGO_BIN_EXE_scan-gateway"))
+    // `WATCH_BENCH_WRAPPER="valgrind --tool=massif"` runs the gateway under a profiler.
+    let wrapper = std::env::var("WATCH_BENCH_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut gateway = match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(env!("CARGO_BIN_EXE_scan-gateway"));
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_scan-gateway")),
+    };
+    let mut gateway = gateway
         .arg("serve")
         .env_clear()
         .env("AZURE_TENANT_ID", &config.tenant_id)
@@ -230,7 +241,16 @@ async fn measure(actions: usize) -> Row {
     let calls = (after.list_actions + after.get_action) - (before.list_actions + before.get_action);
     let rss = rss_mb(pid).max(rss_streams_open);
 
-    let _ = gateway.start_kill();
+    if wrapper.is_empty() {
+        let _ = gateway.start_kill();
+    } else {
+        // A profiler writes its report when the process exits on its own: stop it as
+        // Kubernetes would, and wait.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let _ = tokio::time::timeout(Duration::from_secs(120), gateway.wait()).await;
+    }
     let mut delays = Vec::new();
     while let Ok(delay) = delays_rx.try_recv() {
         delays.push(delay);

@@ -12,7 +12,7 @@ use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 /// Initial size of a stream's encode and decode buffers.
-const BUFFER_SIZE: usize = 1024;
+const BUFFER_SIZE: usize = 128;
 /// tonic's default: how much is encoded before the encoder yields to other tasks.
 const YIELD_THRESHOLD: usize = 32 * 1024;
 

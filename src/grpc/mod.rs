@@ -5,6 +5,7 @@ pub mod codec;
 mod convert;
 mod service;
 pub mod status;
+mod stream;
 pub mod trace;
 #[cfg(test)]
 mod validation_props;

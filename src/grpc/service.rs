@@ -1,26 +1,23 @@
 //! `ScanService`: each handler parses its request, calls [`Scans`], and converts the answer.
-//! Streams are filled by a spawned task through a bounded channel; the task stops when the
-//! caller goes away.
+//! The two streaming calls are built in [`super::stream`].
 
-use std::{pin::Pin, sync::Arc};
+use std::pin::Pin;
 
-use opentelemetry::context::FutureExt as _;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
-use super::{audit::AuditRecord, convert, deadline_of, pb};
+use super::{
+    audit::AuditRecord,
+    convert, deadline_of, pb,
+    stream::{StreamCall, stream},
+};
 use crate::{
     error::Error,
     metrics::Metrics,
-    scans::{Followed, ScanEvent, Scans},
-    upstream::{CallContext, QueueObserver, QuotaCaller},
+    scans::Scans,
+    upstream::{CallContext, QuotaCaller},
 };
-
-/// Events buffered per stream; a slow reader holds back only its own stream.
-const STREAM_BUFFER: usize = 16;
 
 /// The upstream context of a call: its deadline and its caller (set by the limits layer).
 fn call_context<T>(request: &Request<T>) -> CallContext {
@@ -59,79 +56,6 @@ impl ScanServiceImpl {
         self.metrics
             .record_rpc(method, code, started.elapsed().as_secs_f64());
         result
-    }
-
-    /// Starts the task behind a stream: `start` yields the first action (creating it if need
-    /// be), then the task follows it. `wrap` builds the RPC's response message. `audit`, for a
-    /// call that starts a scan, is written once the start has succeeded or failed.
-    ///
-    /// The task runs in the call's span (and trace context), so its polls and upstream calls
-    /// belong to the call's trace.
-    fn stream<T, F>(
-        &self,
-        method: &'static str,
-        base: CallContext,
-        audit: Option<AuditRecord>,
-        start: impl FnOnce(Scans, CallContext) -> F + Send + 'static,
-        wrap: fn(pb::ScanUpdate) -> T,
-    ) -> EventStream<T>
-    where
-        F: Future<Output = Result<crate::domain::MachineAction, Error>> + Send + 'static,
-        T: Send + 'static,
-    {
-        let (events, receiver) = mpsc::channel::<Result<ScanEvent, Status>>(STREAM_BUFFER);
-        let scans = self.scans.clone();
-        let metrics = self.metrics.clone();
-        let started = Instant::now();
-        let open = metrics.open_stream(method);
-        let task = async move {
-            let _open = open;
-            let queued = events.clone();
-            let utc = scans.clone();
-            let observer = QueueObserver(Arc::new(move |position, at| {
-                // Best effort: a full buffer means the caller is behind; the next event will do.
-                let _ = queued.try_send(Ok(ScanEvent::Queued {
-                    position,
-                    estimated_start: utc.utc_at(at),
-                }));
-            }));
-            let ctx = CallContext {
-                observer: Some(observer),
-                ..base.clone()
-            };
-            let mut audit = audit;
-            let outcome = match Box::pin(start(scans.clone(), ctx)).await {
-                Ok(action) => {
-                    if let Some(audit) = audit.take() {
-                        audit.finish(tonic::Code::Ok, Some((&action.id, &action.machine_id)));
-                    }
-                    scans.follow(action, &base, &events).await
-                }
-                Err(err) => Err(err),
-            };
-            let code = match outcome {
-                Ok(Followed::Final) => tonic::Code::Ok,
-                Ok(Followed::CallerGone) => tonic::Code::Cancelled,
-                Err(err) => {
-                    let status = Status::from(err);
-                    let code = status.code();
-                    let _ = events.send(Err(status)).await;
-                    code
-                }
-            };
-            if let Some(audit) = audit {
-                audit.finish(code, None);
-            }
-            metrics.record_rpc(method, code, started.elapsed().as_secs_f64());
-        };
-        tokio::spawn(
-            task.instrument(tracing::Span::current())
-                .with_current_context(),
-        );
-        Box::pin(
-            ReceiverStream::new(receiver)
-                .map(move |event| event.map(|event| wrap(convert::update(event)))),
-        )
     }
 
     fn invalid<T>(&self, method: &'static str, err: Error) -> Result<T, Status> {
@@ -173,15 +97,17 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
                     return refused;
                 }
             };
-        let stream = self.stream(
-            METHOD,
+        let call = StreamCall {
+            method: METHOD,
             base,
-            Some(audit),
-            move |scans, ctx| async move { scans.start(&parsed, &ctx).await },
-            |update| pb::RunScanResponse {
+            audit: Some(audit),
+            start: move |scans: Scans, ctx: CallContext| async move { scans.start(&parsed, &ctx).await },
+        };
+        let stream = stream(&self.scans, &self.metrics, call, |update| {
+            pb::RunScanResponse {
                 update: Some(update),
-            },
-        );
+            }
+        });
         Ok(Response::new(stream))
     }
 
@@ -241,15 +167,19 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
             Ok(id) => id,
             Err(err) => return self.invalid(METHOD, err),
         };
-        let stream = self.stream(
-            METHOD,
+        let call = StreamCall {
+            method: METHOD,
             base,
-            None,
-            move |scans, ctx| async move { scans.watch_start(&id, &ctx).await },
-            |update| pb::WatchScanResponse {
-                update: Some(update),
+            audit: None,
+            start: move |scans: Scans, ctx: CallContext| async move {
+                scans.watch_start(&id, &ctx).await
             },
-        );
+        };
+        let stream = stream(&self.scans, &self.metrics, call, |update| {
+            pb::WatchScanResponse {
+                update: Some(update),
+            }
+        });
         Ok(Response::new(stream))
     }
 

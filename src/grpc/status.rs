@@ -29,6 +29,11 @@ impl From<Error> for Status {
     }
 }
 
+/// The code `error` ends a call with (without logging it, as the conversion does).
+pub fn code_of(error: &Error) -> Code {
+    to_status(error).code()
+}
+
 fn to_status(error: &Error) -> Status {
     let message = error.to_string();
     match error {
