@@ -1,6 +1,11 @@
 //! `scan-gateway scan`: starts a scan through a gateway and shows its progress as it happens.
 //! Exit code 0 only when the scan succeeded, 1 when it ended otherwise, 2 when it could not
 //! be started or followed.
+//!
+//! A gateway that authenticates its callers is reached over TLS (https:// addresses), with a
+//! client certificate and/or a bearer token file: see [`connect`].
+
+mod connect;
 
 use std::{process::ExitCode, time::Duration};
 
@@ -8,7 +13,7 @@ use tokio::time::Instant;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::grpc::pb::{self, scan_service_client::ScanServiceClient, scan_update::Event};
+use crate::grpc::pb::{self, scan_update::Event};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Kind {
@@ -40,6 +45,8 @@ pub struct ScanArgs {
     /// Give up after this long (e.g. 30m); no limit by default.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
+    #[command(flatten)]
+    security: connect::ClientArgs,
 }
 
 pub async fn run(args: ScanArgs) -> ExitCode {
@@ -55,9 +62,9 @@ pub async fn run(args: ScanArgs) -> ExitCode {
 
 async fn follow(args: ScanArgs) -> Result<pb::ActionStatus, String> {
     let started = Instant::now();
-    let mut client = ScanServiceClient::connect(args.gateway.clone())
+    let mut client = connect::connect(&args.gateway, &args.security)
         .await
-        .map_err(|err| format!("cannot connect to the gateway at {}: {err}", args.gateway))?;
+        .map_err(|err| err.to_string())?;
     let mut request = tonic::Request::new(pb::RunScanRequest {
         machine_id: args.machine.clone(),
         scan_type: match args.kind {
@@ -143,9 +150,28 @@ fn label(status: pb::ActionStatus) -> &'static str {
     }
 }
 
-/// A status as a person wants to read it: code, message, and what the details add.
+/// Appended when the gateway refuses the caller's credentials.
+const UNAUTHENTICATED_HINT: &str =
+    "pass a valid bearer token with --token-file, or a client certificate with --cert and --key";
+/// Appended when the gateway's policy refuses the caller.
+const NOT_ALLOWED_HINT: &str =
+    "the gateway's policy does not let this caller start scans: it needs the `scan` role";
+
+/// A status as a person wants to read it: code, message, what the details add, the cause of a
+/// transport failure, and what to change when the gateway refused the caller.
 fn describe(status: &tonic::Status) -> String {
-    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let code = format!("{:?}", status.code());
+    let mut text = format!("{code}: {}", without_code(status.message(), &code));
+    connect::push_causes(&mut text, std::error::Error::source(status));
+    let not_allowed = status
+        .get_error_details()
+        .error_info()
+        .is_some_and(|info| info.reason == "CALLER_NOT_ALLOWED");
+    match status.code() {
+        Code::Unauthenticated => text.push_str(&format!(" ({UNAUTHENTICATED_HINT})")),
+        Code::PermissionDenied if not_allowed => text.push_str(&format!(" ({NOT_ALLOWED_HINT})")),
+        _ => {}
+    }
     if let Some(bad) = status.get_details_bad_request() {
         for v in bad.field_violations {
             text.push_str(&format!("\n  {}: {}", v.field, v.description));
@@ -158,4 +184,15 @@ fn describe(status: &tonic::Status) -> String {
         text.push_str("\n  (resume with the same --request-id, or WatchScan)");
     }
     text
+}
+
+/// `message` without a leading `code: `: the gateway's own refusals already open with it
+/// ("unauthenticated: ...").
+fn without_code<'a>(message: &'a str, code: &str) -> &'a str {
+    message
+        .get(..code.len())
+        .filter(|head| head.eq_ignore_ascii_case(code))
+        .and_then(|_| message.get(code.len()..))
+        .and_then(|rest| rest.strip_prefix(": "))
+        .unwrap_or(message)
 }

@@ -2,8 +2,10 @@
 //!
 //! tonic keeps one encode buffer per response stream for the stream's whole life, 8 KiB by
 //! default. The gateway's messages are a few hundred bytes and its streams can number in the
-//! tens of thousands (one per followed scan), so 1 KiB buffers, which grow if a message needs
-//! it, cut a stream's resident cost severalfold.
+//! tens of thousands (one per followed scan), so 128-byte buffers, which grow to the size of a
+//! message when one is sent, keep an idle stream's cost small (measured with
+//! `cargo bench --bench watch`: 8 KiB -> 1 KiB -> 128 B took 10,000 streams from 175 to 121
+//! MB, and 77 to 70 MB after streams stopped needing a task).
 
 use std::marker::PhantomData;
 

@@ -2,6 +2,7 @@
 //! gRPC with the generated client (and, in `tools`, with grpcurl and Python grpcio).
 
 mod cli;
+mod cli_security;
 mod collector;
 mod credentials;
 mod errors;
