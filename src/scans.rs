@@ -70,7 +70,6 @@ pub struct Follower {
     updates: Option<watch::Receiver<Update>>,
     last: ActionStatus,
     until: Instant,
-    shutdown: watch::Receiver<bool>,
     done: bool,
 }
 
@@ -134,10 +133,9 @@ impl Follower {
             }
             tokio::select! {
                 changed = updates.changed() => if changed.is_err() {
-                    // The watcher is gone: the gateway is stopping.
+                    // The watcher let go of the action: the gateway is stopping.
                     return Err(Error::ShuttingDown);
                 },
-                _ = self.shutdown.wait_for(|stopping| *stopping) => return Err(Error::ShuttingDown),
                 () = tokio::time::sleep_until(self.until) => {
                     return Err(Error::WatchExpired {
                         action_id: id.to_string(),
@@ -176,7 +174,6 @@ struct Inner {
     clock: Clock,
     config: ScansConfig,
     metrics: Metrics,
-    shutdown: watch::Receiver<bool>,
     keys: Mutex<HashMap<RequestId, Arc<Keyed>>>,
     /// The same keys for every replica, in Redis (when configured).
     shared_keys: Option<SharedKeys>,
@@ -188,8 +185,8 @@ struct Inner {
 pub struct Scans(Arc<Inner>);
 
 impl Scans {
-    /// `shutdown` turns true when the gateway stops: followed scans then end with
-    /// [`Error::ShuttingDown`].
+    /// Followed scans end with [`Error::ShuttingDown`] when the gateway stops: the watcher
+    /// (started with the shutdown signal) lets go of every action.
     pub fn new(
         client: DefenderClient,
         clock: Clock,
@@ -197,14 +194,12 @@ impl Scans {
         metrics: Metrics,
         watcher: Watcher,
         shared_keys: Option<SharedKeys>,
-        shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self(Arc::new(Inner {
             client,
             clock,
             config,
             metrics,
-            shutdown,
             keys: Mutex::new(HashMap::new()),
             shared_keys,
             watcher,
@@ -516,7 +511,6 @@ impl Scans {
             id: None,
             updates: None,
             until,
-            shutdown: self.0.shutdown.clone(),
             done: false,
         }
     }
@@ -631,7 +625,6 @@ mod tests {
             Metrics::new(),
             watcher,
             None,
-            shutdown,
         );
         (scans, posts)
     }

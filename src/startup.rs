@@ -168,7 +168,6 @@ impl Gateway {
             metrics.clone(),
             watcher,
             shared_keys,
-            stopped,
         );
         Ok(Self {
             grpc,

@@ -78,6 +78,8 @@ struct Inner {
     metrics: Metrics,
     entries: Mutex<HashMap<ActionId, Entry>>,
     wake: Notify,
+    /// Set at shutdown: every subscription ends (its sender is dropped) and new ones end at once.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// The replica's watcher. Cheap to clone.
@@ -100,12 +102,21 @@ impl Watcher {
             metrics,
             entries: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }));
         let task = watcher.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                () = task.run() => {}
-                _ = shutdown.wait_for(|stopping| *stopping) => {}
+            let stopping = tokio::select! {
+                () = task.run() => false,
+                stopping = shutdown.wait_for(|stopping| *stopping) => stopping.is_ok(),
+            };
+            if stopping {
+                // Dropping every sender ends every follower's wait with "shutting down": the
+                // streams need no shutdown signal of their own.
+                task.0
+                    .closed
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                task.lock().clear();
             }
         });
         watcher
@@ -114,6 +125,10 @@ impl Watcher {
     /// Follows `action` (as the caller last saw it); the receiver starts at the newest known
     /// state, which may be newer than `action`.
     pub fn subscribe(&self, id: ActionId, action: &MachineAction) -> watch::Receiver<Update> {
+        if self.0.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            // Stopping: a receiver whose sender is gone, so the follower ends at once.
+            return watch::channel(Update::Action(Box::new(action.clone()))).1;
+        }
         let stream_span = tracing::Span::current()
             .context()
             .span()

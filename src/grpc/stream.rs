@@ -7,8 +7,8 @@
 //! so an open stream costs little more than its HTTP/2 stream and the watcher's receiver, and
 //! a slow caller just gets the newest status when it reads again.
 //!
-//! Each step runs in the call's span and trace context, so its upstream calls and the
-//! watcher's span links belong to the call's trace.
+//! The start runs in the call's span and trace context, so its upstream calls belong to the
+//! call's trace; each later step runs in the call's span (for the watcher's span links).
 
 use std::sync::Arc;
 
@@ -178,7 +178,7 @@ where
             result
         }
         .instrument(span.clone())
-        .with_context(otel.clone()),
+        .with_context(otel),
     );
 
     let state = State {
@@ -187,12 +187,13 @@ where
         base,
         outcome,
     };
+    // Following makes no upstream call (the watcher does, with span links to this call), so
+    // the steps need the call's span but not its trace context.
     Box::pin(stream::unfold(state, move |mut state| {
         async move {
             let message = state.step().await?;
             Some((message.map(|event| wrap(convert::update(event))), state))
         }
         .instrument(span.clone())
-        .with_context(otel.clone())
     }))
 }

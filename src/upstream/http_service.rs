@@ -12,6 +12,9 @@ use tower::Service;
 
 use super::{Api, Deadline, Error, Request, Response};
 
+/// Idle upstream connections kept per host for reuse.
+const MAX_IDLE_CONNECTIONS: usize = 16;
+
 /// Largest response body read (a full `$top=10000` list page is a few MiB).
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
@@ -32,6 +35,10 @@ impl HttpService {
     pub fn default_client(connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
         reqwest::Client::builder()
             .connect_timeout(connect_timeout)
+            // Defender speaks HTTP/2 (one connection carries every call); over HTTP/1.1 a
+            // burst of calls opens a connection each, and without a bound every one of them
+            // would stay in the pool, with its buffers, after the burst.
+            .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
             .user_agent(concat!("scan-gateway/", env!("CARGO_PKG_VERSION")))
             .build()
     }
