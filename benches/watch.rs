@@ -158,7 +158,7 @@ async fn measure(actions: usize) -> Row {
         .env("SCAN_GATEWAY_MAX_QUEUE", "100000")
         .env("RUST_LOG", "warn,scan_gateway::startup=info")
         // Allocator settings under study (glibc's MALLOC_ARENA_MAX and the like) pass through.
-        .envs(std::env::vars().filter(|(k, _)| k.starts_with("MALLOC_")))
+        .envs(std::env::vars().filter(|(k, _)| k.starts_with("MALLOC_") || k == "GLIBC_TUNABLES"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
