@@ -13,7 +13,7 @@ use tower::Service;
 use super::{Api, Deadline, Error, Request, Response};
 
 /// Idle upstream connections kept per host for reuse.
-const MAX_IDLE_CONNECTIONS: usize = 16;
+const MAX_IDLE_CONNECTIONS: usize = 64;
 
 /// Largest response body read (a full `$top=10000` list page is a few MiB).
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
