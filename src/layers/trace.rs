@@ -74,7 +74,11 @@ where
             .copied()
             .expect("DefenderClient tags every request with its Api");
         let uri = request.uri();
-        let span = tracing::info_span!(
+        // DEBUG under its own target: logs skip it unless RUST_LOG asks for it (then a call
+        // costs no span at all), while span export always takes it (telemetry::init).
+        let span = tracing::span!(
+            target: crate::telemetry::UPSTREAM_SPAN_TARGET,
+            tracing::Level::DEBUG,
             "upstream call",
             otel.kind = "client",
             otel.name = %format_args!("{} {}", request.method(), api),

@@ -51,6 +51,11 @@ impl Telemetry {
     }
 }
 
+/// Target of the client span of each upstream call: exported with the traces, but at DEBUG
+/// for the logs, where it would cost a formatted span per call and add nothing the call's
+/// own span and the upstream call's log lines do not say.
+pub const UPSTREAM_SPAN_TARGET: &str = "scan_gateway::upstream_call";
+
 /// Installs the global subscriber: logs in `format`, and span export when `traces` is given.
 /// Call it inside the tokio runtime (the exporter's channel lives there). If a subscriber is
 /// already installed (a test harness), that one is kept and no spans are exported.
@@ -65,6 +70,7 @@ pub fn init(
         // simulator's (it plays Microsoft, not us).
         let targets = Targets::new()
             .with_target("scan_gateway", LevelFilter::INFO)
+            .with_target(UPSTREAM_SPAN_TARGET, LevelFilter::DEBUG)
             .with_target("scan_gateway::simulator", LevelFilter::OFF)
             .with_target(AUDIT_TARGET, LevelFilter::INFO);
         tracing_opentelemetry::layer()
