@@ -182,6 +182,8 @@ async fn run(pinning: Option<String>) -> Result<(), BoxError> {
             .env("SCAN_GATEWAY_QUOTA", "1000000/1m")
             // The load generator is one caller at thousands of calls a second.
             .env("SCAN_GATEWAY_CALLER_RATE", "0")
+            // As the container image sets it (see the Dockerfile).
+            .env("MALLOC_MMAP_THRESHOLD_", "131072")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .env_remove("SCAN_GATEWAY_REDIS_URL")

@@ -157,6 +157,8 @@ async fn measure(actions: usize) -> Row {
         .env("SCAN_GATEWAY_MAX_STREAMS_PER_CALLER", "100000")
         .env("SCAN_GATEWAY_MAX_QUEUE", "100000")
         .env("RUST_LOG", "warn,scan_gateway::startup=info")
+        // As the container image sets it (see the Dockerfile).
+        .env("MALLOC_MMAP_THRESHOLD_", "131072")
         // Allocator settings under study (glibc's MALLOC_ARENA_MAX and the like) pass through.
         .envs(std::env::vars().filter(|(k, _)| k.starts_with("MALLOC_") || k == "GLIBC_TUNABLES"))
         .stdout(Stdio::null())
