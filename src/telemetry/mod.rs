@@ -15,7 +15,7 @@ use std::time::Duration;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::level_filters::LevelFilter;
-use tracing_subscriber::{Layer, filter::Targets, fmt, prelude::*};
+use tracing_subscriber::{Layer, Registry, filter::Targets, fmt, prelude::*};
 
 pub use logs::{AUDIT_TARGET, LogFormat};
 pub use otlp::{DEFAULT_SERVICE_NAME, TraceSettings, TraceSettingsError};
@@ -65,7 +65,11 @@ pub fn init(
     traces: Option<&TraceSettings>,
 ) -> Result<Telemetry, TraceSettingsError> {
     let provider = traces.map(otlp::provider).transpose()?;
-    let otel = provider.as_ref().map(|provider| {
+    // Only the layers in use: an absent layer (`None`) would still count as interested in
+    // every span, and the registry would then record every span of every crate, h2's
+    // per-poll trace spans included, for nobody.
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
+    if let Some(provider) = &provider {
         // Our spans and events only: never the exporter's own (no feedback loop), never the
         // simulator's (it plays Microsoft, not us).
         let targets = Targets::new()
@@ -73,31 +77,32 @@ pub fn init(
             .with_target(UPSTREAM_SPAN_TARGET, LevelFilter::DEBUG)
             .with_target("scan_gateway::simulator", LevelFilter::OFF)
             .with_target(AUDIT_TARGET, LevelFilter::INFO);
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("scan-gateway"))
-            .with_threads(false)
-            .with_filter(targets)
-    });
-    let json = (format == LogFormat::Json).then(|| {
-        fmt::layer()
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("scan-gateway"))
+                .with_threads(false)
+                .with_filter(targets)
+                .boxed(),
+        );
+    }
+    layers.push(match format {
+        LogFormat::Json => fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(false)
             .with_writer(std::io::stderr)
             .map_event_format(|inner| logs::WithTraceIds { inner, format })
             .with_filter(logs::filter(default_level))
-    });
-    let text = (format == LogFormat::Text).then(|| {
-        fmt::layer()
+            .boxed(),
+        LogFormat::Text => fmt::layer()
             .with_ansi(false)
             .with_writer(std::io::stderr)
             .map_event_format(|inner| logs::WithTraceIds { inner, format })
             .with_filter(logs::filter(default_level))
+            .boxed(),
     });
     let installed = tracing_subscriber::registry()
-        .with(otel)
-        .with(json)
-        .with(text)
+        .with(layers)
         .try_init()
         .is_ok();
     match provider {
