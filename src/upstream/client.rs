@@ -86,14 +86,20 @@ impl ActionQuery {
 /// The Defender API, typed.
 #[derive(Clone)]
 pub struct DefenderClient {
-    base: Url,
+    /// The base URL resolved as a directory (what `base.join(path)` prefixes): requests
+    /// append their path, whose parts are validated ids, and an encoded query to it, so a call
+    /// parses its URL once (as the `http::Uri`), not through `Url` first.
+    prefix: String,
     service: UpstreamService,
 }
 
 impl DefenderClient {
     /// `base` is a validated API base URL (see [`super::parse_base_url`]).
     pub fn new(base: Url, service: UpstreamService) -> Self {
-        Self { base, service }
+        Self {
+            prefix: directory_of(&base),
+            service,
+        }
     }
 
     /// `POST /api/machines/{id}/runAntiVirusScan`
@@ -190,16 +196,19 @@ impl DefenderClient {
         body: Option<Vec<u8>>,
         ctx: &CallContext,
     ) -> Result<T, Error> {
-        let mut url = self.base.join(path).map_err(|err| Error::Malformed {
-            api,
-            detail: format!("cannot build the request URL: {err}"),
-        })?;
-        url.set_query(query.filter(|q| !q.is_empty()));
+        let mut url =
+            String::with_capacity(self.prefix.len() + path.len() + 1 + query.map_or(0, str::len));
+        url.push_str(&self.prefix);
+        url.push_str(path);
+        if let Some(query) = query.filter(|q| !q.is_empty()) {
+            url.push('?');
+            url.push_str(query);
+        }
 
         let has_body = body.is_some();
         let mut request = http::Request::builder()
             .method(method)
-            .uri(url.as_str())
+            .uri(url)
             .header(header::ACCEPT, "application/json");
         if has_body {
             request = request.header(header::CONTENT_TYPE, "application/json");
@@ -243,6 +252,38 @@ fn action(api: Api, wire: model::WireAction) -> Result<MachineAction, Error> {
         api,
         detail: err.to_string(),
     })
+}
+
+/// What `base.join(relative)` puts before `relative`: the base up to its last `/`.
+fn directory_of(base: &Url) -> String {
+    match base.join("x") {
+        Ok(resolved) => resolved
+            .as_str()
+            .strip_suffix('x')
+            .unwrap_or(resolved.as_str())
+            .to_owned(),
+        // A validated base always resolves; keep it as it is otherwise.
+        Err(_) => format!("{}/", base.as_str().trim_end_matches('/')),
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn request_urls_resolve_like_url_join() {
+    for (base, expected) in [
+        ("https://api.security.microsoft.com", "https://api.security.microsoft.com/"),
+        ("https://eu.api.security.microsoft.com/", "https://eu.api.security.microsoft.com/"),
+        ("http://127.0.0.1:8443/proxy/", "http://127.0.0.1:8443/proxy/"),
+        ("http://127.0.0.1:8443/proxy", "http://127.0.0.1:8443/"),
+    ] {
+        let base = Url::parse(base).unwrap();
+        assert_eq!(directory_of(&base), expected);
+        let path = "api/machineactions/7b1d6a3e-8b55-4c2d-9a3f-1b2c3d4e5f60";
+        assert_eq!(
+            format!("{}{path}", directory_of(&base)),
+            base.join(path).unwrap().as_str()
+        );
+    }
 }
 
 /// The longest upstream error message kept (Defender's are a sentence or two).

@@ -80,29 +80,37 @@ impl Service<Request> for HttpService {
                     Error::transport(api, &err)
                 }
             };
-            let (parts, body) = request.into_parts();
-            let mut response = client
-                .request(parts.method, parts.uri.to_string())
-                .headers(parts.headers)
-                .body(body)
-                .timeout(timeout)
-                .send()
-                .await
-                .map_err(classify)?;
+            let mut request = reqwest::Request::try_from(request).map_err(classify)?;
+            *request.timeout_mut() = Some(timeout);
+            let mut response = client.execute(request).await.map_err(classify)?;
 
             let status = response.status();
             let headers = std::mem::take(response.headers_mut());
-            let mut body = BytesMut::new();
+            // A body that arrives in one chunk (the usual answer) is kept as it is; only a
+            // body in several chunks is copied together.
+            let mut first: Option<Bytes> = None;
+            let mut rest = BytesMut::new();
+            let mut len = 0;
             while let Some(chunk) = response.chunk().await.map_err(classify)? {
-                if body.len() + chunk.len() > MAX_BODY_BYTES {
+                len += chunk.len();
+                if len > MAX_BODY_BYTES {
                     return Err(Error::Malformed {
                         api,
                         detail: format!("response body larger than {MAX_BODY_BYTES} bytes"),
                     });
                 }
-                body.extend_from_slice(&chunk);
+                match first.take() {
+                    None if rest.is_empty() => first = Some(chunk),
+                    earlier => {
+                        if let Some(earlier) = earlier {
+                            rest.extend_from_slice(&earlier);
+                        }
+                        rest.extend_from_slice(&chunk);
+                    }
+                }
             }
-            let mut out = http::Response::new(Bytes::from(body));
+            let body = first.unwrap_or_else(|| rest.freeze());
+            let mut out = http::Response::new(body);
             *out.status_mut() = status;
             *out.headers_mut() = headers;
             Ok(out)
