@@ -271,9 +271,18 @@ fn directory_of(base: &Url) -> String {
 #[test]
 fn request_urls_resolve_like_url_join() {
     for (base, expected) in [
-        ("https://api.security.microsoft.com", "https://api.security.microsoft.com/"),
-        ("https://eu.api.security.microsoft.com/", "https://eu.api.security.microsoft.com/"),
-        ("http://127.0.0.1:8443/proxy/", "http://127.0.0.1:8443/proxy/"),
+        (
+            "https://api.security.microsoft.com",
+            "https://api.security.microsoft.com/",
+        ),
+        (
+            "https://eu.api.security.microsoft.com/",
+            "https://eu.api.security.microsoft.com/",
+        ),
+        (
+            "http://127.0.0.1:8443/proxy/",
+            "http://127.0.0.1:8443/proxy/",
+        ),
         ("http://127.0.0.1:8443/proxy", "http://127.0.0.1:8443/"),
     ] {
         let base = Url::parse(base).unwrap();
