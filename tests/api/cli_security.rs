@@ -1,195 +1,22 @@
 //! The `scan` client against a gateway that authenticates its callers: the real binary, run
-//! with TLS, mutual TLS and bearer token file options against gateways started here. The
-//! certificate and JWT fixtures are the minimum copied from `security.rs`.
+//! with TLS, mutual TLS and bearer token file options against gateways started here (fixtures
+//! in `pki`).
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Command, Output},
-    sync::atomic::{AtomicU32, Ordering},
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::process::{Command, Output};
 
-use aws_lc_rs::{
-    rand::SystemRandom,
-    rsa::{KeySize, PublicKeyComponents},
-    signature::{self, KeyPair as _, RsaKeyPair},
-};
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-use scan_gateway::{
-    clock::Clock,
-    config::{ConfigArgs, Settings},
-    startup::Gateway,
-};
-use tokio::{sync::oneshot, task::JoinHandle};
+use rcgen::SanType;
 
-use crate::{helpers::*, process::BIN};
+use crate::{helpers::*, pki::*, process::BIN};
 
-// === files ===
-
-/// A fresh directory for one test's certificates, keys and tokens, removed when dropped.
-struct TempDir(PathBuf);
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-
-    fn deref(&self) -> &Path {
-        &self.0
-    }
+/// A fixture file's path, as the `scan` command line takes it.
+fn file(dir: &std::path::Path, name: &str, contents: &str) -> String {
+    write(dir, name, contents).display().to_string()
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir() -> TempDir {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "scan-gateway-cli-security-{}-{}-{}",
-        std::process::id(),
-        now(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    TempDir(dir)
-}
-
-fn write(dir: &Path, name: &str, contents: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, contents).unwrap();
-    path.display().to_string()
-}
-
-// === certificates ===
-
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let cert = params.self_signed(&key).unwrap();
-    Ca {
-        pem: cert.pem(),
-        issuer: Issuer::new(params, key),
-    }
-}
-
-/// (certificate PEM, key PEM) for `names`, signed by `ca`.
-fn leaf(ca: &Ca, names: Vec<SanType>) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = names;
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-// === JWTs ===
-
-const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-const AUDIENCE: &str = "scan-gateway";
 /// The only caller the JWT gateway's policy lets scan.
 const SCANNER: &str = "system:serviceaccount:soc:scanner";
 
-struct Signer {
-    key: RsaKeyPair,
-}
-
-impl Signer {
-    fn new() -> Self {
-        Self {
-            key: RsaKeyPair::generate(KeySize::Rsa2048).unwrap(),
-        }
-    }
-
-    fn jwks(&self) -> String {
-        let public = PublicKeyComponents::<Vec<u8>>::from(self.key.public_key());
-        serde_json::json!({ "keys": [{
-            "kty": "RSA", "alg": "RS256", "use": "sig", "kid": "k1",
-            "n": URL_SAFE_NO_PAD.encode(&public.n),
-            "e": URL_SAFE_NO_PAD.encode(&public.e),
-        }]})
-        .to_string()
-    }
-
-    /// A Kubernetes-like service-account token for `sub`, valid from `nbf` to `exp` (Unix
-    /// seconds).
-    fn token(&self, sub: &str, nbf: i64, exp: i64) -> String {
-        let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": "k1"});
-        let claims = serde_json::json!({
-            "iss": ISSUER, "aud": [AUDIENCE], "sub": sub,
-            "iat": nbf, "nbf": nbf, "exp": exp,
-        });
-        let message = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let mut sig = vec![0; self.key.public_modulus_len()];
-        self.key
-            .sign(
-                &signature::RSA_PKCS1_SHA256,
-                &SystemRandom::new(),
-                message.as_bytes(),
-                &mut sig,
-            )
-            .unwrap();
-        format!("{message}.{}", URL_SAFE_NO_PAD.encode(sig))
-    }
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 // === a gateway and the binary ===
-
-/// A gateway built from `args` (which may turn TLS on, so no plaintext client is made).
-struct SecureGateway {
-    addr: SocketAddr,
-    sim: TestSimulator,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-impl Drop for SecureGateway {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.abort();
-    }
-}
-
-async fn spawn_secure(sim: TestSimulator, args: ConfigArgs) -> SecureGateway {
-    let settings = Settings::load(&args).expect("test settings are valid");
-    let gateway = Gateway::build(&settings, Clock::system())
-        .await
-        .expect("gateway starts");
-    let addr = gateway.local_addr();
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(gateway.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    SecureGateway {
-        addr,
-        sim,
-        stop: Some(stop),
-        task,
-    }
-}
 
 /// Runs `scan-gateway scan` for `machine` with `args` and `env` only (nothing inherited but
 /// PATH, so the runner's SCAN_GATEWAY_* cannot leak in), debug logging on.
@@ -261,21 +88,21 @@ async fn scan_over_mtls_succeeds_with_a_client_certificate_and_fails_clearly_wit
         &server_ca,
         vec![SanType::DnsName("gateway.test".try_into().unwrap())],
     );
-    args.security.tls_cert = Some(write(&dir, "tls.crt", &cert).into());
-    args.security.tls_key = Some(write(&dir, "tls.key", &key).into());
-    args.security.tls_client_ca = Some(write(&dir, "client-ca.crt", &client_ca.pem).into());
+    args.security.tls_cert = Some(write(&dir, "tls.crt", &cert));
+    args.security.tls_key = Some(write(&dir, "tls.key", &key));
+    args.security.tls_client_ca = Some(write(&dir, "client-ca.crt", &client_ca.pem));
     let gw = spawn_secure(sim, args).await;
     let machine = gw.sim.machine(0);
 
-    let ca_file = write(&dir, "ca.crt", &server_ca.pem);
-    let other_ca_file = write(&dir, "other-ca.crt", &other_ca.pem);
+    let ca_file = file(&dir, "ca.crt", &server_ca.pem);
+    let other_ca_file = file(&dir, "other-ca.crt", &other_ca.pem);
     let (cert, key) = leaf(
         &client_ca,
         vec![SanType::URI(
             "spiffe://test/ns/soc/sa/scanner".try_into().unwrap(),
         )],
     );
-    let (cert_file, key_file) = (write(&dir, "c.crt", &cert), write(&dir, "c.key", &key));
+    let (cert_file, key_file) = (file(&dir, "c.crt", &cert), file(&dir, "c.key", &key));
     let https = format!("https://{}", gw.addr);
     let gateway = ["--gateway", https.as_str()];
     let name = ["--tls-server-name", "gateway.test"];
@@ -400,27 +227,24 @@ async fn scan_over_mtls_succeeds_with_a_client_certificate_and_fails_clearly_wit
 #[tokio::test]
 async fn scan_with_a_token_file_succeeds_and_fails_clearly_without_a_valid_token() {
     let dir = temp_dir();
-    let signer = Signer::new();
+    let signer = Signer::new("k1");
     let sim = spawn_simulator(fast_simulator()).await;
     let mut args = settings_for(&sim);
-    args.security.jwks = Some(write(&dir, "jwks.json", &signer.jwks()));
+    args.security.jwks = Some(file(&dir, "jwks.json", &signer.jwks()));
     args.security.jwt_issuer = Some(ISSUER.into());
     args.security.jwt_audience = Some(AUDIENCE.into());
-    args.config = Some(
-        write(
-            &dir,
-            "gateway.toml",
-            &format!("[policy]\n\"{SCANNER}\" = \"scan\"\n"),
-        )
-        .into(),
-    );
+    args.config = Some(write(
+        &dir,
+        "gateway.toml",
+        &format!("[policy]\n\"{SCANNER}\" = \"scan\"\n"),
+    ));
     let gw = spawn_gateway_with(sim, args).await;
     let machine = gw.sim.machine(0);
     let gateway = format!("http://{}", gw.addr);
 
-    let good = signer.token(SCANNER, now(), now() + 600);
+    let good = signer.token(claims(SCANNER));
     // As a hand-written file may be: with a trailing newline.
-    let good_file = write(&dir, "token", &format!("{good}\n"));
+    let good_file = file(&dir, "token", &format!("{good}\n"));
     let ok = scan(
         &machine,
         &["--gateway", &gateway, "--token-file", &good_file],
@@ -442,8 +266,8 @@ async fn scan_with_a_token_file_succeeds_and_fails_clearly_without_a_valid_token
         &["Unauthenticated", "no credentials", "--token-file"],
     );
 
-    let expired = signer.token(SCANNER, now() - 7200, now() - 3600);
-    let expired_file = write(&dir, "expired", &expired);
+    let expired = signer.token(claims_between(SCANNER, now() - 7200, now() - 3600));
+    let expired_file = file(&dir, "expired", &expired);
     let refused = scan(
         &machine,
         &["--gateway", &gateway, "--token-file", &expired_file],
@@ -453,8 +277,8 @@ async fn scan_with_a_token_file_succeeds_and_fails_clearly_without_a_valid_token
     assert_refused(&refused, &["Unauthenticated", "expired"]);
 
     // A valid token of a caller the policy does not name.
-    let stranger = signer.token("system:serviceaccount:other:app", now(), now() + 600);
-    let stranger_file = write(&dir, "stranger", &stranger);
+    let stranger = signer.token(claims("system:serviceaccount:other:app"));
+    let stranger_file = file(&dir, "stranger", &stranger);
     let denied = scan(
         &machine,
         &["--gateway", &gateway, "--token-file", &stranger_file],
@@ -496,21 +320,21 @@ async fn scan_with_a_token_file_succeeds_and_fails_clearly_without_a_valid_token
 #[tokio::test]
 async fn scan_sends_its_token_over_tls() {
     let dir = temp_dir();
-    let (server_ca, signer) = (ca("server ca"), Signer::new());
+    let (server_ca, signer) = (ca("server ca"), Signer::new("k1"));
     let sim = spawn_simulator(fast_simulator()).await;
     let mut args = settings_for(&sim);
     // 127.0.0.1 in the certificate: no --tls-server-name needed.
     let (cert, key) = leaf(&server_ca, vec![SanType::IpAddress([127, 0, 0, 1].into())]);
-    args.security.tls_cert = Some(write(&dir, "tls.crt", &cert).into());
-    args.security.tls_key = Some(write(&dir, "tls.key", &key).into());
-    args.security.jwks = Some(write(&dir, "jwks.json", &signer.jwks()));
+    args.security.tls_cert = Some(write(&dir, "tls.crt", &cert));
+    args.security.tls_key = Some(write(&dir, "tls.key", &key));
+    args.security.jwks = Some(file(&dir, "jwks.json", &signer.jwks()));
     args.security.jwt_issuer = Some(ISSUER.into());
     args.security.jwt_audience = Some(AUDIENCE.into());
     let gw = spawn_secure(sim, args).await;
     let https = format!("https://{}", gw.addr);
-    let ca_file = write(&dir, "ca.crt", &server_ca.pem);
-    let token = signer.token(SCANNER, now(), now() + 600);
-    let token_file = write(&dir, "token", &token);
+    let ca_file = file(&dir, "ca.crt", &server_ca.pem);
+    let token = signer.token(claims(SCANNER));
+    let token_file = file(&dir, "token", &token);
 
     let ok = scan(
         &gw.sim.machine(0),

@@ -11,6 +11,7 @@ mod helpers;
 mod limits;
 mod malformed;
 mod observability;
+mod pki;
 mod process;
 mod scan_service;
 mod security;

@@ -1,122 +1,26 @@
 //! Inbound security (issue 7): TLS and mutual TLS with certificates made here, bearer JWTs
 //! against a JWKS file, and the policy's read-only role.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
-    },
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
-use aws_lc_rs::{
-    rand::SystemRandom,
-    rsa::{KeySize, PublicKeyComponents},
-    signature::{self, KeyPair as _, RsaKeyPair},
-};
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+use rcgen::SanType;
 use scan_gateway::{
-    clock::Clock,
-    config::{ConfigArgs, Settings},
+    config::ConfigArgs,
     grpc::pb::{self, scan_service_client::ScanServiceClient},
-    startup::Gateway,
 };
-use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{
     Code, Request,
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
 };
 use tonic_types::StatusExt;
 
-use crate::helpers::{
-    TestSimulator, collect, fast_simulator, settings_for, spawn_gateway_with, spawn_simulator,
-    start_request,
+use crate::{
+    helpers::{
+        TestSimulator, collect, fast_simulator, settings_for, spawn_gateway_with, spawn_simulator,
+        start_request,
+    },
+    pki::*,
 };
-
-// === files ===
-
-/// A fresh directory under the system temp dir for one test's certificates and keys,
-/// removed when dropped.
-struct TempDir(PathBuf);
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir() -> TempDir {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "scan-gateway-security-{}-{nanos}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    TempDir(dir)
-}
-
-fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, contents).unwrap();
-    path
-}
-
-// === certificates ===
-
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let cert = params.self_signed(&key).unwrap();
-    Ca {
-        pem: cert.pem(),
-        issuer: Issuer::new(params, key),
-    }
-}
-
-/// (certificate PEM, key PEM) for `names`, signed by `ca`.
-fn leaf(ca: &Ca, names: Vec<SanType>) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = names;
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-fn localhost() -> Vec<SanType> {
-    vec![
-        SanType::DnsName("localhost".try_into().unwrap()),
-        SanType::IpAddress([127, 0, 0, 1].into()),
-    ]
-}
-
-fn uri(u: &str) -> Vec<SanType> {
-    vec![SanType::URI(u.try_into().unwrap())]
-}
 
 /// Server TLS settings: a server certificate from `server_ca`, and mutual TLS when
 /// `client_ca` is given.
@@ -125,42 +29,6 @@ fn tls_args(args: &mut ConfigArgs, dir: &Path, server_ca: &Ca, client_ca: Option
     args.security.tls_cert = Some(write(dir, "tls.crt", &cert));
     args.security.tls_key = Some(write(dir, "tls.key", &key));
     args.security.tls_client_ca = client_ca.map(|ca| write(dir, "client-ca.crt", &ca.pem));
-}
-
-// === a gateway on TLS ===
-
-struct SecureGateway {
-    addr: SocketAddr,
-    sim: Arc<TestSimulator>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-impl Drop for SecureGateway {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.abort();
-    }
-}
-
-async fn spawn_secure(sim: TestSimulator, args: ConfigArgs) -> SecureGateway {
-    let settings = Settings::load(&args).expect("test settings are valid");
-    let gateway = Gateway::build(&settings, Clock::system())
-        .await
-        .expect("gateway starts");
-    let addr = gateway.local_addr();
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(gateway.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    SecureGateway {
-        addr,
-        sim: Arc::new(sim),
-        stop: Some(stop),
-        task,
-    }
 }
 
 /// A TLS client trusting `server_ca`, presenting `identity` when given.
@@ -367,68 +235,6 @@ async fn client_ca_is_reloaded_when_its_file_changes() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(!can_call(tls_client(gw.addr, &server_ca, client(&old_clients)).await).await);
-}
-
-// === JWT ===
-
-const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-const AUDIENCE: &str = "scan-gateway";
-
-struct Signer {
-    key: RsaKeyPair,
-    kid: String,
-}
-
-impl Signer {
-    fn new(kid: &str) -> Self {
-        Self {
-            key: RsaKeyPair::generate(KeySize::Rsa2048).unwrap(),
-            kid: kid.to_owned(),
-        }
-    }
-
-    fn jwk(&self) -> serde_json::Value {
-        let public = PublicKeyComponents::<Vec<u8>>::from(self.key.public_key());
-        serde_json::json!({
-            "kty": "RSA", "alg": "RS256", "use": "sig", "kid": self.kid,
-            "n": URL_SAFE_NO_PAD.encode(&public.n),
-            "e": URL_SAFE_NO_PAD.encode(&public.e),
-        })
-    }
-
-    fn token(&self, claims: serde_json::Value) -> String {
-        let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": self.kid});
-        let message = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let mut sig = vec![0; self.key.public_modulus_len()];
-        self.key
-            .sign(
-                &signature::RSA_PKCS1_SHA256,
-                &SystemRandom::new(),
-                message.as_bytes(),
-                &mut sig,
-            )
-            .unwrap();
-        format!("{message}.{}", URL_SAFE_NO_PAD.encode(sig))
-    }
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// Claims of a Kubernetes projected service-account token.
-fn claims(sub: &str) -> serde_json::Value {
-    serde_json::json!({
-        "iss": ISSUER, "aud": [AUDIENCE], "sub": sub,
-        "iat": now(), "nbf": now(), "exp": now() + 600,
-    })
 }
 
 /// JWT settings with a JWKS file holding `signer`'s key, and `policy` (TOML lines) if any.
