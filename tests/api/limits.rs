@@ -25,6 +25,18 @@ fn refused(metrics: &str, reason: &str) -> u64 {
         .map_or(0, |v| v.trim().parse().expect("a counter value"))
 }
 
+/// A quick scan started on the first machine: its action.
+async fn started_scan(app: &mut TestGateway) -> pb::MachineAction {
+    let machine = app.sim.machine(0);
+    app.client
+        .start_scan(start_request(&machine))
+        .await
+        .expect("the scan starts")
+        .into_inner()
+        .action
+        .expect("with its action")
+}
+
 fn get(action_id: &str) -> pb::GetScanRequest {
     pb::GetScanRequest {
         action_id: action_id.into(),
@@ -84,15 +96,7 @@ async fn a_caller_over_its_rate_is_told_when_to_retry() {
 #[tokio::test]
 async fn a_caller_may_hold_only_so_many_streams() {
     let mut app = gateway_with(|a| a.max_streams_per_caller = Some(2)).await;
-    let machine = app.sim.machine(0);
-    let action = app
-        .client
-        .start_scan(start_request(&machine))
-        .await
-        .unwrap()
-        .into_inner()
-        .action
-        .unwrap();
+    let action = started_scan(&mut app).await;
     let watch = || pb::WatchScanRequest {
         action_id: action.id.clone(),
     };
@@ -118,15 +122,7 @@ async fn a_caller_may_hold_only_so_many_streams() {
 #[tokio::test]
 async fn a_connection_past_its_stream_limit_waits_for_a_free_stream() {
     let mut app = gateway_with(|a| a.max_streams_per_connection = Some(2)).await;
-    let machine = app.sim.machine(0);
-    let action = app
-        .client
-        .start_scan(start_request(&machine))
-        .await
-        .unwrap()
-        .into_inner()
-        .action
-        .unwrap();
+    let action = started_scan(&mut app).await;
     let watch = || pb::WatchScanRequest {
         action_id: action.id.clone(),
     };
