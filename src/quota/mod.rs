@@ -12,7 +12,8 @@
 //! - A 429 from upstream pauses the API until its `Retry-After`.
 //! - With Redis ([`shared`]), all replicas share one quota; each admission is decided by one
 //!   atomic script on Redis's clock. When Redis is unreachable each replica falls back to its
-//!   share of the quota and returns to shared mode when Redis is back.
+//!   share of the quota (after a short quarantine, so replicas that still reach Redis stop
+//!   counting on that share first) and returns to shared mode when Redis is back.
 
 mod lanes;
 mod local;

@@ -1,6 +1,7 @@
-//! The quota shared through a real `redis-server` (started here on a free loopback port):
-//! two gateways together never exceed the simulator's quota, including while Redis is down
-//! and after it restarts empty. Outside CI the tests skip, saying why, when `redis-server` is
+//! The quota shared through a real `redis-server` (started here on a free loopback port): two
+//! gateways together never exceed the simulator's quota, including while Redis is down and after it
+//! restarts empty, and two replicas never exceed it while only one of them is cut off from Redis
+//! (through a proxy the test cuts). Outside CI the tests skip, saying why, when `redis-server` is
 //! missing; in CI (`CI` set) they fail instead.
 //!
 //! A test binary of its own: cargo runs test binaries one after another, so these timing-
@@ -13,19 +14,19 @@ mod helpers;
 
 use std::{
     io::{Read, Write},
-    net::TcpStream,
+    net::{SocketAddr, TcpStream},
     process::{Child, Command, Stdio},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use scan_gateway::{
     grpc::pb,
     metrics::Metrics,
-    quota::{Admission, Limit, Limits, LocalStore, SharedConfig, SharedStore},
+    quota::{Admission, Limit, Limits, LocalStore, SharedConfig, SharedStore, shared},
     upstream::Api,
 };
-use tokio::time::Instant;
+use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -266,7 +267,6 @@ async fn two_gateways_sharing_redis_never_exceed_the_quota_even_through_a_redis_
         "{shared_ok} calls admitted in 2.5 s of shared mode"
     );
 
-    tracing::info!("DBG PHASE B");
     // Redis goes away: each falls back to its share, and the quota still holds.
     let mut redis = tokio::task::spawn_blocking(move || {
         let mut redis = redis;
@@ -275,12 +275,14 @@ async fn two_gateways_sharing_redis_never_exceed_the_quota_even_through_a_redis_
     })
     .await
     .unwrap();
-    let until = Instant::now() + Duration::from_millis(4000);
+    // Neither can tell a Redis outage from its own partition: each waits out its quarantine
+    // (about 2.5 s) and, in the worst case, one window (5 s) in which the other may have
+    // used its share before it spends what is left of its share.
+    let until = Instant::now() + Duration::from_millis(9000);
     let (fa, fb) = tokio::join!(drive(&a, 3, until), drive(&b, 3, until));
     assert_eq!(fallback_gauge(&a.metrics().await), Some("1"));
     assert_eq!(fallback_gauge(&b.metrics().await), Some("1"));
 
-    tracing::info!("DBG PHASE C");
     // Redis returns, empty: the gateways write back what they did and share again.
     let _redis = tokio::task::spawn_blocking(move || {
         redis.restart();
@@ -360,4 +362,247 @@ async fn the_same_request_id_on_two_gateways_sharing_redis_starts_one_scan() {
     other.machine_id = sim.machine(1);
     let status = b.client.clone().start_scan(other).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+}
+
+/// A loopback TCP proxy to Redis that the test can cut: while cut it forwards nothing and
+/// holds every connection open, as a network partition does (calls time out, they are not
+/// refused).
+struct Proxy {
+    addr: SocketAddr,
+    cut: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, watching) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(Self::serve(client, upstream, watching.clone()));
+            }
+        });
+        Self { addr, cut, task }
+    }
+
+    async fn serve(
+        mut client: tokio::net::TcpStream,
+        upstream: SocketAddr,
+        mut cut: watch::Receiver<bool>,
+    ) {
+        if !*cut.borrow() {
+            let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => return,
+                _ = cut.wait_for(|cut| *cut) => {}
+            }
+        }
+        // Cut: hold the client's connection, silent, until the cut ends; then close it.
+        let _ = cut.wait_for(|cut| !*cut).await;
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}/0", self.addr)
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Asks `store` for quota back to back until `until`, noting when each call was admitted;
+/// returns how many were.
+async fn keep_asking(
+    store: Arc<SharedStore>,
+    until: Instant,
+    log: Arc<Mutex<Vec<Instant>>>,
+) -> usize {
+    let mut admitted = 0;
+    while Instant::now() < until {
+        let asked = Instant::now();
+        match store.try_admit(Api::GetAction, asked).await {
+            // The decision was made between asking and the answer: note the middle.
+            Admission::Admitted => {
+                let answered = Instant::now();
+                log.lock().unwrap().push(asked + (answered - asked) / 2);
+                admitted += 1;
+            }
+            Admission::NotBefore(at) => {
+                let next = at.clamp(
+                    asked + Duration::from_millis(1),
+                    asked + Duration::from_millis(50),
+                );
+                tokio::time::sleep_until(next.min(until)).await;
+            }
+        }
+    }
+    admitted
+}
+
+/// The most admissions in any window of `window` (less `slack` for the uncertainty of when
+/// each was decided).
+fn busiest_window(admissions: &[Instant], window: Duration, slack: Duration) -> usize {
+    let mut sorted = admissions.to_vec();
+    sorted.sort();
+    (0..sorted.len())
+        .map(|i| {
+            sorted[i..]
+                .iter()
+                .take_while(|&&t| t < sorted[i] + window - slack)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_redis_never_spends_its_share_while_the_other_may_use_it() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], redis.port))).await;
+    let quota = limits(&[(10, 1000)]);
+    let store = |url: String| {
+        Arc::new(
+            SharedStore::new(
+                SharedConfig {
+                    url: secret(&url),
+                    replicas: 2,
+                    prefix: "test-partition".into(),
+                    timeout: Duration::from_millis(200),
+                },
+                Limits::uniform(quota.clone()),
+                Metrics::new(),
+            )
+            .unwrap(),
+        )
+    };
+    // A reaches Redis directly, B through the proxy.
+    let a = store(redis.url());
+    let b = store(proxy.url());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let phase = |millis: u64| {
+        let until = Instant::now() + Duration::from_millis(millis);
+        let (a, b, log) = (a.clone(), b.clone(), log.clone());
+        async move {
+            tokio::join!(
+                keep_asking(a, until, log.clone()),
+                keep_asking(b, until, log.clone())
+            )
+        }
+    };
+
+    let (shared_a, shared_b) = phase(2000).await;
+    assert!(!a.in_fallback() && !b.in_fallback());
+
+    // B loses Redis, A keeps it. B waits out its quarantine (about 2.5 s) and whatever A may
+    // have spent of B's share meanwhile (one window), then spends what is left of its share.
+    proxy.set_cut(true);
+    let (cut_a, cut_b) = phase(5000).await;
+    assert!(b.in_fallback(), "B noticed it lost Redis");
+    assert!(!a.in_fallback(), "A kept Redis");
+
+    // B reaches Redis again: it writes its calls back and both share again.
+    proxy.set_cut(false);
+    let (healed_a, healed_b) = phase(2500).await;
+    assert!(!a.in_fallback() && !b.in_fallback(), "both share again");
+
+    let admissions = log.lock().unwrap().clone();
+    let busiest = busiest_window(
+        &admissions,
+        Duration::from_secs(1),
+        Duration::from_millis(50),
+    );
+    eprintln!(
+        "admitted by A, B: shared {shared_a}, {shared_b}; cut {cut_a}, {cut_b}; \
+         healed {healed_a}, {healed_b}; busiest window {busiest}"
+    );
+    assert!(
+        busiest <= 10,
+        "{busiest} admissions within one window of 10 calls"
+    );
+    assert!(
+        shared_a + shared_b >= 15,
+        "too few admissions in shared mode"
+    );
+    assert!(cut_a >= 10, "A kept admitting while B was cut off");
+    assert!(
+        cut_b > 0,
+        "B spent what was left of its share once the window slid"
+    );
+    assert!(healed_a > 0 && healed_b > 0, "both admit after the cut");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_replica_stays_present_and_a_stopped_one_has_its_share_held_back() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = || {
+        Arc::new(
+            SharedStore::new(
+                SharedConfig {
+                    url: secret(&redis.url()),
+                    replicas: 2,
+                    prefix: "test-liveness".into(),
+                    timeout: Duration::from_millis(200),
+                },
+                Limits::uniform(limits(&[(10, 1000)])),
+                Metrics::new(),
+            )
+            .unwrap(),
+        )
+    };
+    let (a, b) = (store(), store());
+    // B joins the epoch with one call, then stays idle.
+    assert_eq!(
+        b.try_admit(Api::GetAction, Instant::now()).await,
+        Admission::Admitted
+    );
+    // Longer than the alive key lives: only B's heartbeat keeps it present, so A may use the
+    // whole quota (holding back B's share would leave A 5 per window).
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let until = Instant::now() + shared::ALIVE_TTL + Duration::from_millis(1500);
+    keep_asking(a.clone(), until, log.clone()).await;
+    let recent: Vec<Instant> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .copied()
+        .filter(|&t| t + Duration::from_millis(1200) > until)
+        .collect();
+    let busiest = busiest_window(&recent, Duration::from_secs(1), Duration::from_millis(50));
+    eprintln!("busiest window of A beside an idle B: {busiest}");
+    assert!(
+        busiest > 5,
+        "A used more than its share beside an idle but present B: {busiest}"
+    );
+
+    // B stops (its heartbeat with it) without a word: once its alive key has expired, A
+    // holds back B's share, for B may be deciding on its own.
+    drop(b);
+    tokio::time::sleep(shared::ALIVE_TTL + Duration::from_millis(200)).await;
+    log.lock().unwrap().clear();
+    let until = Instant::now() + Duration::from_millis(2200);
+    keep_asking(a.clone(), until, log.clone()).await;
+    let admissions = log.lock().unwrap().clone();
+    let busiest = busiest_window(
+        &admissions,
+        Duration::from_secs(1),
+        Duration::from_millis(50),
+    );
+    eprintln!("busiest window of A beside a stopped B: {busiest}");
+    assert!(
+        (1..=5).contains(&busiest),
+        "A kept to its share once B was gone: {busiest}"
+    );
 }
