@@ -63,6 +63,8 @@ pub struct Gateway {
     auth: Authenticator,
     limits: crate::config::InboundLimits,
     clock: Clock,
+    /// Left (in shared mode) once the last call has finished.
+    quota: Arc<Quota>,
 }
 
 impl Gateway {
@@ -120,7 +122,7 @@ impl Gateway {
         let stack = upstream::stack(
             HttpService::new(http, settings.upstream_timeout),
             tokens,
-            quota,
+            quota.clone(),
             metrics.clone(),
         );
         let client = DefenderClient::new(settings.api_base_url.clone(), stack);
@@ -180,6 +182,7 @@ impl Gateway {
             auth,
             limits: settings.limits.clone(),
             clock,
+            quota,
         })
     }
 
@@ -228,6 +231,7 @@ impl Gateway {
         ));
 
         let stopping = self.stopping;
+        let quota = self.quota;
         let (draining_tx, draining) = tokio::sync::oneshot::channel::<()>();
         let drain = async move {
             shutdown.await;
@@ -285,6 +289,8 @@ impl Gateway {
                 Ok(())
             }
         };
+        // Every call has finished: hand this replica's share of a shared quota back.
+        quota.leave().await;
         admin_task.await.map_err(std::io::Error::other)??;
         result
     }

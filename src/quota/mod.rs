@@ -318,6 +318,14 @@ impl Quota {
         }
     }
 
+    /// The gateway stops cleanly: a shared store leaves, so the other replicas get this
+    /// one's share back at once.
+    pub async fn leave(&self) {
+        if let Store::Shared(store) = &self.store {
+            store.leave().await;
+        }
+    }
+
     /// Upstream said 429: admit nothing on `api` before `until`.
     pub async fn pause(&self, api: Api, until: Instant) {
         self.store.pause(api, until).await;

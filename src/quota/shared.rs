@@ -202,6 +202,17 @@ redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
 return e
 "#;
 
+/// Leaves the shared quota on a clean shutdown: drops the alive key and the epoch
+/// membership, so the others stop holding this replica's share back at once.
+/// KEYS: alive key, epoch key. ARGV: joined epoch (or ""), replica id.
+const LEAVE: &str = r#"
+redis.call('DEL', KEYS[1])
+if ARGV[1] ~= '' then
+  redis.call('SREM', KEYS[2] .. ':' .. ARGV[1], ARGV[2])
+end
+return 1
+"#;
+
 /// Keeps this replica present: sets its alive key and, when Redis still has the epoch it
 /// joined, keeps it a member (an idle replica must not look gone).
 /// KEYS: alive key, epoch key. ARGV: alive TTL ms, known epoch (or ""), replica id, member-set
@@ -316,6 +327,7 @@ pub struct SharedStore {
     record: Script,
     epoch_script: Script,
     pause: Script,
+    leave: Script,
     metrics: Metrics,
 }
 
@@ -391,6 +403,7 @@ impl SharedStore {
             record: Script::new(RECORD),
             epoch_script: Script::new(EPOCH),
             pause: Script::new(PAUSE),
+            leave: Script::new(LEAVE),
             metrics,
         })
     }
@@ -517,6 +530,37 @@ impl SharedStore {
         match &*lock(&self.live.mode) {
             Mode::Fallback { quiet_until, .. } => at.max(*quiet_until),
             _ => at,
+        }
+    }
+
+    /// Leaves the shared quota when the gateway stops cleanly (after its last call): without
+    /// it the others would take this replica for cut off and hold its share back until the
+    /// next epoch, which a scaled-down replica never brings. Best effort: if Redis does not
+    /// answer, the others hold the share back as for any silent replica.
+    pub async fn leave(&self) {
+        if let Some(heartbeat) = &self.heartbeat {
+            heartbeat.abort();
+        }
+        let epoch = lock(&self.live.epoch).clone().unwrap_or_default();
+        let Ok(mut connection) = self.redis.connect().await else {
+            return;
+        };
+        let mut invocation = self
+            .leave
+            .key(alive_key(&self.config.prefix, &self.replica_id));
+        invocation
+            .key(self.epoch_key())
+            .arg(epoch)
+            .arg(&self.replica_id);
+        match self
+            .redis
+            .bounded(invocation.invoke_async::<i64>(&mut connection))
+            .await
+        {
+            Ok(_) => tracing::info!("left the shared quota"),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not leave the shared quota; the other replicas hold this one's share back until the next epoch")
+            }
         }
     }
 

@@ -606,3 +606,52 @@ async fn an_idle_replica_stays_present_and_a_stopped_one_has_its_share_held_back
         "A kept to its share once B was gone: {busiest}"
     );
 }
+
+#[tokio::test]
+async fn a_replica_that_leaves_cleanly_hands_its_share_back_for_good() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = || {
+        Arc::new(
+            SharedStore::new(
+                SharedConfig {
+                    url: secret(&redis.url()),
+                    replicas: 2,
+                    prefix: "test-leave".into(),
+                    timeout: Duration::from_millis(200),
+                },
+                Limits::uniform(limits(&[(10, 1000)])),
+                Metrics::new(),
+            )
+            .unwrap(),
+        )
+    };
+    let (a, b) = (store(), store());
+    for replica in [&a, &b] {
+        assert_eq!(
+            replica.try_admit(Api::GetAction, Instant::now()).await,
+            Admission::Admitted
+        );
+    }
+    // Past the epoch's first window, when replicas that never joined are no longer awaited.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // B stops cleanly (as at the end of a SIGTERM drain). Without leaving, A would hold B's
+    // share back once B's alive key lapsed (see the test above); having left, B is not
+    // counted any more.
+    b.leave().await;
+    drop(b);
+    tokio::time::sleep(shared::ALIVE_TTL + Duration::from_millis(200)).await;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let until = Instant::now() + Duration::from_millis(1200);
+    keep_asking(a.clone(), until, log.clone()).await;
+    let admissions = log.lock().unwrap().clone();
+    let busiest = busiest_window(
+        &admissions,
+        Duration::from_secs(1),
+        Duration::from_millis(50),
+    );
+    eprintln!("busiest window of A after B left: {busiest}");
+    assert!(busiest > 5, "A still held B's share back: {busiest}");
+    assert!(busiest <= 10, "the quota held: {busiest}");
+}
