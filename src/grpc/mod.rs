@@ -31,6 +31,21 @@ pub mod pb {
 /// caller's local timer fires.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
 
+/// The remote address of the connection a request came on (plain or TLS).
+pub fn peer_of<B>(request: &http::Request<B>) -> Option<std::net::SocketAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    request
+        .extensions()
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            request
+                .extensions()
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|tls| tls.get_ref().remote_addr())
+        })
+}
+
 /// The caller's deadline, from the `grpc-timeout` header (`<digits><unit>`, unit one of
 /// `H M S m u n`), less a margin of a tenth of it (at most [`DEADLINE_MARGIN`]). An unreadable
 /// header means no deadline rather than a refused call.

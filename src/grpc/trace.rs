@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use opentelemetry::Context as OtelContext;
 use pin_project_lite::pin_project;
-use tonic::{Code, Status, body::Body, transport::server::TcpConnectInfo};
+use tonic::{Code, Status, body::Body};
 use tower::{Layer, Service};
 use tracing::{Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -95,16 +95,7 @@ fn server_span<B>(request: &http::Request<B>) -> Option<Span> {
     if service.starts_with("grpc.health.") || service.starts_with("grpc.reflection.") {
         return None;
     }
-    let peer = request
-        .extensions()
-        .get::<TcpConnectInfo>()
-        .and_then(TcpConnectInfo::remote_addr)
-        .or_else(|| {
-            request
-                .extensions()
-                .get::<tonic::transport::server::TlsConnectInfo<TcpConnectInfo>>()
-                .and_then(|tls| tls.get_ref().remote_addr())
-        });
+    let peer = super::peer_of(request);
     Some(tracing::info_span!(
         "grpc request",
         otel.name = path,

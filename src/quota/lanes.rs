@@ -48,10 +48,11 @@ impl Lane {
     }
 
     fn idle(&self, now: Instant) -> bool {
+        // A share with every call of every window left remembers nothing that matters.
         self.waiting.load(Ordering::SeqCst) == 0
             && self.share.as_ref().is_none_or(|w| {
                 let window = lock(w);
-                window.next_free(now) <= now && window.remaining(now) == full(window.limits())
+                window.remaining(now) == full(window.limits())
             })
     }
 }

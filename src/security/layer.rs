@@ -170,7 +170,7 @@ where
                     _ => ("unauthenticated", "UNAUTHENTICATED", "unauthenticated"),
                 };
                 self.metrics.record_refused(reason);
-                let peer = super::limits::peer(&request);
+                let peer = crate::grpc::peer_of(&request);
                 tracing::info!(
                     target: AUDIT_TARGET,
                     rpc = method,

@@ -12,7 +12,6 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, ready},
@@ -24,11 +23,7 @@ use futures_util::future::{Either, Ready, ready as ready_ok};
 use http_body::{Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
-use tonic::{
-    Status,
-    body::Body,
-    transport::server::{TcpConnectInfo, TlsConnectInfo},
-};
+use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
 use super::{Caller, layer::CallerShare};
@@ -219,24 +214,10 @@ fn identity<B>(request: &http::Request<B>) -> Arc<str> {
     if let Some(Caller(caller)) = request.extensions().get::<Caller>() {
         return Arc::from(caller.as_str());
     }
-    peer(request).map_or_else(
+    crate::grpc::peer_of(request).map_or_else(
         || Arc::from("unknown"),
         |addr| Arc::from(format!("ip:{}", addr.ip())),
     )
-}
-
-/// The remote address of the connection a request came on (plain or TLS).
-pub fn peer<B>(request: &http::Request<B>) -> Option<SocketAddr> {
-    request
-        .extensions()
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
-        .and_then(|t| t.get_ref().remote_addr())
-        .or_else(|| {
-            request
-                .extensions()
-                .get::<TcpConnectInfo>()
-                .and_then(TcpConnectInfo::remote_addr)
-        })
 }
 
 /// Wraps the gRPC server's routes in [`Limits`].
