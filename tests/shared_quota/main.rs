@@ -123,6 +123,23 @@ fn limits(pairs: &[(u32, u64)]) -> Vec<Limit> {
         .collect()
 }
 
+/// One of two replicas sharing 10 calls a second through the Redis at `url`.
+fn one_of_two(url: &str, prefix: &str) -> Arc<SharedStore> {
+    Arc::new(
+        SharedStore::new(
+            SharedConfig {
+                url: secret(url),
+                replicas: 2,
+                prefix: prefix.into(),
+                timeout: Duration::from_millis(200),
+            },
+            Limits::uniform(limits(&[(10, 1000)])),
+            Metrics::new(),
+        )
+        .unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn the_shared_store_decides_like_the_in_process_one_for_the_same_arrivals() {
     let Some(redis) = RedisServer::start() else {
@@ -470,22 +487,7 @@ async fn a_replica_cut_off_from_redis_never_spends_its_share_while_the_other_may
         return;
     };
     let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], redis.port))).await;
-    let quota = limits(&[(10, 1000)]);
-    let store = |url: String| {
-        Arc::new(
-            SharedStore::new(
-                SharedConfig {
-                    url: secret(&url),
-                    replicas: 2,
-                    prefix: "test-partition".into(),
-                    timeout: Duration::from_millis(200),
-                },
-                Limits::uniform(quota.clone()),
-                Metrics::new(),
-            )
-            .unwrap(),
-        )
-    };
+    let store = |url: String| one_of_two(&url, "test-partition");
     // A reaches Redis directly, B through the proxy.
     let a = store(redis.url());
     let b = store(proxy.url());
@@ -547,21 +549,7 @@ async fn an_idle_replica_stays_present_and_a_stopped_one_has_its_share_held_back
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let store = || {
-        Arc::new(
-            SharedStore::new(
-                SharedConfig {
-                    url: secret(&redis.url()),
-                    replicas: 2,
-                    prefix: "test-liveness".into(),
-                    timeout: Duration::from_millis(200),
-                },
-                Limits::uniform(limits(&[(10, 1000)])),
-                Metrics::new(),
-            )
-            .unwrap(),
-        )
-    };
+    let store = || one_of_two(&redis.url(), "test-liveness");
     let (a, b) = (store(), store());
     // B joins the epoch with one call, then stays idle.
     assert_eq!(
@@ -612,21 +600,7 @@ async fn a_replica_that_leaves_cleanly_hands_its_share_back_for_good() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let store = || {
-        Arc::new(
-            SharedStore::new(
-                SharedConfig {
-                    url: secret(&redis.url()),
-                    replicas: 2,
-                    prefix: "test-leave".into(),
-                    timeout: Duration::from_millis(200),
-                },
-                Limits::uniform(limits(&[(10, 1000)])),
-                Metrics::new(),
-            )
-            .unwrap(),
-        )
-    };
+    let store = || one_of_two(&redis.url(), "test-leave");
     let (a, b) = (store(), store());
     for replica in [&a, &b] {
         assert_eq!(
