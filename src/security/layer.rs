@@ -38,8 +38,13 @@ impl Authenticator {
         self.mtls || self.jwt.is_some()
     }
 
-    /// The caller of a `ScanService` call, if it may make it.
-    pub fn check<B>(&self, method: &str, request: &http::Request<B>) -> Result<Caller, Error> {
+    /// The caller of a `ScanService` call, if it may make it, and its quota share (from the
+    /// same policy rule).
+    pub fn check<B>(
+        &self,
+        method: &str,
+        request: &http::Request<B>,
+    ) -> Result<(Caller, Option<CallerShare>), Error> {
         let certificate = self
             .mtls
             .then(|| {
@@ -74,18 +79,18 @@ impl Authenticator {
                 ));
             }
         };
+        let mut share = None;
         if let Some(policy) = &self.policy {
-            let allowed = policy
-                .role_of(&caller)
-                .is_some_and(|role| role.allows(policy::need_of(method)));
-            if !allowed {
+            let rule = policy.rule_of(&caller);
+            if !rule.is_some_and(|rule| rule.role.allows(policy::need_of(method))) {
                 return Err(Error::PermissionDenied {
                     caller,
                     rpc: method.to_owned(),
                 });
             }
+            share = rule.and_then(|rule| rule.quota_share).map(CallerShare);
         }
-        Ok(Caller(caller))
+        Ok((Caller(caller), share))
     }
 }
 
@@ -149,15 +154,9 @@ where
             return Either::Right(self.inner.call(request));
         }
         match self.auth.check(method, &request) {
-            Ok(caller) => {
-                if let Some(share) = self
-                    .auth
-                    .policy
-                    .as_ref()
-                    .and_then(|p| p.rule_of(&caller.0))
-                    .and_then(|rule| rule.quota_share)
-                {
-                    request.extensions_mut().insert(CallerShare(share));
+            Ok((caller, share)) => {
+                if let Some(share) = share {
+                    request.extensions_mut().insert(share);
                 }
                 request.extensions_mut().insert(caller);
                 Either::Right(self.inner.call(request))

@@ -130,11 +130,6 @@ impl Policy {
         })
     }
 
-    /// The caller's role, if the policy names it.
-    pub fn role_of(&self, caller: &str) -> Option<Role> {
-        self.rule_of(caller).map(|rule| rule.role)
-    }
-
     /// The first quota share outside (0, 1], as `(pattern, share)`.
     pub fn invalid_share(&self) -> Option<(&str, f64)> {
         self.exact
@@ -152,6 +147,12 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Policy {
+        fn role_of(&self, caller: &str) -> Option<Role> {
+            self.rule_of(caller).map(|rule| rule.role)
+        }
+    }
 
     fn policy() -> Policy {
         Policy::new(BTreeMap::from([
