@@ -24,6 +24,15 @@ fn slow_scans() -> SimulatorConfig {
     }
 }
 
+/// Every request's connection reset at `at`.
+fn resets(at: ResetPoint) -> EndpointFaults {
+    EndpointFaults {
+        reset_rate: 1.0,
+        reset_at: at,
+        ..EndpointFaults::default()
+    }
+}
+
 async fn spawn_faulty(faults: Faults) -> TestGateway {
     let app = spawn_gateway(spawn_simulator(slow_scans()).await).await;
     app.sim.handle.set_faults(faults);
@@ -243,11 +252,7 @@ async fn a_429_storm_is_unavailable_with_retry_info_then_retried_after_retry_aft
 #[tokio::test]
 async fn a_connection_reset_before_the_scan_took_effect_is_unavailable_and_starts_nothing() {
     let app = spawn_faulty(Faults {
-        run_scan: EndpointFaults {
-            reset_rate: 1.0,
-            reset_at: ResetPoint::Before,
-            ..EndpointFaults::default()
-        },
+        run_scan: resets(ResetPoint::Before),
         ..Faults::default()
     })
     .await;
@@ -275,11 +280,7 @@ async fn a_connection_reset_before_the_scan_took_effect_is_unavailable_and_start
 async fn a_connection_reset_after_the_scan_took_effect_finds_the_scan_instead_of_starting_another()
 {
     let app = spawn_faulty(Faults {
-        run_scan: EndpointFaults {
-            reset_rate: 1.0,
-            reset_at: ResetPoint::After,
-            ..EndpointFaults::default()
-        },
+        run_scan: resets(ResetPoint::After),
         ..Faults::default()
     })
     .await;
@@ -462,11 +463,7 @@ async fn a_cancel_whose_answer_is_lost_is_read_back_and_a_retry_is_idempotent() 
         .unwrap();
     // The cancel takes effect, but the connection breaks before its answer.
     app.sim.handle.set_faults(Faults {
-        cancel: EndpointFaults {
-            reset_rate: 1.0,
-            reset_at: ResetPoint::After,
-            ..EndpointFaults::default()
-        },
+        cancel: resets(ResetPoint::After),
         ..Faults::default()
     });
     let cancelled = cancel(&app, &id).await.expect("the cancel is found done");
@@ -486,11 +483,7 @@ async fn a_cancel_whose_answer_is_lost_is_read_back_and_a_retry_is_idempotent() 
     assert_eq!(again.status, pb::ActionStatus::Cancelled as i32);
     // A cancel that really did not happen still fails.
     app.sim.handle.set_faults(Faults {
-        cancel: EndpointFaults {
-            reset_rate: 1.0,
-            reset_at: ResetPoint::Before,
-            ..EndpointFaults::default()
-        },
+        cancel: resets(ResetPoint::Before),
         ..Faults::default()
     });
     let other = start(
