@@ -20,14 +20,14 @@ use axum::Router;
 use bytes::Bytes;
 use scan_gateway::{
     clock::Clock,
-    layers::quota::QuotaLayer,
     metrics::Metrics,
+    outbound::{Admit, Retry},
     quota::{Limit, Limits, Quota, QuotaConfig},
     simulator::{self, SimState, SimulatorConfig},
     upstream::{ActionQuery, CallContext, DefenderClient, Error, Request, Response},
 };
 use tokio::time::Instant;
-use tower::{Layer, ServiceExt, service_fn, util::BoxCloneSyncService};
+use tower::{ServiceExt, service_fn, util::BoxCloneSyncService};
 
 const CALLERS: usize = 50;
 const HOUR: Duration = Duration::from_secs(3600);
@@ -152,9 +152,19 @@ async fn run(reactive: bool) -> Outcome {
             max_queue: 10_000,
         };
         let quota = Arc::new(Quota::local(&config, Clock::system(), Metrics::new()));
-        BoxCloneSyncService::new(QuotaLayer::new(quota).layer(inner))
+        // The stack's retry policy over its quota, as in production.
+        BoxCloneSyncService::new(
+            tower::ServiceBuilder::new()
+                .layer(Retry::layer(quota.clone()))
+                .layer(Admit::layer(quota))
+                .service(inner),
+        )
     };
-    let admitted = saturate(DefenderClient::new(base, service), reactive).await;
+    let admitted = saturate(
+        DefenderClient::new(base, service, Clock::system()),
+        reactive,
+    )
+    .await;
     let stats = stats_router
         .oneshot(
             http::Request::get("/simulator/stats")

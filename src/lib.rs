@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod call;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -14,8 +15,8 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod idempotency;
-pub mod layers;
 pub mod metrics;
+pub mod outbound;
 pub mod quota;
 pub mod redis_link;
 pub mod scans;

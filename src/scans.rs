@@ -286,28 +286,17 @@ impl Scans {
         Ok(keyed)
     }
 
-    /// Starts the scan upstream. The POST is retried only when it certainly never reached
-    /// Defender (the connection failed); when its outcome is unknown (a timeout, a 5xx, a lost
-    /// or garbled answer) the machine's scans are looked up first, so a fault never starts a
-    /// second scan.
+    /// Starts the scan upstream. The stack resends the POST only when it certainly never
+    /// reached Defender (`outbound::retry`); when its outcome is unknown (a timeout, a 5xx, a
+    /// lost or garbled answer) the machine's scans are looked up here, so a fault never starts
+    /// a second scan.
     async fn start_upstream(
         &self,
         request: &ScanRequest,
         ctx: &CallContext,
     ) -> Result<MachineAction, Error> {
         let sent_at = self.0.clock.utc();
-        let mut result = self.post_scan(request, ctx).await;
-        if matches!(
-            result,
-            Err(upstream::Error::Transport {
-                kind: upstream::TransportKind::Connect,
-                ..
-            })
-        ) {
-            tracing::info!("the scan request never reached Defender; sending it once more");
-            result = self.post_scan(request, ctx).await;
-        }
-        match result {
+        match self.post_scan(request, ctx).await {
             Ok(action) => Ok(action),
             Err(err) if outcome_unknown(&err) => {
                 self.resolve_unknown(request, sent_at, err, ctx).await
@@ -528,7 +517,7 @@ fn outcome_unknown(err: &upstream::Error) -> bool {
         U::Transport { kind, .. } => *kind != TransportKind::Connect,
         U::Api(api) => api.status >= 500,
         U::Malformed { .. } => true,
-        U::Token(_) | U::QuotaExhausted { .. } | U::DeadlineExceeded { .. } => false,
+        U::Token(_) | U::Quota(_) | U::DeadlineExceeded { .. } => false,
     }
 }
 
@@ -602,6 +591,7 @@ mod tests {
         let client = DefenderClient::new(
             url::Url::parse("https://api.security.microsoft.com").unwrap(),
             BoxCloneSyncService::new(fake),
+            crate::clock::Clock::system(),
         );
         let (_, shutdown) = watch::channel(false);
         let watcher = Watcher::start(

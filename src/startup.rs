@@ -12,11 +12,11 @@ use crate::{
     admin,
     clock::Clock,
     config::Settings,
-    credentials::{Credential, TokenEndpoint},
+    credentials::{Credential, TokenCache, TokenEndpoint},
     grpc::{GrpcTraceLayer, ScanServiceImpl, pb},
     idempotency::SharedKeys,
-    layers::auth::TokenCache,
     metrics::Metrics,
+    outbound,
     quota::{LocalStore, Quota, QuotaConfig, SharedStore, Store},
     scans::{Scans, ScansConfig},
     security::{self, AuthLayer, Authenticator},
@@ -119,13 +119,13 @@ impl Gateway {
             )),
         };
         let quota = Arc::new(Quota::new(&quota_config, store, clock, metrics.clone()));
-        let stack = upstream::stack(
+        let stack = outbound::stack(
             HttpService::new(http, settings.upstream_timeout),
             tokens,
             quota.clone(),
             metrics.clone(),
         );
-        let client = DefenderClient::new(settings.api_base_url.clone(), stack);
+        let client = DefenderClient::new(settings.api_base_url.clone(), stack, clock);
 
         let (stopping, stopped) = watch::channel(false);
         // The list API's sustainable spacing: its tightest window / calls.

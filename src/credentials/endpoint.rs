@@ -139,16 +139,16 @@ impl TokenEndpoint {
                 unavailable(format!(
                     "{}: {}",
                     self.url,
-                    crate::upstream::describe_error(&err)
+                    crate::call::describe_error(&err)
                 ))
             })?;
         let status = response.status();
-        let retry_after = crate::upstream::retry_after(response.headers());
+        let retry_after = crate::call::retry_after(response.headers(), self.clock.utc().into());
         let body = response.bytes().await.map_err(|err| {
             unavailable(format!(
                 "{}: {}",
                 self.url,
-                crate::upstream::describe_error(&err)
+                crate::call::describe_error(&err)
             ))
         })?;
         if status.is_success() {

@@ -11,6 +11,7 @@
 //! service-account token, and certificate rotation (cert-manager, Key Vault CSI) replaces the
 //! PEM in place.
 
+pub(crate) mod cache;
 mod certificate;
 mod endpoint;
 mod hints;
@@ -19,6 +20,7 @@ use std::{fmt, future::Future, path::PathBuf, pin::Pin};
 
 use secrecy::{ExposeSecret, SecretString};
 
+pub use cache::TokenCache;
 pub use certificate::{Certificate, CertificateError};
 pub use endpoint::{Token, TokenEndpoint, TokenError};
 

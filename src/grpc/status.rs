@@ -175,11 +175,13 @@ fn upstream_status(error: &upstream::Error, message: String) -> Status {
             message,
             error_info("UPSTREAM_AUTH", HashMap::new()),
         ),
-        U::QuotaExhausted { retry_after, .. } => Status::with_error_details(
-            Code::ResourceExhausted,
-            message,
-            ErrorDetails::with_retry_info(Some(*retry_after)),
-        ),
+        U::Quota(crate::quota::Error::QuotaExhausted { retry_after, .. }) => {
+            Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_retry_info(Some(*retry_after)),
+            )
+        }
         U::DeadlineExceeded { .. } => Status::deadline_exceeded(message),
     }
 }
@@ -284,10 +286,12 @@ mod tests {
 
     #[test]
     fn quota_refusal_says_when_to_retry() {
-        let status = Status::from(Error::Upstream(upstream::Error::QuotaExhausted {
-            api: Api::RunScan,
-            retry_after: Duration::from_secs(42),
-        }));
+        let status = Status::from(Error::Upstream(upstream::Error::Quota(
+            crate::quota::Error::QuotaExhausted {
+                api: Api::RunScan,
+                retry_after: Duration::from_secs(42),
+            },
+        )));
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(
             status.get_details_retry_info().unwrap().retry_delay,

@@ -20,7 +20,7 @@ use std::{
 use tokio::time::Instant;
 
 use super::{Limit, window::Window};
-use crate::upstream::{Api, QuotaCaller};
+use crate::call::{Api, QuotaCaller};
 
 /// Above this many lanes, idle ones are dropped.
 const SWEEP_ABOVE: usize = 1024;

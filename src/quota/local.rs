@@ -13,7 +13,7 @@ use super::{
     Admission, Limits,
     window::{Window, estimate},
 };
-use crate::upstream::Api;
+use crate::call::Api;
 
 #[derive(Debug)]
 struct State {

@@ -30,10 +30,18 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::{
+    call::{Api, QueueObserver, QuotaCaller},
     clock::Clock,
     metrics::Metrics,
-    upstream::{Api, Error, QueueObserver, QuotaCaller},
 };
+
+/// Why the quota refused a call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// No free call within the caller's deadline, the longest wait, or the queue's bound.
+    #[error("the {api} quota has no free call within the allowed wait; next free call in {}s", retry_after.as_secs_f64().ceil())]
+    QuotaExhausted { api: Api, retry_after: Duration },
+}
 
 pub use local::LocalStore;
 pub use shared::{SharedConfig, SharedStore};

@@ -54,9 +54,9 @@ use tokio::{task::AbortHandle, time::Instant};
 
 use super::{Admission, Limit, Limits, LocalStore};
 use crate::{
+    call::Api,
     metrics::Metrics,
     redis_link::{LinkError, RedisLink},
-    upstream::Api,
 };
 
 /// Time between two attempts to reach Redis while in fallback.

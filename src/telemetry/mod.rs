@@ -236,7 +236,16 @@ pub(crate) mod testing {
             .with_span_processor(SimpleSpanProcessor::new(spans.clone()))
             .build();
         let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        // A callsite first hit on another test's thread can cache "never" while this thread's
+        // subscriber is being registered, and then this test misses its spans. A global
+        // subscriber that takes everything makes "never" impossible; other threads' spans
+        // still go nowhere, since it has no layer.
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| {
+            let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
+        });
         let guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+        tracing::callsite::rebuild_interest_cache();
         (spans, guard)
     }
 }

@@ -1,7 +1,7 @@
 //! Typed calls to the Defender API. Each call builds one request, sends it through the
 //! stack, and decodes the answer or the documented error body.
 
-use std::time::Duration;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, header};
@@ -10,23 +10,15 @@ use time::OffsetDateTime;
 use tower::ServiceExt;
 use url::Url;
 
-use super::{
-    Api, ApiError, Deadline, Error, QueueObserver, QuotaCaller, Request, UpstreamService, model,
-    odata,
+use super::{ApiError, Error, UpstreamService, model, odata};
+use crate::{
+    call::{Api, CallContext, Deadline, Request, retry_after},
+    clock::Clock,
+    domain::{ActionId, ActionStatus, MachineAction, MachineId, ScanType},
 };
-use crate::domain::{ActionId, ActionStatus, MachineAction, MachineId, ScanType};
 
 /// Defender's action type for antivirus scans.
 pub const SCAN_ACTION_TYPE: &str = "RunAntiVirusScan";
-
-/// Per-call context: the caller's deadline and who to tell about quota waits.
-#[derive(Debug, Clone, Default)]
-pub struct CallContext {
-    pub deadline: Option<tokio::time::Instant>,
-    pub observer: Option<QueueObserver>,
-    /// Who the call is for (fair queueing, quota shares); `None` counts as the gateway.
-    pub caller: Option<QuotaCaller>,
-}
 
 /// Filters of a list call (all optional) and the page to fetch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -91,14 +83,17 @@ pub struct DefenderClient {
     /// parses its URL once (as the `http::Uri`), not through `Url` first.
     prefix: String,
     service: UpstreamService,
+    /// Reads `Retry-After` dates.
+    clock: Clock,
 }
 
 impl DefenderClient {
     /// `base` is a validated API base URL (see [`super::parse_base_url`]).
-    pub fn new(base: Url, service: UpstreamService) -> Self {
+    pub fn new(base: Url, service: UpstreamService, clock: Clock) -> Self {
         Self {
             prefix: directory_of(&base),
             service,
+            clock,
         }
     }
 
@@ -238,6 +233,7 @@ impl DefenderClient {
                 status,
                 response.headers(),
                 response.body(),
+                self.clock.utc().into(),
             )));
         }
         serde_json::from_slice(response.body()).map_err(|err| Error::Malformed {
@@ -308,7 +304,13 @@ fn bounded(mut text: String, max: usize) -> String {
 }
 
 /// Decodes Defender's error envelope; a body that is not one still yields a useful error.
-fn api_error(api: Api, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ApiError {
+fn api_error(
+    api: Api,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: SystemTime,
+) -> ApiError {
     let parsed: Option<model::WireErrorBody> = serde_json::from_slice(body).ok();
     let (code, message, target) = match parsed {
         // Bounded: these reach callers' statuses and the logs, and a body may be megabytes.
@@ -329,30 +331,8 @@ fn api_error(api: Api, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> 
         code,
         message,
         target,
-        retry_after: retry_after(headers),
+        retry_after: retry_after(headers, now),
     }
-}
-
-/// `Retry-After` in seconds (Defender's form) or as an HTTP date.
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate(value)?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    )
-}
-
-fn httpdate(value: &str) -> Option<std::time::SystemTime> {
-    let format = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    time::PrimitiveDateTime::parse(value, format)
-        .ok()
-        .map(|at| at.assume_utc().into())
 }
 
 #[cfg(test)]
@@ -367,6 +347,7 @@ fn long_upstream_error_texts_are_cut_on_a_character_boundary() {
         StatusCode::BAD_REQUEST,
         &HeaderMap::new(),
         body.as_bytes(),
+        SystemTime::UNIX_EPOCH,
     );
     assert_eq!(error.message.chars().count(), MAX_MESSAGE_CHARS + 1);
     assert!(error.message.ends_with('…'));
@@ -386,6 +367,7 @@ fn headers_with_retry_after(value: &str) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn list_query_string_matches_the_documented_examples() {
@@ -412,6 +394,7 @@ mod tests {
             StatusCode::TOO_MANY_REQUESTS,
             &headers_with_retry_after("37"),
             body,
+            SystemTime::UNIX_EPOCH,
         );
         assert_eq!(err.code, "TooManyRequests");
         assert_eq!(err.retry_after, Some(Duration::from_secs(37)));
@@ -425,6 +408,7 @@ mod tests {
             StatusCode::BAD_GATEWAY,
             &HeaderMap::new(),
             b"<html>bad gateway</html>",
+            SystemTime::UNIX_EPOCH,
         );
         assert_eq!(err.status, 502);
         assert!(err.message.contains("bad gateway"));
@@ -437,6 +421,7 @@ mod tests {
             StatusCode::BAD_REQUEST,
             &HeaderMap::new(),
             br#"{"error":{"code":"ActiveRequestAlreadyExists","message":"Action is already in progress"}}"#,
+            SystemTime::UNIX_EPOCH,
         );
         assert!(err.is_already_in_progress());
         err.code = "BadRequest".into();

@@ -55,7 +55,7 @@ fn answer(status: StatusCode, headers: HeaderMap, body: Vec<u8>) -> Decoded {
         std::future::ready(Ok::<_, Error>(response))
     }));
     let base = url::Url::parse("https://api.security.microsoft.com/").expect("a valid URL");
-    let client = DefenderClient::new(base, service);
+    let client = DefenderClient::new(base, service, crate::clock::Clock::system());
     let id = ActionId::parse("action_id", ACTION_ID).expect("a valid action id");
     let machine = MachineId::parse("machine_id", MACHINE_ID).expect("a valid machine id");
     let ctx = CallContext::default();

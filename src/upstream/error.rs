@@ -2,8 +2,11 @@
 
 use std::{fmt, time::Duration};
 
-use super::Api;
-use crate::credentials::TokenError;
+use crate::{
+    call::{Api, describe_error},
+    credentials::TokenError,
+    quota::Error as QuotaError,
+};
 
 /// How a request failed to get an HTTP answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,8 +86,8 @@ pub enum Error {
     Malformed { api: Api, detail: String },
     #[error(transparent)]
     Token(#[from] TokenError),
-    #[error("the {api} quota has no free call within the allowed wait; next free call in {}s", retry_after.as_secs_f64().ceil())]
-    QuotaExhausted { api: Api, retry_after: Duration },
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
     #[error("the caller's deadline passed before {api} answered")]
     DeadlineExceeded { api: Api },
 }
@@ -100,7 +103,7 @@ impl Error {
         } else {
             TransportKind::Other
         };
-        let detail = describe(err);
+        let detail = describe_error(err);
         Error::Transport { api, kind, detail }
     }
 
@@ -119,21 +122,8 @@ impl Error {
             Error::Transport { .. } => "transport",
             Error::Malformed { .. } => "malformed_response",
             Error::Token(_) => "token",
-            Error::QuotaExhausted { .. } => "quota_exhausted",
+            Error::Quota(_) => "quota_exhausted",
             Error::DeadlineExceeded { .. } => "deadline_exceeded",
         }
     }
-}
-
-/// An error with its whole cause chain, `outer: inner: innermost` (reqwest's own message
-/// leaves out the cause, which is where "connection refused" is).
-pub(crate) fn describe(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

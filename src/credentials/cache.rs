@@ -1,34 +1,23 @@
-//! Adds `Authorization: Bearer <token>` to every upstream request.
+//! The access-token cache behind the outbound auth layer.
 //!
 //! The token is cached and refreshed ahead of its expiry, single-flight: however many calls
 //! need a token at once, one request goes to the token endpoint and the rest wait for it. A
 //! refresh that fails while the current token is still valid costs nothing: calls keep the
-//! current token and the refresh is retried with capped, jittered backoff. An upstream 401
-//! drops the token (the tenant may have revoked it early), fetches a fresh one and retries the
-//! call once.
+//! current token and the refresh is retried with capped, jittered backoff. A token the API
+//! refused (401) is dropped with [`TokenCache::invalidate`], so the next call fetches anew.
 
 use std::{
-    future::Future,
     hash::{BuildHasher, RandomState},
-    mem,
-    pin::Pin,
     sync::{Arc, Mutex},
-    task::{Context, Poll},
     time::Duration,
 };
 
-use http::{HeaderValue, StatusCode, header::AUTHORIZATION};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
-use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 
-use crate::{
-    clock::Clock,
-    credentials::{Token, TokenError, TokenSource},
-    metrics::Metrics,
-    upstream::{Error, Request, Response, clone_request},
-};
+use super::{Token, TokenError, TokenSource};
+use crate::{clock::Clock, metrics::Metrics};
 
 /// First retry delay after a failed refresh; doubles per failure.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -204,92 +193,16 @@ fn backoff(failures: u32) -> Duration {
     half + half.mul_f64((random % 1_000_000) as f64 / 1_000_000.0)
 }
 
-/// Wraps a service in [`Auth`].
-#[derive(Clone)]
-pub struct AuthLayer {
-    tokens: Arc<TokenCache>,
-}
-
-impl AuthLayer {
-    pub fn new(tokens: Arc<TokenCache>) -> Self {
-        Self { tokens }
-    }
-}
-
-impl<S> Layer<S> for AuthLayer {
-    type Service = Auth<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Auth {
-            inner,
-            tokens: self.tokens.clone(),
-        }
-    }
-}
-
-/// See the module docs.
-#[derive(Clone)]
-pub struct Auth<S> {
-    inner: S,
-    tokens: Arc<TokenCache>,
-}
-
-impl<S> Service<Request> for Auth<S>
-where
-    S: Service<Request, Response = Response, Error = Error> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        // The ready service goes into the future; a fresh clone stays behind for the next call.
-        let clone = self.inner.clone();
-        let inner = mem::replace(&mut self.inner, clone);
-        let tokens = self.tokens.clone();
-        Box::pin(async move {
-            let retry = clone_request(&request);
-            let token = tokens.token().await?;
-            let response = inner.clone().oneshot(authorize(request, &token)?).await?;
-            if response.status() != StatusCode::UNAUTHORIZED {
-                return Ok(response);
-            }
-            tracing::info!("the Defender API refused the access token; fetching a new one");
-            tokens.invalidate(&token);
-            let token = tokens.token().await?;
-            inner.oneshot(authorize(retry, &token)?).await
-        })
-    }
-}
-
-fn authorize(mut request: Request, token: &SecretString) -> Result<Request, Error> {
-    let mut value =
-        HeaderValue::from_str(&format!("Bearer {}", token.expose_secret())).map_err(|_| {
-            Error::Token(TokenError::Unavailable {
-                detail: "the token endpoint issued a token that is not a valid header value".into(),
-                retry_after: None,
-            })
-        })?;
-    value.set_sensitive(true);
-    request.headers_mut().insert(AUTHORIZATION, value);
-    Ok(request)
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::credentials::CredentialKind;
-    use bytes::Bytes;
     use std::{
         collections::VecDeque,
+        future::Future,
+        pin::Pin,
         sync::atomic::{AtomicUsize, Ordering},
     };
-    use tower::service_fn;
 
     /// A token endpoint on the paused clock: answers after 50 ms, either `token-N` valid for
     /// `lifetime`, or the next scripted error; counts requests.
@@ -333,15 +246,15 @@ mod tests {
         }
     }
 
-    struct Fixture {
-        cache: Arc<TokenCache>,
-        requests: Arc<AtomicUsize>,
+    pub(crate) struct Fixture {
+        pub(crate) cache: Arc<TokenCache>,
+        pub(crate) requests: Arc<AtomicUsize>,
         failures: Arc<Mutex<VecDeque<TokenError>>>,
         down: Arc<std::sync::atomic::AtomicBool>,
         metrics: Metrics,
     }
 
-    fn fixture(lifetime: Duration) -> Fixture {
+    pub(crate) fn fixture(lifetime: Duration) -> Fixture {
         let clock = Clock::system();
         let endpoint = FakeEndpoint {
             requests: Arc::new(AtomicUsize::new(0)),
@@ -497,52 +410,6 @@ mod tests {
             text.contains("scan_gateway_access_token_ttl_seconds 3000.0"),
             "{text}"
         );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_401_refreshes_the_token_and_retries_once() {
-        let f = fixture(Duration::from_secs(3600));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        let inner = service_fn(move |request: Request| {
-            let auth = request.headers()[AUTHORIZATION]
-                .to_str()
-                .unwrap()
-                .to_owned();
-            log.lock().unwrap().push(auth.clone());
-            async move {
-                let mut response = http::Response::new(Bytes::new());
-                if auth == "Bearer token-1" {
-                    *response.status_mut() = StatusCode::UNAUTHORIZED;
-                }
-                Ok::<_, Error>(response)
-            }
-        });
-        let service = AuthLayer::new(f.cache).layer(inner);
-        let response = service
-            .oneshot(http::Request::new(Bytes::new()))
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(*seen.lock().unwrap(), ["Bearer token-1", "Bearer token-2"]);
-        assert_eq!(f.requests.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_second_401_is_returned_not_retried_forever() {
-        let f = fixture(Duration::from_secs(3600));
-        let inner = service_fn(|_request: Request| async {
-            let mut response = http::Response::new(Bytes::new());
-            *response.status_mut() = StatusCode::UNAUTHORIZED;
-            Ok::<_, Error>(response)
-        });
-        let service = AuthLayer::new(f.cache).layer(inner);
-        let response = service
-            .oneshot(http::Request::new(Bytes::new()))
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(f.requests.load(Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! `url.full`, `server.address`, `server.port`, `http.response.status_code`, `error.type`), so
 //! the OTLP exporter passes them through unchanged. A 4xx or 5xx answer or a failed call sets
 //! the span status to ERROR. The span is outermost in the stack: it includes the quota wait and
-//! a retry after a refused token (recorded as an event).
+//! every resend of the retry policy.
 
 use std::{
     future::Future,
@@ -14,44 +14,31 @@ use std::{
 };
 
 use opentelemetry::{Context as OtelContext, trace::TraceContextExt};
-use tower::{Layer, Service};
+use tower::{Layer, Service, layer::layer_fn};
 use tracing::{Instrument, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
+    call::{Api, Request, Response},
     metrics::Metrics,
     telemetry::propagation,
-    upstream::{Api, Error, Request, Response},
+    upstream::Error,
 };
-
-/// Wraps a service in [`Trace`].
-#[derive(Clone)]
-pub struct TraceLayer {
-    metrics: Metrics,
-}
-
-impl TraceLayer {
-    pub fn new(metrics: Metrics) -> Self {
-        Self { metrics }
-    }
-}
-
-impl<S> Layer<S> for TraceLayer {
-    type Service = Trace<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Trace {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
 
 /// See the module docs.
 #[derive(Clone)]
 pub struct Trace<S> {
     inner: S,
     metrics: Metrics,
+}
+
+impl<S> Trace<S> {
+    pub fn layer(metrics: Metrics) -> impl Layer<S, Service = Self> + Clone {
+        layer_fn(move |inner| Self {
+            inner,
+            metrics: metrics.clone(),
+        })
+    }
 }
 
 impl<S> Service<Request> for Trace<S>
@@ -159,7 +146,7 @@ mod tests {
             *response.status_mut() = http::StatusCode::NOT_FOUND;
             Ok::<_, Error>(response)
         });
-        let service = TraceLayer::new(metrics.clone()).layer(inner);
+        let service = Trace::layer(metrics.clone()).layer(inner);
 
         let mut request = http::Request::new(Bytes::new());
         request.extensions_mut().insert(Api::GetAction);
@@ -187,7 +174,7 @@ mod tests {
                 Ok::<_, Error>(response)
             }
         });
-        let service = TraceLayer::new(Metrics::new()).layer(inner);
+        let service = Trace::layer(Metrics::new()).layer(inner);
         let mut request = http::Request::new(Bytes::new());
         *request.uri_mut() = "https://api.security.microsoft.com/api/machineactions/x"
             .parse()

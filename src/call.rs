@@ -1,0 +1,143 @@
+//! What every part of an outbound call agrees on: the request and response types, the
+//! [`Api`] a request is for, and the extensions that travel with it (the caller's
+//! [`Deadline`], who the call is for, who to tell about quota waits).
+//!
+//! A leaf: it imports nothing of this crate, so the client, the layers, the quota and the
+//! credentials can all depend on it without depending on each other.
+
+use std::{
+    fmt,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, header};
+use tokio::time::Instant;
+
+/// A request to the Defender API: a complete `http::Request` tagged with its [`Api`].
+pub type Request = http::Request<Bytes>;
+/// A whole, buffered answer.
+pub type Response = http::Response<Bytes>;
+
+/// The Defender APIs the gateway calls. Each has its own quota upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Api {
+    RunScan,
+    GetAction,
+    ListActions,
+    CancelAction,
+}
+
+impl Api {
+    pub const ALL: [Api; 4] = [
+        Api::RunScan,
+        Api::GetAction,
+        Api::ListActions,
+        Api::CancelAction,
+    ];
+
+    /// A stable label for metrics, spans and configuration keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::RunScan => "run_antivirus_scan",
+            Api::GetAction => "get_machine_action",
+            Api::ListActions => "list_machine_actions",
+            Api::CancelAction => "cancel_machine_action",
+        }
+    }
+}
+
+impl fmt::Display for Api {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Request extension: the caller's deadline. Layers that wait (quota) or call out (HTTP)
+/// never go past it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline(pub Instant);
+
+/// Request extension: told when the request has to wait for quota, with its queue position
+/// and the estimated start. `RunScan` turns these into `queued` events.
+#[derive(Clone)]
+pub struct QueueObserver(pub Arc<dyn Fn(usize, Instant) + Send + Sync>);
+
+impl fmt::Debug for QueueObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("QueueObserver")
+    }
+}
+
+/// Request extension: who an upstream call is made for. The quota serves callers in turn
+/// and keeps each to its `share` of every API's quota.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuotaCaller {
+    pub id: Arc<str>,
+    /// Share (0..=1) of each API's quota; `None` is no cap.
+    pub share: Option<f64>,
+}
+
+impl QuotaCaller {
+    /// The gateway itself (the watcher's refreshes).
+    pub fn gateway() -> Self {
+        Self {
+            id: Arc::from("scan-gateway"),
+            share: None,
+        }
+    }
+}
+
+/// Per-call context: the caller's deadline and who to tell about quota waits. The client
+/// turns it into the request's extensions.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    pub deadline: Option<Instant>,
+    pub observer: Option<QueueObserver>,
+    /// Who the call is for (fair queueing, quota shares); `None` counts as the gateway.
+    pub caller: Option<QuotaCaller>,
+}
+
+/// A copy of a request for a retry. Requests hold their body as `Bytes`, so this is cheap.
+pub fn clone_request(request: &Request) -> Request {
+    let mut copy = http::Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    copy
+}
+
+/// The wait a `Retry-After` header asks for (seconds, or an HTTP date after `now`).
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate(value)?;
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
+fn httpdate(value: &str) -> Option<SystemTime> {
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    time::PrimitiveDateTime::parse(value, format)
+        .ok()
+        .map(|at| at.assume_utc().into())
+}
+
+/// An error with its whole cause chain, `outer: inner: innermost` (reqwest's own message
+/// leaves out the cause, which is where "connection refused" is).
+pub fn describe_error(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
