@@ -15,6 +15,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod idempotency;
+pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod quota;

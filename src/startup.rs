@@ -13,13 +13,14 @@ use crate::{
     clock::Clock,
     config::Settings,
     credentials::{Credential, TokenCache, TokenEndpoint},
-    grpc::{GrpcTraceLayer, ScanServiceImpl, pb},
+    grpc::{ScanServiceImpl, pb},
     idempotency::SharedKeys,
+    inbound::{self, Authenticator, Limiter},
     metrics::Metrics,
     outbound,
     quota::{LocalStore, Quota, QuotaConfig, SharedStore, Store},
     scans::{Scans, ScansConfig},
-    security::{self, AuthLayer, Authenticator},
+    security,
     upstream::{self, DefenderClient, HttpService},
     watcher::{Watcher, WatcherConfig},
 };
@@ -246,16 +247,12 @@ impl Gateway {
 
         let local = self.grpc.local_addr()?;
         tracing::info!(grpc = %local, "serving");
-        let limiter = Arc::new(security::Limiter::new(self.limits.caller, self.clock));
+        let limiter = Arc::new(Limiter::new(self.limits.caller, self.clock));
         let router = Server::builder()
             // Clients queue for a stream beyond this, per connection.
             .max_concurrent_streams(Some(self.limits.max_streams_per_connection))
-            // One server span per ScanService call, continuing the caller's trace.
-            .layer(GrpcTraceLayer::new())
-            // Who is calling, and may they (inside the span, so refusals are traced).
-            .layer(AuthLayer::new(self.auth, self.metrics.clone()))
-            // Then per-caller rate and open streams, counted by that identity.
-            .layer(security::LimitsLayer::new(limiter, self.metrics.clone()))
+            // Span, authentication, per-caller limits.
+            .layer(inbound::layers(self.auth, limiter, self.metrics.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

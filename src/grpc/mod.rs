@@ -6,7 +6,6 @@ mod convert;
 mod service;
 pub mod status;
 mod stream;
-pub mod trace;
 #[cfg(test)]
 mod validation_props;
 
@@ -15,7 +14,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use service::ScanServiceImpl;
-pub use trace::GrpcTraceLayer;
 
 /// The generated protobuf types, client and server of `defender.scan.v1`.
 #[allow(clippy::doc_lazy_continuation, clippy::large_enum_variant)]
@@ -30,21 +28,6 @@ pub mod pb {
 /// DEADLINE_EXCEEDED, which says what was being waited for, reaches the caller before the
 /// caller's local timer fires.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
-
-/// The remote address of the connection a request came on (plain or TLS).
-pub fn peer_of<B>(request: &http::Request<B>) -> Option<std::net::SocketAddr> {
-    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-    request
-        .extensions()
-        .get::<TcpConnectInfo>()
-        .and_then(TcpConnectInfo::remote_addr)
-        .or_else(|| {
-            request
-                .extensions()
-                .get::<TlsConnectInfo<TcpConnectInfo>>()
-                .and_then(|tls| tls.get_ref().remote_addr())
-        })
-}
 
 /// The caller's deadline, from the `grpc-timeout` header (`<digits><unit>`, unit one of
 /// `H M S m u n`), less a margin of a tenth of it (at most [`DEADLINE_MARGIN`]). An unreadable

@@ -1,13 +1,13 @@
 //! Who may call the gateway: inbound TLS (optionally mutual), bearer JWTs checked against a
-//! JWKS, and a policy mapping caller identities to roles. Authentication and authorization
-//! run as one tower layer ([`AuthLayer`]) on the gRPC server; health and reflection stay open.
+//! JWKS, a policy mapping caller identities to roles, and the limits of each caller. The
+//! layers that apply them on the gRPC server are in `inbound`; health and reflection stay
+//! open.
 //!
 //! With none of it configured the gateway behaves as before: plaintext, every caller allowed,
 //! audited as `unauthenticated`.
 
 pub mod der;
 pub mod jwt;
-pub mod layer;
 pub mod limits;
 pub mod policy;
 pub mod tls;
@@ -16,11 +16,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-pub use layer::{AuthLayer, Authenticator};
-pub use limits::{CallerLimits, LimitKind, Limiter, LimitsLayer};
+pub use limits::{CallerLimits, LimitKind};
 pub use policy::{Policy, Role, Rule};
 
-/// The authenticated caller, put in the request's extensions by [`AuthLayer`]: the URI (else
+/// The authenticated caller, put in the request's extensions by `inbound::authenticate`: the URI (else
 /// DNS) SAN of its client certificate, or the `sub` of its JWT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller(pub String);

@@ -19,7 +19,7 @@ use tonic::{
 };
 use tower::{Layer, Service};
 
-use super::{Caller, Policy, der, jwt::JwtVerifier, policy};
+use crate::security::{Caller, Policy, der, jwt::JwtVerifier, policy};
 use crate::{error::Error, metrics::Metrics, telemetry::AUDIT_TARGET};
 
 const SCAN_SERVICE: &str = "/defender.scan.v1.ScanService/";
@@ -98,14 +98,14 @@ impl Authenticator {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CallerShare(pub f64);
 
-/// Wraps the gRPC server's routes in [`Auth`].
+/// Wraps the gRPC server's routes in [`Authenticate`].
 #[derive(Debug, Clone)]
-pub struct AuthLayer {
+pub struct AuthenticateLayer {
     auth: Arc<Authenticator>,
     metrics: Metrics,
 }
 
-impl AuthLayer {
+impl AuthenticateLayer {
     pub fn new(auth: Authenticator, metrics: Metrics) -> Self {
         Self {
             auth: Arc::new(auth),
@@ -114,11 +114,11 @@ impl AuthLayer {
     }
 }
 
-impl<S> Layer<S> for AuthLayer {
-    type Service = Auth<S>;
+impl<S> Layer<S> for AuthenticateLayer {
+    type Service = Authenticate<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Auth {
+        Authenticate {
             inner,
             auth: self.auth.clone(),
             metrics: self.metrics.clone(),
@@ -128,13 +128,13 @@ impl<S> Layer<S> for AuthLayer {
 
 /// See the module docs.
 #[derive(Debug, Clone)]
-pub struct Auth<S> {
+pub struct Authenticate<S> {
     inner: S,
     auth: Arc<Authenticator>,
     metrics: Metrics,
 }
 
-impl<S, B> Service<http::Request<B>> for Auth<S>
+impl<S, B> Service<http::Request<B>> for Authenticate<S>
 where
     S: Service<http::Request<B>, Response = http::Response<Body>>,
 {
@@ -169,7 +169,7 @@ where
                     _ => ("unauthenticated", "UNAUTHENTICATED", "unauthenticated"),
                 };
                 self.metrics.record_refused(reason);
-                let peer = crate::grpc::peer_of(&request);
+                let peer = super::peer_of(&request);
                 tracing::info!(
                     target: AUDIT_TARGET,
                     rpc = method,
@@ -204,7 +204,7 @@ mod tests {
             Ok::<_, std::convert::Infallible>(response)
         });
         let request = http::Request::builder().uri(path).body(()).unwrap();
-        AuthLayer::new(auth, Metrics::new())
+        AuthenticateLayer::new(auth, Metrics::new())
             .layer(inner)
             .oneshot(request)
             .await

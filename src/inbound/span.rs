@@ -25,31 +25,31 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{metrics::code_name, telemetry::propagation};
 
-/// Wraps the gRPC server's routes in [`GrpcTrace`].
+/// Wraps the gRPC server's routes in [`ServerSpan`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct GrpcTraceLayer;
+pub struct ServerSpanLayer;
 
-impl GrpcTraceLayer {
+impl ServerSpanLayer {
     pub fn new() -> Self {
         Self
     }
 }
 
-impl<S> Layer<S> for GrpcTraceLayer {
-    type Service = GrpcTrace<S>;
+impl<S> Layer<S> for ServerSpanLayer {
+    type Service = ServerSpan<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        GrpcTrace { inner }
+        ServerSpan { inner }
     }
 }
 
 /// See the module docs.
 #[derive(Debug, Clone)]
-pub struct GrpcTrace<S> {
+pub struct ServerSpan<S> {
     inner: S,
 }
 
-impl<S, B> Service<http::Request<B>> for GrpcTrace<S>
+impl<S, B> Service<http::Request<B>> for ServerSpan<S>
 where
     S: Service<http::Request<B>, Response = http::Response<Body>>,
 {
@@ -300,7 +300,7 @@ mod tests {
             *log.lock().unwrap() = propagation::current_ids().map(|(t, _)| t.to_string());
             async move { Ok::<_, Infallible>(streamed(code)) }
         });
-        let response = GrpcTraceLayer::new()
+        let response = ServerSpanLayer::new()
             .layer(inner)
             .oneshot(request(path))
             .await
@@ -374,7 +374,7 @@ mod tests {
         let inner = service_fn(|_request: http::Request<()>| async {
             Ok::<_, Infallible>(streamed(Code::Ok))
         });
-        let response = GrpcTraceLayer::new()
+        let response = ServerSpanLayer::new()
             .layer(inner)
             .oneshot(request("/defender.scan.v1.ScanService/WatchScan"))
             .await

@@ -1,0 +1,47 @@
+//! The inbound side: the tower layers every gRPC request passes before a handler, one
+//! concern per file, assembled in one place, [`layers`]. Health and reflection pass them
+//! untouched but for the span.
+
+pub mod authenticate;
+pub mod limits;
+pub mod span;
+
+use std::sync::Arc;
+
+use tower::{ServiceBuilder, layer::util::Identity, layer::util::Stack};
+
+pub use authenticate::{AuthenticateLayer, Authenticator};
+pub use limits::{Limiter, LimitsLayer};
+pub use span::ServerSpanLayer;
+
+use crate::metrics::Metrics;
+
+/// The remote address of the connection a request came on (plain or TLS).
+pub fn peer_of<B>(request: &http::Request<B>) -> Option<std::net::SocketAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    request
+        .extensions()
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            request
+                .extensions()
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|tls| tls.get_ref().remote_addr())
+        })
+}
+
+/// The inbound layers, outermost first.
+pub type Layers =
+    ServiceBuilder<Stack<LimitsLayer, Stack<AuthenticateLayer, Stack<ServerSpanLayer, Identity>>>>;
+
+/// Builds the inbound stack, outermost layer first.
+pub fn layers(auth: Authenticator, limiter: Arc<Limiter>, metrics: Metrics) -> Layers {
+    ServiceBuilder::new()
+        // One server span per ScanService call, continuing the caller's trace.
+        .layer(ServerSpanLayer::new())
+        // Who is calling, and may they (inside the span, so refusals are traced).
+        .layer(AuthenticateLayer::new(auth, metrics.clone()))
+        // Then per-caller rate and open streams, counted by that identity.
+        .layer(LimitsLayer::new(limiter, metrics))
+}
