@@ -2,11 +2,12 @@
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
+use defender_simulator::{Simulator, SimulatorConfig};
+
 use crate::{
     clock::Clock,
     config::{ConfigArgs, Credentials, Settings},
     credentials::ClientAuth,
-    simulator::{Simulator, SimulatorConfig},
     startup::Gateway,
     telemetry::{self, LogFormat, TraceSettings},
 };

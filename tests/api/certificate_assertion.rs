@@ -9,9 +9,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use scan_gateway::clock::Clock;
+use defender_simulator::{Clock, SimState, SimulatorConfig, app};
 use scan_gateway::credentials::Certificate;
-use scan_gateway::simulator::{SimState, SimulatorConfig, app};
 use serde_json::Value;
 use tower::ServiceExt;
 
