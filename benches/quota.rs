@@ -18,12 +18,12 @@ use std::{
 
 use axum::Router;
 use bytes::Bytes;
+use defender_simulator::{SimState, SimulatorConfig};
 use scan_gateway::{
     clock::Clock,
     metrics::Metrics,
     outbound::{Admit, Retry},
     quota::{Limit, Limits, Quota, QuotaConfig},
-    simulator::{self, SimState, SimulatorConfig},
     upstream::{ActionQuery, CallContext, DefenderClient, Error, Request, Response},
 };
 use tokio::time::Instant;
@@ -39,7 +39,7 @@ fn simulator() -> Router {
         quota: vec![(100, MINUTE), (1500, HOUR)],
         ..SimulatorConfig::demo()
     };
-    simulator::app(SimState::new(config, Clock::system()))
+    defender_simulator::app(SimState::new(config, Clock::system()))
 }
 
 async fn token(router: &Router) -> String {
