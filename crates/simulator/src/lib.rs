@@ -34,7 +34,6 @@ mod history;
 mod introspect;
 mod inventory;
 mod odata;
-mod odata_parse;
 mod query;
 mod quota;
 mod rng;
