@@ -189,7 +189,7 @@ fn main() {
         .start_paused(true)
         .build()
         .expect("a runtime");
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let (gateway, reactive) = runtime.block_on(async { (run(false).await, run(true).await) });
     let share = |o: &Outcome| 100.0 * o.admitted as f64 / 1500.0;
     println!(

@@ -24,6 +24,10 @@ pub struct Clock {
 
 impl Clock {
     /// A clock anchored at the current system time.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the one reading of the system clock"
+    )]
     pub fn system() -> Self {
         Self::starting_at(SystemTime::now())
     }
