@@ -2,15 +2,22 @@
 //! default. Environment names are the ones Azure and OpenTelemetry users already know.
 //! Secrets are `SecretString`: `Debug` prints `[REDACTED]`, and no error quotes them.
 
-use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+mod identity;
+mod quota;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+pub use identity::Credentials;
+use identity::{client_auth, credentials};
+pub use quota::parse_quota;
+use quota::quota_limits;
+
 use crate::{
-    credentials::ClientAuth,
-    quota::{Limit, Limits, SharedConfig},
+    quota::{Limits, SharedConfig},
     upstream::{self, Api},
 };
 
@@ -198,14 +205,6 @@ struct FileConfig {
     jwt_audience: Option<String>,
     /// Caller identity pattern → role; see `security::policy`.
     policy: Option<std::collections::BTreeMap<String, crate::security::Rule>>,
-}
-
-/// The application's identity and how it proves it.
-#[derive(Debug, Clone)]
-pub struct Credentials {
-    pub tenant_id: String,
-    pub client_id: String,
-    pub auth: ClientAuth,
 }
 
 /// Resolved, checked settings.
@@ -539,132 +538,8 @@ fn read_file(path: &PathBuf) -> Result<FileConfig, ConfigError> {
     })
 }
 
-/// Picks the credential the way Azure Identity does: a client secret first, then a
-/// certificate, then workload identity federation.
-fn client_auth(
-    secret: Option<SecretString>,
-    certificate: Option<(PathBuf, bool)>,
-    federated_token_file: Option<PathBuf>,
-) -> Option<ClientAuth> {
-    let nonempty = |p: &PathBuf| !p.as_os_str().is_empty();
-    secret
-        .map(ClientAuth::Secret)
-        .or_else(|| {
-            certificate
-                .filter(|(path, _)| nonempty(path))
-                .map(|(path, send_chain)| ClientAuth::Certificate { path, send_chain })
-        })
-        .or_else(|| {
-            federated_token_file
-                .filter(nonempty)
-                .map(|token_file| ClientAuth::Federated { token_file })
-        })
-}
-
-fn credentials(
-    tenant_id: Option<String>,
-    client_id: Option<String>,
-    auth: Option<ClientAuth>,
-) -> Result<Option<Credentials>, ConfigError> {
-    let tenant_id = tenant_id.filter(|s| !s.trim().is_empty());
-    let client_id = client_id.filter(|s| !s.trim().is_empty());
-    match (tenant_id, client_id, auth) {
-        (None, None, None) => Ok(None),
-        (Some(tenant_id), Some(client_id), Some(auth)) => Ok(Some(Credentials {
-            tenant_id,
-            client_id,
-            auth,
-        })),
-        (tenant, client, auth) => {
-            let missing: Vec<_> = [
-                (tenant.is_none(), "AZURE_TENANT_ID"),
-                (client.is_none(), "AZURE_CLIENT_ID"),
-                (
-                    auth.is_none(),
-                    "one of AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or AZURE_FEDERATED_TOKEN_FILE",
-                ),
-            ]
-            .into_iter()
-            .filter_map(|(missing, name)| missing.then_some(name))
-            .collect();
-            Err(ConfigError::IncompleteCredentials {
-                missing: missing.join(" and "),
-            })
-        }
-    }
-}
-
-/// The limits of every API (the default, or each API's own) and the optional overall cap.
-fn quota_limits(
-    default: Option<String>,
-    per_api: [(Api, Option<String>); 4],
-    total: Option<String>,
-    margin: Duration,
-) -> Result<Limits, ConfigError> {
-    let parse = |setting: &'static str, raw: &str| {
-        parse_quota(raw)
-            .map(|limits| {
-                limits
-                    .into_iter()
-                    .map(|l| Limit {
-                        calls: l.calls,
-                        window: l.window + margin,
-                    })
-                    .collect()
-            })
-            .map_err(|reason| ConfigError::Invalid { setting, reason })
-    };
-    let default = parse(
-        "SCAN_GATEWAY_QUOTA",
-        default.as_deref().unwrap_or(DEFAULT_QUOTA),
-    )?;
-    let mut limits = Limits::uniform(default);
-    for (api, raw) in per_api {
-        if let Some(raw) = raw {
-            let setting = match api {
-                Api::RunScan => "SCAN_GATEWAY_QUOTA_RUN_ANTIVIRUS_SCAN",
-                Api::GetAction => "SCAN_GATEWAY_QUOTA_GET_MACHINE_ACTION",
-                Api::ListActions => "SCAN_GATEWAY_QUOTA_LIST_MACHINE_ACTIONS",
-                Api::CancelAction => "SCAN_GATEWAY_QUOTA_CANCEL_MACHINE_ACTION",
-            };
-            limits.per_api.insert(api, parse(setting, &raw)?);
-        }
-    }
-    if let Some(raw) = total {
-        limits.total = Some(parse("SCAN_GATEWAY_QUOTA_TOTAL", &raw)?);
-    }
-    Ok(limits)
-}
-
 fn secret_value(raw: &str) -> Result<SecretString, std::convert::Infallible> {
     Ok(SecretString::from(raw.to_owned()))
-}
-
-/// Parses `100/1m,1500/1h`: calls per window, comma-separated; windows in humantime.
-pub fn parse_quota(raw: &str) -> Result<Vec<Limit>, String> {
-    let limits = raw
-        .split(',')
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (calls, window) = pair
-                .split_once('/')
-                .ok_or_else(|| format!("`{pair}` is not CALLS/WINDOW, e.g. 100/1m"))?;
-            let calls = u32::from_str(calls.trim())
-                .ok()
-                .filter(|&c| c > 0)
-                .ok_or_else(|| format!("`{calls}` in `{pair}` is not a positive number"))?;
-            let window = humantime::parse_duration(window.trim())
-                .ok()
-                .filter(|w| !w.is_zero())
-                .ok_or_else(|| format!("`{window}` in `{pair}` is not a duration like 1m or 1h"))?;
-            Ok(Limit { calls, window })
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    if limits.is_empty() {
-        return Err("at least one CALLS/WINDOW pair is required".into());
-    }
-    Ok(limits)
 }
 
 mod humantime_option {
@@ -682,62 +557,6 @@ mod humantime_option {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quota_pairs_parse() {
-        let limits = parse_quota(DEFAULT_QUOTA).unwrap();
-        assert_eq!(
-            limits,
-            [
-                Limit {
-                    calls: 100,
-                    window: Duration::from_secs(60)
-                },
-                Limit {
-                    calls: 1500,
-                    window: Duration::from_secs(3600)
-                }
-            ]
-        );
-        for bad in ["", "100", "0/1m", "100/0s", "x/1m", "100/soon"] {
-            assert!(parse_quota(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn partial_credentials_name_what_is_missing() {
-        let err = credentials(Some("t".into()), None, None).unwrap_err();
-        let text = err.to_string();
-        assert!(
-            text.contains("AZURE_CLIENT_ID and one of AZURE_CLIENT_SECRET"),
-            "{text}"
-        );
-        assert!(credentials(None, None, None).unwrap().is_none());
-    }
-
-    #[test]
-    fn the_secret_wins_then_the_certificate_then_workload_identity() {
-        let secret = Some(SecretString::from("s"));
-        let cert = Some((PathBuf::from("/c.pem"), false));
-        let token = Some(PathBuf::from("/var/run/token"));
-        let kind = |auth: Option<ClientAuth>| auth.map(|a| a.kind().as_str());
-        assert_eq!(
-            kind(client_auth(secret, cert.clone(), token.clone())),
-            Some("client_secret")
-        );
-        assert_eq!(
-            kind(client_auth(None, cert, token.clone())),
-            Some("client_certificate")
-        );
-        assert_eq!(
-            kind(client_auth(None, None, token)),
-            Some("workload_identity")
-        );
-        assert_eq!(
-            kind(client_auth(None, Some((PathBuf::new(), false)), None)),
-            None
-        );
-    }
 
     #[test]
     fn file_values_apply_and_flags_win() {
