@@ -17,6 +17,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start; `serve` carries every setting of the gateway"
+)]
 pub enum Command {
     /// Serve ScanService (add --simulate to run against the embedded Defender simulator).
     Serve(serve::ServeArgs),

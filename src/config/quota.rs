@@ -1,51 +1,58 @@
 //! The quota settings' syntax: `100/1m,1500/1h`, calls per window, per Defender API.
 
-use std::{str::FromStr, time::Duration};
+use std::str::FromStr;
 
-use super::{ConfigError, DEFAULT_QUOTA};
+use super::{ConfigError, Values};
 use crate::{
     quota::{Limit, Limits},
     upstream::Api,
 };
 
-/// The limits of every API (the default, or each API's own) and the optional overall cap.
-pub(super) fn quota_limits(
-    default: Option<String>,
-    per_api: [(Api, Option<String>); 4],
-    total: Option<String>,
-    margin: Duration,
-) -> Result<Limits, ConfigError> {
-    let parse = |setting: &'static str, raw: &str| {
+/// The limits of every API (the default, or each API's own) and the optional overall cap, each
+/// window lengthened by the margin.
+pub(super) fn limits(v: &Values) -> Result<Limits, ConfigError> {
+    let parse = |setting: &str, raw: &str| {
         parse_quota(raw)
             .map(|limits| {
                 limits
                     .into_iter()
                     .map(|l| Limit {
                         calls: l.calls,
-                        window: l.window + margin,
+                        window: l.window + v.quota_margin,
                     })
                     .collect()
             })
-            .map_err(|reason| ConfigError::Invalid { setting, reason })
+            .map_err(|reason| ConfigError::invalid(setting, reason))
     };
-    let default = parse(
-        "SCAN_GATEWAY_QUOTA",
-        default.as_deref().unwrap_or(DEFAULT_QUOTA),
-    )?;
-    let mut limits = Limits::uniform(default);
-    for (api, raw) in per_api {
+    let mut limits = Limits::uniform(parse("quota", &v.quota)?);
+    for (api, setting, raw) in [
+        (
+            Api::RunScan,
+            "quota_run_antivirus_scan",
+            &v.quota_run_antivirus_scan,
+        ),
+        (
+            Api::GetAction,
+            "quota_get_machine_action",
+            &v.quota_get_machine_action,
+        ),
+        (
+            Api::ListActions,
+            "quota_list_machine_actions",
+            &v.quota_list_machine_actions,
+        ),
+        (
+            Api::CancelAction,
+            "quota_cancel_machine_action",
+            &v.quota_cancel_machine_action,
+        ),
+    ] {
         if let Some(raw) = raw {
-            let setting = match api {
-                Api::RunScan => "SCAN_GATEWAY_QUOTA_RUN_ANTIVIRUS_SCAN",
-                Api::GetAction => "SCAN_GATEWAY_QUOTA_GET_MACHINE_ACTION",
-                Api::ListActions => "SCAN_GATEWAY_QUOTA_LIST_MACHINE_ACTIONS",
-                Api::CancelAction => "SCAN_GATEWAY_QUOTA_CANCEL_MACHINE_ACTION",
-            };
-            limits.per_api.insert(api, parse(setting, &raw)?);
+            limits.per_api.insert(api, parse(setting, raw)?);
         }
     }
-    if let Some(raw) = total {
-        limits.total = Some(parse("SCAN_GATEWAY_QUOTA_TOTAL", &raw)?);
+    if let Some(raw) = &v.quota_total {
+        limits.total = Some(parse("quota_total", raw)?);
     }
     Ok(limits)
 }
@@ -79,7 +86,10 @@ pub fn parse_quota(raw: &str) -> Result<Vec<Limit>, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::config::DEFAULT_QUOTA;
 
     #[test]
     fn quota_pairs_parse() {

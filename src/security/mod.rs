@@ -14,8 +14,6 @@ pub mod tls;
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
-
 pub use layer::{AuthLayer, Authenticator};
 pub use limits::{CallerLimits, LimitKind, Limiter, LimitsLayer};
 pub use policy::{Policy, Role, Rule};
@@ -24,45 +22,6 @@ pub use policy::{Policy, Role, Rule};
 /// DNS) SAN of its client certificate, or the `sub` of its JWT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller(pub String);
-
-/// Flags of `serve` for inbound security; each also reads its environment variable.
-#[derive(Debug, Default, Clone, clap::Args)]
-pub struct SecurityArgs {
-    /// PEM certificate chain of the gRPC port; with SCAN_GATEWAY_TLS_KEY turns TLS on
-    /// (reloaded when the file changes).
-    #[arg(long, env = "SCAN_GATEWAY_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of that certificate.
-    #[arg(long, env = "SCAN_GATEWAY_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// PEM CA bundle of client certificates: turns on mutual TLS (required unless JWTs are
-    /// also accepted); the caller is the certificate's URI SAN, else its DNS SAN.
-    #[arg(long, env = "SCAN_GATEWAY_TLS_CLIENT_CA")]
-    pub tls_client_ca: Option<PathBuf>,
-    /// JWKS verifying callers' bearer JWTs: a file path (reloaded when it changes) or an
-    /// https URL (refreshed every 5 minutes).
-    #[arg(long, env = "SCAN_GATEWAY_JWKS")]
-    pub jwks: Option<String>,
-    /// Required `iss` of callers' JWTs.
-    #[arg(long, env = "SCAN_GATEWAY_JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
-    /// Required `aud` of callers' JWTs.
-    #[arg(long, env = "SCAN_GATEWAY_JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
-}
-
-/// The same settings in the config file (top-level keys `tls_cert`, ..., and a `[policy]`
-/// table of `"identity pattern" = "scan" | "read"`).
-#[derive(Debug, Default, Clone, Deserialize)]
-pub struct SecurityFile {
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub tls_client_ca: Option<PathBuf>,
-    pub jwks: Option<String>,
-    pub jwt_issuer: Option<String>,
-    pub jwt_audience: Option<String>,
-    pub policy: Option<std::collections::BTreeMap<String, Rule>>,
-}
 
 /// Resolved inbound security settings.
 #[derive(Debug, Clone, Default)]
@@ -102,11 +61,12 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> SettingError {
 }
 
 impl SecuritySettings {
-    /// Flags and environment win over the file; incomplete combinations are refused.
-    pub fn resolve(args: &SecurityArgs, file: SecurityFile) -> Result<Self, SettingError> {
-        let cert = args.tls_cert.clone().or(file.tls_cert);
-        let key = args.tls_key.clone().or(file.tls_key);
-        let client_ca = args.tls_client_ca.clone().or(file.tls_client_ca);
+    /// From the merged settings (declared in `crate::config`); incomplete combinations are
+    /// refused.
+    pub fn resolve(settings: &crate::config::Values) -> Result<Self, SettingError> {
+        let cert = settings.tls_cert.clone();
+        let key = settings.tls_key.clone();
+        let client_ca = settings.tls_client_ca.clone();
         let tls = match (cert, key) {
             (Some(cert), Some(key)) => Some(TlsSettings {
                 cert,
@@ -123,9 +83,9 @@ impl SecuritySettings {
             (Some(_), None) => return Err(invalid("SCAN_GATEWAY_TLS_KEY", "must be set too")),
             (None, Some(_)) => return Err(invalid("SCAN_GATEWAY_TLS_CERT", "must be set too")),
         };
-        let jwks = args.jwks.clone().or(file.jwks);
-        let issuer = args.jwt_issuer.clone().or(file.jwt_issuer);
-        let audience = args.jwt_audience.clone().or(file.jwt_audience);
+        let jwks = settings.jwks.clone();
+        let issuer = settings.jwt_issuer.clone();
+        let audience = settings.jwt_audience.clone();
         let jwt = match (jwks, issuer, audience) {
             (None, None, None) => None,
             (Some(jwks), Some(issuer), Some(audience)) => Some(JwtSettings {
@@ -141,7 +101,7 @@ impl SecuritySettings {
                 ));
             }
         };
-        let policy = file.policy.map(Policy::new);
+        let policy = settings.policy.clone().map(Policy::new);
         if let Some((pattern, share)) = policy.as_ref().and_then(Policy::invalid_share) {
             return Err(invalid(
                 "policy",
@@ -169,57 +129,55 @@ impl SecuritySettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ConfigArgs;
+
+    /// Resolves one layer of settings (flags, or the file) over the defaults.
+    fn resolve(layer: ConfigArgs) -> Result<SecuritySettings, SettingError> {
+        SecuritySettings::resolve(&layer.resolve().expect("the other settings are valid"))
+    }
 
     #[test]
     fn nothing_configured_means_no_checks() {
-        let s =
-            SecuritySettings::resolve(&SecurityArgs::default(), SecurityFile::default()).unwrap();
+        let s = resolve(ConfigArgs::default()).unwrap();
         assert!(s.tls.is_none() && s.jwt.is_none() && s.policy.is_none());
         assert!(!s.authenticates());
     }
 
     #[test]
     fn incomplete_combinations_are_refused() {
-        let only_cert = SecurityArgs {
+        let only_cert = ConfigArgs {
             tls_cert: Some("c".into()),
-            ..SecurityArgs::default()
+            ..ConfigArgs::default()
         };
         assert_eq!(
-            SecuritySettings::resolve(&only_cert, SecurityFile::default())
-                .unwrap_err()
-                .setting,
+            resolve(only_cert).unwrap_err().setting,
             "SCAN_GATEWAY_TLS_KEY"
         );
-        let only_jwks = SecurityArgs {
+        let only_jwks = ConfigArgs {
             jwks: Some("/jwks.json".into()),
-            ..SecurityArgs::default()
+            ..ConfigArgs::default()
         };
-        assert!(SecuritySettings::resolve(&only_jwks, SecurityFile::default()).is_err());
-        let policy_alone = SecurityFile {
+        assert!(resolve(only_jwks).is_err());
+        let policy_alone = ConfigArgs {
             policy: Some([("a".to_owned(), Role::Scan.into())].into()),
-            ..SecurityFile::default()
+            ..ConfigArgs::default()
         };
-        assert_eq!(
-            SecuritySettings::resolve(&SecurityArgs::default(), policy_alone)
-                .unwrap_err()
-                .setting,
-            "policy"
-        );
+        assert_eq!(resolve(policy_alone).unwrap_err().setting, "policy");
     }
 
     #[test]
     fn flags_win_over_the_file() {
-        let args = SecurityArgs {
+        let args = ConfigArgs {
             jwks: Some("/from/flag".into()),
             jwt_issuer: Some("iss".into()),
-            ..SecurityArgs::default()
+            ..ConfigArgs::default()
         };
-        let file = SecurityFile {
+        let file = ConfigArgs {
             jwks: Some("/from/file".into()),
             jwt_audience: Some("aud".into()),
-            ..SecurityFile::default()
+            ..ConfigArgs::default()
         };
-        let s = SecuritySettings::resolve(&args, file).unwrap();
+        let s = resolve(args.or(file)).unwrap();
         let jwt = s.jwt.unwrap();
         assert_eq!(jwt.jwks, jwt::JwksSource::File("/from/flag".into()));
         assert_eq!((jwt.issuer.as_str(), jwt.audience.as_str()), ("iss", "aud"));
