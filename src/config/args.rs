@@ -207,3 +207,154 @@ fn calls_per_second(rate: &f64) -> Result<(), String> {
     }
     Err("must be a positive number of calls per second, or 0 for no limit".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::any::TypeId;
+
+    use clap::{Args, FromArgMatches};
+    use secrecy::ExposeSecret;
+
+    use super::*;
+    use crate::config::layer;
+
+    /// `serve`'s settings, the environment left out: tests must not depend on it.
+    fn command() -> clap::Command {
+        ConfigArgs::augment_args(clap::Command::new("serve")).mut_args(|arg| arg.env(None))
+    }
+
+    /// Two values of a setting's type: as typed after its flag, and as written in the file.
+    fn samples(arg: &clap::Arg) -> [(&'static str, &'static str); 2] {
+        let is = |id: TypeId| arg.get_value_parser().type_id() == id;
+        if is(TypeId::of::<Duration>()) {
+            [("7s", "\"7s\""), ("8s", "\"8s\"")]
+        } else if is(TypeId::of::<SocketAddr>()) {
+            [
+                ("127.0.0.1:7", "\"127.0.0.1:7\""),
+                ("127.0.0.1:8", "\"127.0.0.1:8\""),
+            ]
+        } else if is(TypeId::of::<bool>()) {
+            [("true", "true"), ("false", "false")]
+        } else if [
+            TypeId::of::<usize>(),
+            TypeId::of::<u32>(),
+            TypeId::of::<f64>(),
+        ]
+        .into_iter()
+        .any(is)
+        {
+            [("7", "7"), ("8", "8")]
+        } else if [
+            TypeId::of::<String>(),
+            TypeId::of::<PathBuf>(),
+            TypeId::of::<SecretString>(),
+        ]
+        .into_iter()
+        .any(is)
+        {
+            [("/seven", "\"/seven\""), ("/eight", "\"/eight\"")]
+        } else {
+            panic!("no sample values for the type of {:?}", arg.get_id())
+        }
+    }
+
+    #[test]
+    fn every_setting_takes_its_flag_over_its_file_key_over_its_default() {
+        // Clap reads a setting's environment variable only when its flag is absent, into the
+        // same field: the environment ranks with the flags, over the file.
+        let command = command();
+        let flag = |long: &str, value: &str| {
+            let matches = command
+                .clone()
+                .try_get_matches_from(["serve".to_owned(), format!("--{long}={value}")])
+                .unwrap();
+            ConfigArgs::from_arg_matches(&matches).unwrap()
+        };
+        let file = |key: &str, value: &str| {
+            layer::parse_file::<ConfigArgs>(&format!("{key} = {value}")).unwrap()
+        };
+        // Over the defaults, as `resolve` does (without the checks: samples need not pass them).
+        let shown = |layer: &ConfigArgs| format!("{:?}", layer.clone().or(ConfigArgs::defaults()));
+        let default = shown(&ConfigArgs::default());
+        let mut tested = 0;
+        for arg in command
+            .get_arguments()
+            .filter(|arg| arg.get_id() != "config")
+        {
+            let key = arg.get_id().as_str();
+            let long = arg.get_long().expect("every setting has a flag");
+            let mut samples = samples(arg);
+            if shown(&file(key, samples[1].1)) == default {
+                samples.swap(0, 1);
+            }
+            let (flag, file) = (flag(long, samples[0].0), file(key, samples[1].1));
+            assert_ne!(shown(&file), default, "{key}: the file is ignored");
+            let merged = flag.clone().or(file.clone());
+            if shown(&flag) != shown(&file) {
+                assert_eq!(
+                    shown(&merged),
+                    shown(&flag),
+                    "{key}: the file beats the flag"
+                );
+            } else {
+                // `Debug` hides a secret's value.
+                assert_eq!(key, "redis_url");
+                let url = merged.redis_url.expect("set");
+                assert_eq!(url.expose_secret(), samples[0].0, "{key}");
+            }
+            tested += 1;
+        }
+        assert!(tested > 30, "only {tested} settings");
+    }
+
+    #[test]
+    fn every_flag_has_help_an_environment_variable_and_its_default_in_the_help() {
+        let command = ConfigArgs::augment_args(clap::Command::new("serve"));
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            assert!(arg.get_env().is_some(), "{id} has no environment variable");
+            assert!(arg.get_long().is_some(), "{id} has no flag");
+            match ConfigArgs::DEFAULTS.iter().find(|(key, _)| *key == id) {
+                Some((_, default)) => assert!(
+                    help.ends_with(&format!(" [default: {default}]")),
+                    "{id}: {help}"
+                ),
+                None => assert!(!help.contains("[default:"), "{id}: {help}"),
+            }
+            assert!(!help.starts_with(" ["), "{id} has no help");
+        }
+    }
+
+    #[test]
+    fn the_defaults_parse_and_pass_their_checks() {
+        let values = ConfigArgs::default().resolve().unwrap();
+        assert_eq!(values.listen, SocketAddr::from(([0, 0, 0, 0], 50051)));
+        assert_eq!(values.token_refresh_margin, Duration::from_secs(300));
+        assert_eq!(values.quota, DEFAULT_QUOTA);
+        assert!(values.follow_running_scans && !values.send_certificate_chain);
+        assert_eq!(values.caller_rate, 100.0);
+    }
+
+    #[test]
+    fn a_refused_value_names_its_environment_variable() {
+        let err = ConfigArgs {
+            poll_interval: Some(Duration::ZERO),
+            ..ConfigArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid SCAN_GATEWAY_POLL_INTERVAL: must be longer than zero"
+        );
+        let err = layer::parse_file::<ConfigArgs>("max_message_bytes = 4096")
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid SCAN_GATEWAY_MAX_MESSAGE_BYTES: must be at least 8192"
+        );
+    }
+}

@@ -111,4 +111,20 @@ mod tests {
             assert!(parse_quota(bad).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn errors_name_the_environment_variable_of_the_quota() {
+        let err = crate::config::ConfigArgs {
+            quota_list_machine_actions: Some("often".into()),
+            ..crate::config::ConfigArgs::default()
+        }
+        .resolve()
+        .and_then(|v| limits(&v))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid SCAN_GATEWAY_QUOTA_LIST_MACHINE_ACTIONS: "),
+            "{err}"
+        );
+    }
 }
