@@ -12,16 +12,6 @@ pub struct CallerLimits {
     pub max_streams: usize,
 }
 
-impl Default for CallerLimits {
-    fn default() -> Self {
-        Self {
-            rate: Some(100.0),
-            burst: 1000,
-            max_streams: 10_000,
-        }
-    }
-}
-
 /// Which limit refused a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitKind {

@@ -88,9 +88,9 @@ async fn scan_over_mtls_succeeds_with_a_client_certificate_and_fails_clearly_wit
         &server_ca,
         vec![SanType::DnsName("gateway.test".try_into().unwrap())],
     );
-    args.security.tls_cert = Some(write(&dir, "tls.crt", &cert));
-    args.security.tls_key = Some(write(&dir, "tls.key", &key));
-    args.security.tls_client_ca = Some(write(&dir, "client-ca.crt", &client_ca.pem));
+    args.tls_cert = Some(write(&dir, "tls.crt", &cert));
+    args.tls_key = Some(write(&dir, "tls.key", &key));
+    args.tls_client_ca = Some(write(&dir, "client-ca.crt", &client_ca.pem));
     let gw = spawn_secure(sim, args).await;
     let machine = gw.sim.machine(0);
 
@@ -230,9 +230,9 @@ async fn scan_with_a_token_file_succeeds_and_fails_clearly_without_a_valid_token
     let signer = Signer::new("k1");
     let sim = spawn_simulator(fast_simulator()).await;
     let mut args = settings_for(&sim);
-    args.security.jwks = Some(file(&dir, "jwks.json", &signer.jwks()));
-    args.security.jwt_issuer = Some(ISSUER.into());
-    args.security.jwt_audience = Some(AUDIENCE.into());
+    args.jwks = Some(file(&dir, "jwks.json", &signer.jwks()));
+    args.jwt_issuer = Some(ISSUER.into());
+    args.jwt_audience = Some(AUDIENCE.into());
     args.config = Some(write(
         &dir,
         "gateway.toml",
@@ -325,11 +325,11 @@ async fn scan_sends_its_token_over_tls() {
     let mut args = settings_for(&sim);
     // 127.0.0.1 in the certificate: no --tls-server-name needed.
     let (cert, key) = leaf(&server_ca, vec![SanType::IpAddress([127, 0, 0, 1].into())]);
-    args.security.tls_cert = Some(write(&dir, "tls.crt", &cert));
-    args.security.tls_key = Some(write(&dir, "tls.key", &key));
-    args.security.jwks = Some(file(&dir, "jwks.json", &signer.jwks()));
-    args.security.jwt_issuer = Some(ISSUER.into());
-    args.security.jwt_audience = Some(AUDIENCE.into());
+    args.tls_cert = Some(write(&dir, "tls.crt", &cert));
+    args.tls_key = Some(write(&dir, "tls.key", &key));
+    args.jwks = Some(file(&dir, "jwks.json", &signer.jwks()));
+    args.jwt_issuer = Some(ISSUER.into());
+    args.jwt_audience = Some(AUDIENCE.into());
     let gw = spawn_secure(sim, args).await;
     let https = format!("https://{}", gw.addr);
     let ca_file = file(&dir, "ca.crt", &server_ca.pem);

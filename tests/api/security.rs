@@ -26,9 +26,9 @@ use crate::{
 /// `client_ca` is given.
 fn tls_args(args: &mut ConfigArgs, dir: &Path, server_ca: &Ca, client_ca: Option<&Ca>) {
     let (cert, key) = leaf(server_ca, localhost());
-    args.security.tls_cert = Some(write(dir, "tls.crt", &cert));
-    args.security.tls_key = Some(write(dir, "tls.key", &key));
-    args.security.tls_client_ca = client_ca.map(|ca| write(dir, "client-ca.crt", &ca.pem));
+    args.tls_cert = Some(write(dir, "tls.crt", &cert));
+    args.tls_key = Some(write(dir, "tls.key", &key));
+    args.tls_client_ca = client_ca.map(|ca| write(dir, "client-ca.crt", &ca.pem));
 }
 
 /// A TLS client trusting `server_ca`, presenting `identity` when given.
@@ -241,9 +241,9 @@ async fn client_ca_is_reloaded_when_its_file_changes() {
 fn jwt_args(sim: &TestSimulator, dir: &Path, signer: &Signer, policy: &str) -> ConfigArgs {
     let mut args = settings_for(sim);
     let jwks = serde_json::json!({ "keys": [signer.jwk()] }).to_string();
-    args.security.jwks = Some(write(dir, "jwks.json", &jwks).display().to_string());
-    args.security.jwt_issuer = Some(ISSUER.into());
-    args.security.jwt_audience = Some(AUDIENCE.into());
+    args.jwks = Some(write(dir, "jwks.json", &jwks).display().to_string());
+    args.jwt_issuer = Some(ISSUER.into());
+    args.jwt_audience = Some(AUDIENCE.into());
     if !policy.is_empty() {
         args.config = Some(write(dir, "gateway.toml", &format!("[policy]\n{policy}\n")));
     }
@@ -462,9 +462,9 @@ async fn jwks_is_fetched_from_a_url() {
 
     let sim = spawn_simulator(fast_simulator()).await;
     let mut args = settings_for(&sim);
-    args.security.jwks = Some(format!("http://{jwks_addr}/openid/v1/jwks"));
-    args.security.jwt_issuer = Some(ISSUER.into());
-    args.security.jwt_audience = Some(AUDIENCE.into());
+    args.jwks = Some(format!("http://{jwks_addr}/openid/v1/jwks"));
+    args.jwt_issuer = Some(ISSUER.into());
+    args.jwt_audience = Some(AUDIENCE.into());
     let gw = spawn_gateway_with(sim, args).await;
     let mut client = gw.client.clone();
 

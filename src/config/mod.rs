@@ -1,0 +1,218 @@
+//! Settings: command-line flag > environment variable > config file (`--config FILE`, TOML) >
+//! default. Environment names are the ones Azure and OpenTelemetry users already know.
+//! Secrets are `SecretString`: `Debug` prints `[REDACTED]`, and no error quotes them.
+//!
+//! Each setting is declared once, in `args.rs`: one struct is the flags (clap reads the
+//! environment too) and the file (serde). Layers of it merge with one generated `or`; the
+//! result, defaults filled in and checked, becomes the typed [`Settings`] here.
+
+mod args;
+mod identity;
+mod layer;
+mod quota;
+mod security;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use secrecy::ExposeSecret;
+use url::Url;
+
+pub use args::{
+    ConfigArgs, DEFAULT_API_BASE, DEFAULT_AUTHORITY, DEFAULT_QUOTA, DEFAULT_SCOPE, Values,
+};
+pub use identity::Credentials;
+pub use quota::parse_quota;
+
+use crate::{
+    quota::{Limits, SharedConfig},
+    security::{CallerLimits, SecuritySettings},
+    upstream,
+};
+
+/// Resolved, checked settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `None` until credentials are configured; `serve` refuses to start without them.
+    pub credentials: Option<Credentials>,
+    pub authority_host: Url,
+    pub api_base_url: Url,
+    pub token_scope: String,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub quota: Limits,
+    pub max_quota_wait: Duration,
+    pub max_queue: usize,
+    /// Shared quota in Redis; `None` keeps it in this process.
+    pub redis: Option<SharedConfig>,
+    /// Replicas sharing the quota (`SCAN_GATEWAY_REPLICAS`). Without Redis each replica keeps
+    /// to its share; with Redis the share applies only while Redis is unreachable.
+    pub replicas: u32,
+    pub poll_interval: Duration,
+    pub max_watch: Duration,
+    pub follow_running_scans: bool,
+    pub upstream_timeout: Duration,
+    pub token_refresh_margin: Duration,
+    pub shutdown_grace: Duration,
+    /// Inbound TLS, caller authentication and the policy; all off by default.
+    pub security: SecuritySettings,
+    pub limits: InboundLimits,
+}
+
+/// What one request, connection or caller may take of the gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundLimits {
+    pub max_message_bytes: usize,
+    pub max_streams_per_connection: u32,
+    pub caller: CallerLimits,
+}
+
+/// A setting that cannot be used. Never quotes a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    /// `setting` is the environment variable (else the file key) of the setting.
+    #[error("invalid {setting}: {reason}")]
+    Invalid { setting: String, reason: String },
+    #[error(
+        "incomplete credentials: {missing} must be set too (AZURE_TENANT_ID and AZURE_CLIENT_ID, with one of AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or AZURE_FEDERATED_TOKEN_FILE)"
+    )]
+    IncompleteCredentials { missing: String },
+}
+
+// === impl ConfigError ===
+
+impl ConfigError {
+    /// The setting whose file key is `key` cannot be used.
+    pub(crate) fn invalid(key: &str, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            setting: layer::name_of::<ConfigArgs>(key),
+            reason: reason.into(),
+        }
+    }
+}
+
+// === impl Settings ===
+
+impl Settings {
+    /// Merges flags and environment (already merged by clap), `AZURE_CLIENT_SECRET`, the config
+    /// file and the defaults, then types and checks the result.
+    pub fn load(args: &ConfigArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => layer::read_file(path)?,
+            None => ConfigArgs::default(),
+        };
+        let values = args
+            .clone()
+            .or(args::environment_only())
+            .or(file)
+            .resolve()?;
+        Self::from_values(values)
+    }
+
+    /// Types the settings, checking those that go together.
+    fn from_values(v: Values) -> Result<Self, ConfigError> {
+        let auth = identity::client_auth(
+            v.client_secret.clone(),
+            v.client_certificate_path
+                .clone()
+                .map(|path| (path, v.send_certificate_chain)),
+            v.federated_token_file.clone(),
+        );
+        let credentials = identity::credentials(v.tenant_id.clone(), v.client_id.clone(), auth)?;
+        let url = |key, raw: &str| {
+            upstream::parse_base_url(raw).map_err(|err| ConfigError::invalid(key, err.to_string()))
+        };
+        let authority_host = url("authority_host", &v.authority_host)?;
+        let api_base_url = url("api_base_url", &v.api_base_url)?;
+        let quota = quota::limits(&v)?;
+        let security = security::resolve(&v).map_err(|err| ConfigError::Invalid {
+            setting: err.setting.to_owned(),
+            reason: err.reason,
+        })?;
+        let redis = v
+            .redis_url
+            .filter(|url| !url.expose_secret().trim().is_empty())
+            .map(|url| SharedConfig {
+                url,
+                replicas: v.replicas,
+                prefix: "scan-gateway:quota".to_owned(),
+                timeout: v.redis_timeout,
+            });
+        let limits = InboundLimits {
+            max_message_bytes: v.max_message_bytes,
+            max_streams_per_connection: v.max_streams_per_connection,
+            caller: CallerLimits {
+                rate: match v.caller_rate {
+                    // 0 turns the limit off.
+                    0.0 => None,
+                    rate => Some(rate),
+                },
+                burst: v.caller_burst,
+                max_streams: v.max_streams_per_caller,
+            },
+        };
+        Ok(Settings {
+            limits,
+            security,
+            credentials,
+            authority_host,
+            api_base_url,
+            token_scope: v.token_scope,
+            listen: v.listen,
+            admin_listen: v.admin_listen,
+            quota,
+            redis,
+            replicas: v.replicas,
+            max_quota_wait: v.max_quota_wait,
+            max_queue: v.max_queue.max(1),
+            max_watch: v.max_watch,
+            follow_running_scans: v.follow_running_scans,
+            poll_interval: v.poll_interval,
+            upstream_timeout: v.upstream_timeout,
+            token_refresh_margin: v.token_refresh_margin,
+            shutdown_grace: v.shutdown_grace,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::Api;
+
+    #[test]
+    fn file_values_apply_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("scan-gateway-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:6000\"\npoll_interval = \"3s\"\nquota = \"10/1m\"\n",
+        )
+        .unwrap();
+        let args = ConfigArgs {
+            config: Some(path.clone()),
+            listen: Some("127.0.0.1:7000".parse().unwrap()),
+            ..ConfigArgs::default()
+        };
+        let settings = Settings::load(&args).unwrap();
+        assert_eq!(settings.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(settings.poll_interval, Duration::from_secs(3));
+        assert_eq!(settings.quota.per_api[&Api::RunScan].len(), 1);
+        std::fs::write(&path, "client_secret = \"hunter2-secret\"\nbogus = 1\n").unwrap();
+        let err = Settings::load(&args).unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn plain_http_is_refused_for_remote_hosts() {
+        let args = ConfigArgs {
+            api_base_url: Some("http://api.security.microsoft.com".into()),
+            ..ConfigArgs::default()
+        };
+        let err = Settings::load(&args).unwrap_err().to_string();
+        assert!(err.contains("MDE_API_BASE_URL"), "{err}");
+    }
+}
