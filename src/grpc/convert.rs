@@ -68,6 +68,38 @@ pub fn scan_request(
     })
 }
 
+impl TryFrom<&pb::RunScanRequest> for ScanRequest {
+    type Error = Error;
+
+    fn try_from(r: &pb::RunScanRequest) -> Result<Self, Error> {
+        scan_request(&r.machine_id, r.scan_type, &r.comment, &r.request_id)
+    }
+}
+
+impl TryFrom<&pb::StartScanRequest> for ScanRequest {
+    type Error = Error;
+
+    fn try_from(r: &pb::StartScanRequest) -> Result<Self, Error> {
+        scan_request(&r.machine_id, r.scan_type, &r.comment, &r.request_id)
+    }
+}
+
+impl TryFrom<&pb::CancelScanRequest> for CancelRequest {
+    type Error = Error;
+
+    fn try_from(request: &pb::CancelScanRequest) -> Result<Self, Error> {
+        cancel_request(request)
+    }
+}
+
+impl TryFrom<&pb::ListScansRequest> for ListQuery {
+    type Error = Error;
+
+    fn try_from(request: &pb::ListScansRequest) -> Result<Self, Error> {
+        list_query(request)
+    }
+}
+
 pub fn action_id(raw: &str) -> Result<ActionId, Error> {
     ActionId::parse("action_id", raw).map_err(Error::from)
 }

@@ -13,6 +13,7 @@ use super::{
     stream::{StreamCall, stream},
 };
 use crate::{
+    domain::{CancelRequest, ListQuery, ScanRequest},
     error::Error,
     metrics::Metrics,
     scans::Scans,
@@ -86,17 +87,16 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
             &r.request_id,
         );
         let r = request.into_inner();
-        let parsed =
-            match convert::scan_request(&r.machine_id, r.scan_type, &r.comment, &r.request_id) {
-                Ok(parsed) => parsed,
-                Err(err) => {
-                    let refused = self.invalid(METHOD, err);
-                    if let Err(status) = &refused {
-                        audit.finish(status.code(), None);
-                    }
-                    return refused;
+        let parsed = match ScanRequest::try_from(&r) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                let refused = self.invalid(METHOD, err);
+                if let Err(status) = &refused {
+                    audit.finish(status.code(), None);
                 }
-            };
+                return refused;
+            }
+        };
         let call = StreamCall {
             method: METHOD,
             base,
@@ -128,8 +128,7 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
         let r = request.into_inner();
         let result = self
             .unary("StartScan", async {
-                let parsed =
-                    convert::scan_request(&r.machine_id, r.scan_type, &r.comment, &r.request_id)?;
+                let parsed = ScanRequest::try_from(&r)?;
                 let ctx = &base;
                 let action = self.scans.start(&parsed, ctx).await?;
                 Ok(pb::StartScanResponse {
@@ -191,7 +190,7 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
         let audit = AuditRecord::cancel(&request);
         let result = self
             .unary("CancelScan", async {
-                let parsed = convert::cancel_request(request.get_ref())?;
+                let parsed = CancelRequest::try_from(request.get_ref())?;
                 let ctx = &base;
                 let action = self.scans.cancel(&parsed, ctx).await?;
                 Ok(pb::CancelScanResponse {
@@ -209,7 +208,7 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
     ) -> Result<Response<pb::ListScansResponse>, Status> {
         let base = call_context(&request);
         self.unary("ListScans", async {
-            let query = convert::list_query(request.get_ref())?;
+            let query = ListQuery::try_from(request.get_ref())?;
             let ctx = &base;
             let page = self.scans.list(&query, ctx).await?;
             Ok(pb::ListScansResponse {
