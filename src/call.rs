@@ -99,6 +99,14 @@ pub struct CallContext {
     pub caller: Option<QuotaCaller>,
 }
 
+/// The API a request is for; every request the client builds is tagged with it.
+pub fn api_of(request: &Request) -> Api {
+    *request
+        .extensions()
+        .get::<Api>()
+        .expect("DefenderClient tags every request with its Api")
+}
+
 /// A copy of a request for a retry. Requests hold their body as `Bytes`, so this is cheap.
 pub fn clone_request(request: &Request) -> Request {
     let mut copy = http::Request::new(request.body().clone());

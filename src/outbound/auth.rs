@@ -3,18 +3,13 @@
 //! tenant may have revoked it early); whether to send again is the retry policy's call
 //! ([`super::retry`]).
 
-use std::{
-    future::Future,
-    mem,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::sync::Arc;
 
 use http::{HeaderValue, StatusCode, header::AUTHORIZATION};
 use secrecy::{ExposeSecret, SecretString};
-use tower::{Layer, Service, ServiceExt, layer::layer_fn};
+use tower::{Layer, Service, ServiceExt};
 
+use super::step::{self, Step, Stepped};
 use crate::{
     call::{Request, Response},
     credentials::{TokenCache, TokenError},
@@ -23,47 +18,29 @@ use crate::{
 
 /// See the module docs.
 #[derive(Clone)]
-pub struct Authorize<S> {
-    inner: S,
+pub struct Authorize {
     tokens: Arc<TokenCache>,
 }
 
-impl<S> Authorize<S> {
-    pub fn layer(tokens: Arc<TokenCache>) -> impl Layer<S, Service = Self> + Clone {
-        layer_fn(move |inner| Self {
-            inner,
-            tokens: tokens.clone(),
-        })
+impl Authorize {
+    pub fn layer<S>(tokens: Arc<TokenCache>) -> impl Layer<S, Service = Stepped<Self, S>> + Clone {
+        step::layer(Self { tokens })
     }
 }
 
-impl<S> Service<Request> for Authorize<S>
-where
-    S: Service<Request, Response = Response, Error = Error> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        // The ready service goes into the future; a fresh clone stays behind for the next call.
-        let clone = self.inner.clone();
-        let inner = mem::replace(&mut self.inner, clone);
-        let tokens = self.tokens.clone();
-        Box::pin(async move {
-            let token = tokens.token().await?;
-            let response = inner.oneshot(authorize(request, &token)?).await?;
-            if response.status() == StatusCode::UNAUTHORIZED {
-                tracing::info!("the Defender API refused the access token; forgetting it");
-                tokens.invalidate(&token);
-            }
-            Ok(response)
-        })
+impl Step for Authorize {
+    async fn call<S>(self, request: Request, next: S) -> Result<Response, Error>
+    where
+        S: Service<Request, Response = Response, Error = Error> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let token = self.tokens.token().await?;
+        let response = next.oneshot(authorize(request, &token)?).await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            tracing::info!("the Defender API refused the access token; forgetting it");
+            self.tokens.invalidate(&token);
+        }
+        Ok(response)
     }
 }
 

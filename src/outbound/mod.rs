@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod quota;
 pub mod retry;
+mod step;
 pub mod trace;
 
 use std::sync::Arc;

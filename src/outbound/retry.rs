@@ -12,20 +12,14 @@
 //! is never re-sent blindly. `scans` resolves an unknown scan start by looking for the scan it
 //! may have created, and only a scan that certainly does not exist is requested again.
 
-use std::{
-    future::Future,
-    mem,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use http::StatusCode;
-use tower::{Layer, Service, ServiceExt, layer::layer_fn};
+use tower::{Layer, Service, ServiceExt};
 
+use super::step::{self, Step, Stepped};
 use crate::{
-    call::{Api, Deadline, Request, Response, clone_request, retry_after},
+    call::{Deadline, Request, Response, api_of, clone_request, retry_after},
     quota::Quota,
     upstream::{Error, TransportKind},
 };
@@ -93,70 +87,50 @@ fn once(count: &mut u32) -> Decision {
 
 /// See the module docs.
 #[derive(Clone)]
-pub struct Retry<S> {
-    inner: S,
+pub struct Retry {
     quota: Arc<Quota>,
 }
 
-impl<S> Retry<S> {
-    pub fn layer(quota: Arc<Quota>) -> impl Layer<S, Service = Self> + Clone {
-        layer_fn(move |inner| Self {
-            inner,
-            quota: quota.clone(),
-        })
+impl Retry {
+    pub fn layer<S>(quota: Arc<Quota>) -> impl Layer<S, Service = Stepped<Self, S>> + Clone {
+        step::layer(Self { quota })
     }
 }
 
-impl<S> Service<Request> for Retry<S>
-where
-    S: Service<Request, Response = Response, Error = Error> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let clone = self.inner.clone();
-        let inner = mem::replace(&mut self.inner, clone);
-        let quota = self.quota.clone();
-        Box::pin(async move {
-            let api = *request
-                .extensions()
-                .get::<Api>()
-                .expect("DefenderClient tags every request with its Api");
-            let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
-            let mut attempts = Attempts::default();
-            let mut request = request;
-            loop {
-                let next = clone_request(&request);
-                let result = inner.clone().oneshot(request).await;
-                let wait = result
-                    .as_ref()
-                    .ok()
-                    .and_then(|r| retry_after(r.headers(), quota.clock().utc().into()));
-                match attempts.decide(&result, wait) {
-                    Decision::Return => return result,
-                    Decision::Resend => {
-                        tracing::info!(%api, "nothing reached Defender; sending the call once more");
-                    }
-                    Decision::Throttled(wait) => {
-                        let resume = quota.clock().now() + wait;
-                        quota.pause(api, resume).await;
-                        if deadline.is_some_and(|d| resume >= d) {
-                            tracing::warn!(%api, wait_s = wait.as_secs(), "upstream quota exceeded; giving up");
-                            return result;
-                        }
-                        tracing::warn!(%api, wait_s = wait.as_secs(), retries = attempts.throttled, "upstream quota exceeded; pausing this API and retrying");
-                    }
+impl Step for Retry {
+    async fn call<S>(self, mut request: Request, next: S) -> Result<Response, Error>
+    where
+        S: Service<Request, Response = Response, Error = Error> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let quota = self.quota;
+        let api = api_of(&request);
+        let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
+        let mut attempts = Attempts::default();
+        loop {
+            let again = clone_request(&request);
+            let result = next.clone().oneshot(request).await;
+            let wait = result
+                .as_ref()
+                .ok()
+                .and_then(|r| retry_after(r.headers(), quota.clock().utc().into()));
+            match attempts.decide(&result, wait) {
+                Decision::Return => return result,
+                Decision::Resend => {
+                    tracing::info!(%api, "nothing reached Defender; sending the call once more");
                 }
-                request = next;
+                Decision::Throttled(wait) => {
+                    let resume = quota.clock().now() + wait;
+                    quota.pause(api, resume).await;
+                    if deadline.is_some_and(|d| resume >= d) {
+                        tracing::warn!(%api, wait_s = wait.as_secs(), "upstream quota exceeded; giving up");
+                        return result;
+                    }
+                    tracing::warn!(%api, wait_s = wait.as_secs(), retries = attempts.throttled, "upstream quota exceeded; pausing this API and retrying");
+                }
             }
-        })
+            request = again;
+        }
     }
 }
 
@@ -164,6 +138,7 @@ where
 mod tests {
     use super::*;
     use crate::{
+        call::Api,
         clock::Clock,
         credentials::cache::tests::fixture,
         metrics::Metrics,

@@ -19,7 +19,7 @@ use tracing::{Instrument, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
-    call::{Api, Request, Response},
+    call::{Request, Response, api_of},
     metrics::Metrics,
     telemetry::propagation,
     upstream::Error,
@@ -55,11 +55,7 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        let api = request
-            .extensions()
-            .get::<Api>()
-            .copied()
-            .expect("DefenderClient tags every request with its Api");
+        let api = api_of(&request);
         let uri = request.uri();
         // DEBUG under its own target: logs skip it unless RUST_LOG asks for it (then a call
         // costs no span at all), while span export always takes it (telemetry::init).
@@ -135,6 +131,7 @@ fn server_port(uri: &http::Uri) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::call::Api;
     use bytes::Bytes;
     use tower::{ServiceExt, service_fn};
 

@@ -10,7 +10,8 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use tower::Service;
 
-use super::{Api, Deadline, Error, Request, Response};
+use super::{Deadline, Error, Request, Response};
+use crate::call::api_of;
 
 /// Idle upstream connections kept per host for reuse.
 const MAX_IDLE_CONNECTIONS: usize = 64;
@@ -58,10 +59,7 @@ impl Service<Request> for HttpService {
         let client = self.client.clone();
         let mut timeout = self.timeout;
         Box::pin(async move {
-            let api = *request
-                .extensions()
-                .get::<Api>()
-                .expect("DefenderClient tags every request with its Api");
+            let api = api_of(&request);
             let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
             if let Some(deadline) = deadline {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());

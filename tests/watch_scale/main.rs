@@ -42,6 +42,9 @@ async fn a_thousand_actions_followed_by_three_thousand_streams_cost_one_list_cal
     args.max_queue = Some(10_000);
     // 3,000 calls at once from one address: lift the per-caller rate.
     args.caller_rate = Some(0.0);
+    // 3,000 streams start with up to 3,000 reads at once; on a loaded 2-core runner those
+    // can take longer than the suite's 5 s exchange bound, which this test is not about.
+    args.upstream_timeout = Some(Duration::from_secs(30));
     let app = spawn_gateway_with(sim, args).await;
 
     let mut clients = Vec::new();
