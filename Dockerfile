@@ -23,10 +23,12 @@ ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 # Only what the build reads (see .dockerignore): the manifest, the lockfile, the build script
-# (it compiles proto/ with protox, pure Rust: no protoc needed) and the sources.
+# (it compiles proto/ with protox, pure Rust: no protoc needed), the sources and the workspace's
+# member crates (the simulator and the clock; cargo reads every member's manifest).
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY src ./src
+COPY crates ./crates
 # --locked: exactly the versions of Cargo.lock. Stripping symbols keeps the image small; panics
 # still print their message. The cache mounts keep the registry and target/ between builds.
 ENV CARGO_PROFILE_RELEASE_STRIP=symbols

@@ -29,10 +29,10 @@ use std::{
     time::Duration,
 };
 
+use defender_simulator::{Simulator, SimulatorConfig};
 use scan_gateway::{
     clock::Clock,
     grpc::pb::{self, scan_service_client::ScanServiceClient},
-    simulator::{Simulator, SimulatorConfig},
 };
 use tokio::{
     sync::{Semaphore, oneshot},

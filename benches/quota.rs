@@ -18,12 +18,12 @@ use std::{
 
 use axum::Router;
 use bytes::Bytes;
+use defender_simulator::{SimState, SimulatorConfig};
 use scan_gateway::{
     clock::Clock,
     metrics::Metrics,
     outbound::{Admit, Retry},
     quota::{Limit, Limits, Quota, QuotaConfig},
-    simulator::{self, SimState, SimulatorConfig},
     upstream::{ActionQuery, CallContext, DefenderClient, Error, Request, Response},
 };
 use tokio::time::Instant;
@@ -39,7 +39,7 @@ fn simulator() -> Router {
         quota: vec![(100, MINUTE), (1500, HOUR)],
         ..SimulatorConfig::demo()
     };
-    simulator::app(SimState::new(config, Clock::system()))
+    defender_simulator::app(SimState::new(config, Clock::system()))
 }
 
 async fn token(router: &Router) -> String {
@@ -189,7 +189,7 @@ fn main() {
         .start_paused(true)
         .build()
         .expect("a runtime");
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let (gateway, reactive) = runtime.block_on(async { (run(false).await, run(true).await) });
     let share = |o: &Outcome| 100.0 * o.admitted as f64 / 1500.0;
     println!(

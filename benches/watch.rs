@@ -10,10 +10,10 @@
 
 use std::{process::Stdio, time::Duration};
 
+use defender_simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use scan_gateway::{
     clock::Clock,
     grpc::pb::{self, scan_service_client::ScanServiceClient, scan_update::Event},
-    simulator::{Simulator, SimulatorConfig, SimulatorHandle},
 };
 use tokio::{
     io::{AsyncBufReadExt, BufReader},

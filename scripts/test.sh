@@ -8,7 +8,7 @@ bash scripts/install-test-tools.sh
 # tests/api/helpers.rs), next to cargo's own output; then nothing there may hold a secret.
 logs=target/test-logs
 rm -rf "$logs" && mkdir -p "$logs"
-SCAN_GATEWAY_TEST_LOG_DIR="$PWD/$logs" cargo test --all-targets "$@" 2>&1 | tee "$logs/cargo-test.out"
+SCAN_GATEWAY_TEST_LOG_DIR="$PWD/$logs" cargo test --workspace --all-targets "$@" 2>&1 | tee "$logs/cargo-test.out"
 python3 scripts/check-secrets.py "$logs"
 # The Helm chart: lint, render, schema, security scan (installs its own tools into .tools/).
 bash scripts/check-chart.sh

@@ -37,6 +37,10 @@ pub enum Error {
         not_found: bool,
         detail: String,
     },
+    /// The task starting a stream's scan ended without an answer (it panicked); the scan may
+    /// exist.
+    #[error("the scan's start was interrupted; look it up with ListScans")]
+    StartInterrupted,
     /// The gateway is shutting down; the caller should resume on another replica.
     #[error("the gateway is shutting down; resume with WatchScan on another replica")]
     ShuttingDown,

@@ -1,8 +1,8 @@
 //! scan-gateway: a gRPC gateway that runs Microsoft Defender for Endpoint antivirus scans.
 //!
 //! Data flow: [`grpc`] (validate, map errors) → [`scans`] (the domain) → [`upstream`] (typed
-//! Defender calls) → [`layers`] (trace, quota, auth) → reqwest. [`simulator`] plays the
-//! Defender API for demos and tests.
+//! Defender calls) → [`layers`] (trace, quota, auth) → reqwest. The `defender-simulator`
+//! crate (`crates/simulator`) plays the Defender API for demos and tests.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -22,7 +22,6 @@ pub mod quota;
 pub mod redis_link;
 pub mod scans;
 pub mod security;
-pub mod simulator;
 pub mod startup;
 pub mod telemetry;
 pub mod upstream;

@@ -1,14 +1,19 @@
 //! `scan-gateway serve [--simulate]`
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, process::ExitCode};
 
 use crate::{
     clock::Clock,
-    config::{ConfigArgs, Credentials, Settings},
-    credentials::ClientAuth,
-    simulator::{Simulator, SimulatorConfig},
+    config::{ConfigArgs, Settings},
     startup::Gateway,
     telemetry::{self, LogFormat, TraceSettings},
+};
+// Only `--simulate` uses these, and only a build with the simulator has it.
+#[cfg(feature = "simulator")]
+use {
+    crate::{config::Credentials, credentials::ClientAuth},
+    defender_simulator::{Simulator, SimulatorConfig},
+    std::time::Duration,
 };
 
 #[derive(Debug, clap::Args)]
@@ -63,29 +68,19 @@ async fn serve(
     };
 
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let mut simulator_task = None;
-    let mut banner = None;
+    let mut simulator = None;
     if args.simulate {
-        let sim_config = SimulatorConfig::demo();
-        let simulator = match Simulator::bind(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            sim_config.clone(),
-            clock,
-        )
-        .await
-        {
-            Ok(simulator) => simulator,
+        let mut stop = shutdown_tx.subscribe();
+        let stop = async move {
+            let _ = stop.recv().await;
+        };
+        match Embedded::start(&mut settings, &args.config, clock, stop).await {
+            Ok(started) => simulator = Some(started),
             Err(err) => {
-                eprintln!("error: cannot start the embedded simulator: {err}");
+                eprintln!("error: {err}");
                 return ExitCode::from(2);
             }
-        };
-        use_simulator(&mut settings, &args.config, &simulator, &sim_config);
-        banner = Some((simulator.base_url(), simulator.handle().demo_machine_ids(3)));
-        let mut stop = shutdown_tx.subscribe();
-        simulator_task = Some(tokio::spawn(simulator.run_until_stopped(async move {
-            let _ = stop.recv().await;
-        })));
+        }
     }
 
     let gateway = match Gateway::build(&settings, clock).await {
@@ -95,18 +90,18 @@ async fn serve(
             return ExitCode::from(2);
         }
     };
-    if let Some((simulator_url, machines)) = banner {
+    if let Some(simulator) = &simulator {
         print_banner(
             gateway.local_addr(),
             gateway.admin_addr(),
-            &simulator_url,
-            &machines,
+            simulator.url(),
+            simulator.machines(),
         );
     }
     let result = gateway.run_until_stopped(shutdown).await;
     let _ = shutdown_tx.send(());
-    if let Some(task) = simulator_task {
-        let _ = task.await;
+    if let Some(simulator) = simulator {
+        simulator.stopped().await;
     }
     match result {
         Ok(()) => {
@@ -120,8 +115,81 @@ async fn serve(
     }
 }
 
+/// The simulator `--simulate` runs in-process, serving until the gateway has stopped.
+#[cfg(feature = "simulator")]
+struct Embedded {
+    url: String,
+    machines: Vec<String>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+#[cfg(feature = "simulator")]
+impl Embedded {
+    /// Binds a demo simulator on a loopback port and points `settings` at it.
+    async fn start(
+        settings: &mut Settings,
+        args: &ConfigArgs,
+        clock: Clock,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Self, String> {
+        let config = SimulatorConfig::demo();
+        let simulator =
+            Simulator::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config.clone(), clock)
+                .await
+                .map_err(|err| format!("cannot start the embedded simulator: {err}"))?;
+        use_simulator(settings, args, &simulator, &config);
+        Ok(Self {
+            url: simulator.base_url(),
+            machines: simulator.handle().demo_machine_ids(3),
+            task: tokio::spawn(simulator.run_until_stopped(stop)),
+        })
+    }
+
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn machines(&self) -> &[String] {
+        &self.machines
+    }
+
+    async fn stopped(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Built without the `simulator` feature there is no simulator to embed: `--simulate` is
+/// refused with a message that says so, and no value of this type can exist.
+#[cfg(not(feature = "simulator"))]
+enum Embedded {}
+
+#[cfg(not(feature = "simulator"))]
+impl Embedded {
+    async fn start(
+        _settings: &mut Settings,
+        _args: &ConfigArgs,
+        _clock: Clock,
+        _stop: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Self, String> {
+        Err("--simulate: this scan-gateway was built without the embedded Defender simulator (cargo feature `simulator`); configure a Defender tenant instead".into())
+    }
+
+    fn url(&self) -> &str {
+        match *self {}
+    }
+
+    fn machines(&self) -> &[String] {
+        match *self {}
+    }
+
+    async fn stopped(self) {
+        match self {}
+    }
+}
+
 /// Points the gateway at the embedded simulator. Listeners default to loopback here: a demo
 /// is not meant to be reachable from the network.
+#[cfg(feature = "simulator")]
 fn use_simulator(
     settings: &mut Settings,
     args: &ConfigArgs,

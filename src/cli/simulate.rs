@@ -3,9 +3,10 @@
 
 use std::process::ExitCode;
 
+use defender_simulator::{Simulator, SimulatorArgs};
+
 use crate::{
     clock::Clock,
-    simulator::{Simulator, SimulatorArgs},
     telemetry::{self, LogFormat},
 };
 

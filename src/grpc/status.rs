@@ -34,6 +34,16 @@ pub fn code_of(error: &Error) -> Code {
     to_status(error).code()
 }
 
+/// The `reason` label of `scan_gateway_grpc_server_refused_total` for a call the inbound
+/// layers refused.
+pub fn refusal_reason(error: &Error) -> &'static str {
+    match error {
+        Error::PermissionDenied { .. } => "permission_denied",
+        Error::CallerLimit { kind, .. } => kind.reason(),
+        _ => "unauthenticated",
+    }
+}
+
 fn to_status(error: &Error) -> Status {
     let message = error.to_string();
     match error {
@@ -61,6 +71,7 @@ fn to_status(error: &Error) -> Status {
             ),
         ),
         Error::ShuttingDown => Status::unavailable(message),
+        Error::StartInterrupted => Status::internal(message),
         Error::Unauthenticated(_) => Status::with_error_details(
             Code::Unauthenticated,
             message,

@@ -89,9 +89,7 @@ impl State {
                             Ok(Err(err)) => return Some(Err(self.fail(err))),
                             Err(join) => {
                                 tracing::error!(error = %join, "the stream's start task failed");
-                                return Some(Err(self.fail_with(Status::internal(
-                                    "the scan's start was interrupted; look it up with ListScans",
-                                ))));
+                                return Some(Err(self.fail(Error::StartInterrupted)));
                             }
                         },
                     }
@@ -113,10 +111,7 @@ impl State {
     }
 
     fn fail(&mut self, err: Error) -> Status {
-        self.fail_with(Status::from(err))
-    }
-
-    fn fail_with(&mut self, status: Status) -> Status {
+        let status = Status::from(err);
         self.outcome.code = Some(status.code());
         self.phase = Phase::Done;
         status

@@ -20,7 +20,12 @@ use tonic::{
 use tower::{Layer, Service};
 
 use crate::security::{Caller, Policy, der, jwt::JwtVerifier, policy};
-use crate::{error::Error, metrics::Metrics, telemetry::AUDIT_TARGET};
+use crate::{
+    error::Error,
+    grpc::status::{code_of, refusal_reason},
+    metrics::{Metrics, code_name},
+    telemetry::AUDIT_TARGET,
+};
 
 const SCAN_SERVICE: &str = "/defender.scan.v1.ScanService/";
 
@@ -162,20 +167,18 @@ where
                 Either::Right(self.inner.call(request))
             }
             Err(error) => {
-                let (caller, code, reason) = match &error {
-                    Error::PermissionDenied { caller, .. } => {
-                        (caller.as_str(), "PERMISSION_DENIED", "permission_denied")
-                    }
-                    _ => ("unauthenticated", "UNAUTHENTICATED", "unauthenticated"),
+                let caller = match &error {
+                    Error::PermissionDenied { caller, .. } => caller.as_str(),
+                    _ => "unauthenticated",
                 };
-                self.metrics.record_refused(reason);
+                self.metrics.record_refused(refusal_reason(&error));
                 let peer = super::peer_of(&request);
                 tracing::info!(
                     target: AUDIT_TARGET,
                     rpc = method,
                     peer = peer.map(tracing::field::display),
                     caller,
-                    outcome = code,
+                    outcome = code_name(code_of(&error)),
                     "call refused"
                 );
                 Either::Left(ready(Ok(Status::from(error).into_http())))

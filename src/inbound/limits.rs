@@ -31,7 +31,8 @@ use crate::{
     call::QuotaCaller,
     clock::Clock,
     error::Error,
-    metrics::Metrics,
+    grpc::status::{code_of, refusal_reason},
+    metrics::{Metrics, code_name},
     security::{Caller, CallerLimits, LimitKind},
 };
 
@@ -248,14 +249,12 @@ where
                 })
             }
             Err(error) => {
-                if let Error::CallerLimit { kind, .. } = &error {
-                    self.metrics.record_refused(kind.reason());
-                }
+                self.metrics.record_refused(refusal_reason(&error));
                 tracing::info!(
                     target: crate::telemetry::AUDIT_TARGET,
                     rpc = method,
                     caller = &*caller,
-                    outcome = "RESOURCE_EXHAUSTED",
+                    outcome = code_name(code_of(&error)),
                     "call refused: {error}"
                 );
                 Either::Left(ready_ok(Ok(Status::from(error).into_http())))

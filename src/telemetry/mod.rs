@@ -75,7 +75,7 @@ pub fn init(
         let targets = Targets::new()
             .with_target("scan_gateway", LevelFilter::INFO)
             .with_target(UPSTREAM_SPAN_TARGET, LevelFilter::DEBUG)
-            .with_target("scan_gateway::simulator", LevelFilter::OFF)
+            .with_target("defender_simulator", LevelFilter::OFF)
             .with_target(AUDIT_TARGET, LevelFilter::INFO);
         layers.push(
             tracing_opentelemetry::layer()

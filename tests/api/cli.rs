@@ -93,7 +93,7 @@ async fn serve_simulate_prints_machines_and_a_demo_scan_succeeds_within_seconds(
     let machine = gateway.stdout_line("  ").trim().to_owned();
     assert_eq!(machine.len(), 40, "{machine}");
 
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(BIN)
             .args([

@@ -154,7 +154,7 @@ async fn upstream_429_is_unavailable_with_retry_info() {
 #[tokio::test]
 async fn upstream_5xx_is_unavailable() {
     let app = spawn_app().await;
-    let mut faults = scan_gateway::simulator::Faults::default();
+    let mut faults = defender_simulator::Faults::default();
     faults.run_scan.error_rate = 1.0;
     app.sim.handle.set_faults(faults);
     let mut client = app.client.clone();
@@ -195,7 +195,7 @@ async fn connection_failure_is_unavailable() {
 #[tokio::test]
 async fn token_endpoint_down_is_unavailable() {
     let app = spawn_app().await;
-    let mut faults = scan_gateway::simulator::Faults::default();
+    let mut faults = defender_simulator::Faults::default();
     faults.token.error_rate = 1.0;
     app.sim.handle.set_faults(faults);
     let mut client = app.client.clone();
@@ -215,7 +215,7 @@ async fn token_endpoint_down_is_unavailable() {
 #[tokio::test]
 async fn a_caller_deadline_that_passes_upstream_is_deadline_exceeded() {
     let app = spawn_app().await;
-    let mut faults = scan_gateway::simulator::Faults::default();
+    let mut faults = defender_simulator::Faults::default();
     faults.get_action.latency = Duration::from_secs(3);
     app.sim.handle.set_faults(faults);
     let mut client = app.client.clone();
@@ -236,7 +236,7 @@ async fn a_caller_deadline_that_passes_upstream_is_deadline_exceeded() {
 #[tokio::test]
 async fn upstream_403_is_permission_denied_upstream_forbidden() {
     let app = spawn_app().await;
-    let mut faults = scan_gateway::simulator::Faults::default();
+    let mut faults = defender_simulator::Faults::default();
     faults.run_scan.forbidden = true;
     app.sim.handle.set_faults(faults);
     let mut client = app.client.clone();
@@ -274,7 +274,7 @@ async fn a_lost_answer_to_the_scan_request_finds_the_scan_instead_of_starting_an
     let mut config = fast_simulator();
     config.pending_duration = Duration::from_secs(60);
     let app = spawn_gateway(spawn_simulator(config).await).await;
-    let mut faults = scan_gateway::simulator::Faults::default();
+    let mut faults = defender_simulator::Faults::default();
     // Defender creates the scan, but the answer is a 500.
     faults.run_scan.lost_response_rate = 1.0;
     app.sim.handle.set_faults(faults);
@@ -296,7 +296,7 @@ async fn a_lost_answer_to_the_scan_request_finds_the_scan_instead_of_starting_an
 #[tokio::test]
 async fn a_5xx_that_created_nothing_is_unavailable_after_one_post() {
     let app = spawn_app().await;
-    let mut faults = scan_gateway::simulator::Faults::default();
+    let mut faults = defender_simulator::Faults::default();
     faults.run_scan.error_rate = 1.0;
     app.sim.handle.set_faults(faults);
     let mut client = app.client.clone();

@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
+use defender_simulator::{EndpointFaults, Faults, ResetPoint, SimulatorConfig};
 use scan_gateway::grpc::pb;
-use scan_gateway::simulator::{EndpointFaults, Faults, ResetPoint, SimulatorConfig};
 use tokio::time::Instant;
 use tonic::Code;
 use tonic_types::StatusExt;

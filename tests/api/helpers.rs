@@ -2,11 +2,11 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use defender_simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use scan_gateway::{
     clock::Clock,
     config::{ConfigArgs, Settings},
     grpc::pb::{self, scan_service_client::ScanServiceClient},
-    simulator::{Simulator, SimulatorConfig, SimulatorHandle},
     startup::Gateway,
 };
 use secrecy::SecretString;

@@ -1,6 +1,7 @@
 //! Integration tests: a simulator and a gateway on ephemeral loopback ports, talked to over
 //! gRPC with the generated client (and, in `tools`, with grpcurl and Python grpcio).
 
+mod certificate_assertion;
 mod cli;
 mod cli_security;
 mod collector;

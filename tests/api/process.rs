@@ -102,6 +102,10 @@ fn lines(
     rx
 }
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a child process's output arrives in real time"
+)]
 fn wait_line(rx: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::time::Instant::now() < deadline {

@@ -261,7 +261,7 @@ async fn two_gateways_sharing_redis_never_exceed_the_quota_even_through_a_redis_
     config.quota = vec![(10, Duration::from_secs(1)), (30, Duration::from_secs(5))];
     let sim = Arc::new(spawn_simulator(config).await);
     let _ = tracing_subscriber::fmt()
-        .with_env_filter("scan_gateway::quota=debug,scan_gateway::simulator::gate=debug")
+        .with_env_filter("scan_gateway::quota=debug,defender_simulator::gate=debug")
         .try_init();
     let url = redis.url();
     let gateway = |sim: Arc<TestSimulator>| {

@@ -32,7 +32,7 @@ async fn sigterm_ends_every_stream_with_unavailable_and_finishes_unary_calls() {
     config.pending_duration = Duration::from_secs(3600);
     config.quota = vec![(1_000_000, Duration::from_secs(60))];
     let sim = spawn_simulator(config).await;
-    let mut faults = scan_gateway::simulator::Faults::default();
+    let mut faults = defender_simulator::Faults::default();
     faults.list_actions.latency = Duration::from_millis(1500);
     sim.handle.set_faults(faults);
 

@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 
 use super::*;
-use crate::simulator::DuplicateMode;
+use crate::DuplicateMode;
 
 const KEYS: [&str; 21] = [
     "@odata.context",

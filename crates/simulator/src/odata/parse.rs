@@ -3,8 +3,8 @@
 //! Errors name the position and what was expected, since a client author reads them while
 //! fixing a query; nesting is bounded so hostile input cannot exhaust the stack.
 
-use super::odata::{Field, Filter, Op, Value};
-use super::timestamp;
+use super::{Field, Filter, Op, Value};
+use crate::timestamp;
 
 /// Deeper nesting is refused rather than risking the stack.
 const MAX_DEPTH: usize = 50;

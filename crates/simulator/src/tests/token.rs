@@ -113,18 +113,6 @@ fn now_unix() -> i64 {
     time::OffsetDateTime::from(start()).unix_timestamp()
 }
 
-/// A self-signed RSA certificate as the gateway's credential sees it, and its DER.
-fn certificate() -> (crate::credentials::Certificate, Vec<u8>) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["scan-gateway".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let pem = format!("{}{}", cert.pem(), key.serialize_pem());
-    let credential = crate::credentials::Certificate::from_pem(pem.as_bytes(), "test").unwrap();
-    (credential, cert.der().to_vec())
-}
-
 fn assertion_form(jwt: &str) -> String {
     v2_form(&[
         ("client_secret", ""),
@@ -134,74 +122,6 @@ fn assertion_form(jwt: &str) -> String {
         ),
         ("client_assertion", jwt),
     ])
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_certificate_assertion_verifies_against_the_registered_certificate() {
-    let (credential, der) = certificate();
-    let mut config = config();
-    config.client_certificate = Some(der);
-    let sim = Sim::new(config);
-    let audience = format!("https://login.microsoftonline.com/{TENANT}/oauth2/v2.0/token");
-    let jwt = credential
-        .client_assertion(CLIENT, &audience, now_unix(), false)
-        .unwrap();
-    let body = assertion_form(secrecy::ExposeSecret::expose_secret(&jwt));
-    let resp = sim.post_form(&v2_uri(), &body).await;
-    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
-    // Ten minutes later the same assertion has expired.
-    tokio::time::advance(std::time::Duration::from_secs(601)).await;
-    let resp = sim.post_form(&v2_uri(), &body).await;
-    assert_eq!(resp.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(resp.json()["error_codes"][0], 700024);
-}
-
-#[tokio::test(start_paused = true)]
-async fn certificate_assertions_are_refused_when_unregistered_tampered_or_misaddressed() {
-    let (credential, der) = certificate();
-    let (other, _) = certificate();
-    let mut config = config();
-    config.client_certificate = Some(der);
-    let sim = Sim::new(config);
-    let audience = format!("https://login.microsoftonline.com/{TENANT}/oauth2/v2.0/token");
-    let expose = |jwt: secrecy::SecretString| secrecy::ExposeSecret::expose_secret(&jwt).to_owned();
-
-    let unregistered = expose(
-        other
-            .client_assertion(CLIENT, &audience, now_unix(), false)
-            .unwrap(),
-    );
-    let resp = sim
-        .post_form(&v2_uri(), &assertion_form(&unregistered))
-        .await;
-    assert_eq!(resp.json()["error_codes"][0], 700027, "{}", resp.body);
-    assert!(resp.body.contains("key was not found"), "{}", resp.body);
-
-    let good = expose(
-        credential
-            .client_assertion(CLIENT, &audience, now_unix(), false)
-            .unwrap(),
-    );
-    let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
-    parts[2] = URL_SAFE_NO_PAD.encode(b"not the signature");
-    let resp = sim
-        .post_form(&v2_uri(), &assertion_form(&parts.join(".")))
-        .await;
-    assert_eq!(resp.json()["error_codes"][0], 700027, "{}", resp.body);
-    assert!(resp.body.contains("signature is invalid"), "{}", resp.body);
-
-    let elsewhere = expose(
-        credential
-            .client_assertion(
-                CLIENT,
-                "https://login.microsoftonline.com/other/oauth2/v2.0/token",
-                now_unix(),
-                false,
-            )
-            .unwrap(),
-    );
-    let resp = sim.post_form(&v2_uri(), &assertion_form(&elsewhere)).await;
-    assert_eq!(resp.json()["error_codes"][0], 50027, "{}", resp.body);
 }
 
 #[tokio::test(start_paused = true)]

@@ -353,7 +353,7 @@ mod tests {
     fn defaults_are_the_standalone_profile_without_faults() {
         let c = Cli::try_parse_from(["x"]).unwrap().sim.to_config().unwrap();
         assert_eq!(c.pending_duration, Duration::from_secs(30));
-        assert_eq!(c.quota, crate::simulator::config::default_quota());
+        assert_eq!(c.quota, crate::config::default_quota());
         assert_eq!(c.faults.cancel.error_rate, 0.0);
     }
 

@@ -19,7 +19,7 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 use super::{SimState, SimulatorConfig, SimulatorHandle, app};
-use crate::clock::Clock;
+use crate::Clock;
 
 pub(super) const TENANT: &str = "00000000-0000-0000-0000-000000000001";
 pub(super) const CLIENT: &str = "11111111-1111-1111-1111-111111111111";

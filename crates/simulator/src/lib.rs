@@ -16,6 +16,7 @@
 //! Everything is deterministic for a seed (inventory, action ids, outcomes, faults) except the
 //! tokens and error `target`s, and all time comes from [`Clock`], so tests use
 //! `tokio::time::pause()`/`advance()` and never sleep.
+#![forbid(unsafe_code)]
 
 mod aad_error;
 mod actions;
@@ -33,7 +34,6 @@ mod history;
 mod introspect;
 mod inventory;
 mod odata;
-mod odata_parse;
 mod query;
 mod quota;
 mod rng;
@@ -55,14 +55,15 @@ use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
-use crate::clock::Clock;
-
 pub use actions::ActionStatus;
 pub use cli::{Profile, QuotaSpec, SimulatorArgs};
 pub use config::{DuplicateMode, SimulatorConfig, default_quota};
 pub use faults::{EndpointFaults, Faults, ResetPoint};
 pub use handle::SimulatorHandle;
 pub use inventory::Machine;
+/// The clock [`Simulator::bind`] and [`SimState::new`] take; the gateway's `Clock` is this
+/// type too, so a test can run both on one paused clock.
+pub use scan_clock::Clock;
 pub use state::SimState;
 pub use stats::{Endpoint, Stats};
 pub use traceparents::SeenTraceparent;

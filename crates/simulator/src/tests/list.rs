@@ -70,7 +70,7 @@ async fn lists_newest_first_with_history_of_other_types() {
         .collect();
     let parsed: Vec<_> = times
         .iter()
-        .map(|t| crate::simulator::timestamp::parse_literal(t).unwrap())
+        .map(|t| crate::timestamp::parse_literal(t).unwrap())
         .collect();
     assert!(parsed.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
 }

@@ -3,7 +3,7 @@
 use time::OffsetDateTime;
 use time::macros::datetime;
 
-use crate::simulator::odata::{Field, Filter, Op, Record, Value};
+use crate::odata::{Field, Filter, Op, Record, Value};
 
 struct Row {
     status: &'static str,

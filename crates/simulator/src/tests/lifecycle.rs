@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::scan::assert_action_keys;
 use super::*;
-use crate::simulator::ActionStatus;
+use crate::ActionStatus;
 
 /// Lifecycle tests jump days ahead; a token that outlives them keeps them short.
 fn long_tokens() -> SimulatorConfig {

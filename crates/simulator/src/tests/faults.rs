@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use super::*;
-use crate::simulator::{EndpointFaults, Faults, ResetPoint};
+use crate::{EndpointFaults, Faults, ResetPoint};
 
 fn faults(f: EndpointFaults) -> Faults {
     Faults::defender_api(f)

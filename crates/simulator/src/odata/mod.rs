@@ -13,13 +13,13 @@
 //! Fields are `id`, `status`, `machineId`, `type`, `requestor`, `scope` (strings: `eq`, `ne`,
 //! `in`) and `creationDateTimeUtc` (also `gt ge lt le`, literal quoted or not). Field names are
 //! case-insensitive because the samples write them PascalCase; string values compare
-//! case-insensitively, like the service's database collation. The parser is in `odata_parse.rs`.
+//! case-insensitively, like the service's database collation. The parser is in `parse.rs`.
 
 use std::cmp::Ordering;
 
 use time::OffsetDateTime;
 
-use super::odata_parse;
+mod parse;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Field {
@@ -83,7 +83,7 @@ pub(crate) trait Record {
 impl Filter {
     /// Parses a `$filter` value; the error is the message of a 400 `ODataError`.
     pub(crate) fn parse(src: &str) -> Result<Self, String> {
-        odata_parse::parse(src)
+        parse::parse(src)
     }
 
     pub(crate) fn matches(&self, r: &impl Record) -> bool {

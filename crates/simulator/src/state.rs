@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::clock::Clock;
+use crate::Clock;
 
 use super::actions::ActionStore;
 use super::bearer::TokenStore;

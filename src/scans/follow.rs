@@ -1,0 +1,136 @@
+//! Following a scan for one stream: the first action, then each status change the watcher
+//! sees, until a final status.
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{Scans, malformed_id};
+use crate::{
+    domain::{ActionId, ActionStatus, MachineAction},
+    error::Error,
+    upstream::CallContext,
+    watcher::Update,
+};
+
+/// One stream's view of a followed action: [`Follower::next`] yields the first action, then
+/// the action once per observed status change (from the replica's watcher), and ends after a
+/// final status. It ends with an error when the action cannot be followed, the watch time or
+/// the caller's deadline runs out, or the gateway shuts down.
+///
+/// It is pulled by the stream's response body, so it costs nothing while the caller is slow
+/// (a slow caller simply gets the newest status when it reads again) and is dropped with the
+/// stream. It keeps only what it needs between statuses: the last status sent and the
+/// watcher's receiver, so ten thousand open streams stay small.
+pub struct Follower {
+    scans: Scans,
+    /// The first action, until it has been yielded (boxed: the follower lives as long as
+    /// its stream, the first action only until the first poll).
+    first: Option<Box<MachineAction>>,
+    /// Set once subscribed.
+    id: Option<ActionId>,
+    updates: Option<watch::Receiver<Update>>,
+    last: ActionStatus,
+    until: Instant,
+    done: bool,
+}
+
+impl Follower {
+    /// The next action to send, an error that ends the stream, or `None` after the final one.
+    pub async fn next(&mut self) -> Option<Result<MachineAction, Error>> {
+        if self.done {
+            return None;
+        }
+        if let Some(first) = self.first.take() {
+            return Some(self.start(*first));
+        }
+        let result = self.changed().await;
+        if !matches!(&result, Ok(action) if !action.status.is_final()) {
+            self.done = true;
+        }
+        Some(result)
+    }
+
+    fn start(&mut self, first: MachineAction) -> Result<MachineAction, Error> {
+        if first.status.is_final() {
+            self.finished();
+            return Ok(first);
+        }
+        let Ok(id) = ActionId::parse("id", &first.id) else {
+            self.done = true;
+            return Err(malformed_id(&first));
+        };
+        self.updates = Some(self.scans.0.watcher.subscribe(id.clone(), &first));
+        self.id = Some(id);
+        Ok(first)
+    }
+
+    /// Waits for a status other than the last one sent.
+    async fn changed(&mut self) -> Result<MachineAction, Error> {
+        let (Some(updates), Some(id)) = (self.updates.as_mut(), self.id.as_ref()) else {
+            return Err(Error::ShuttingDown);
+        };
+        loop {
+            // The newest state first: it may be newer than what the caller got.
+            let update = updates.borrow_and_update().clone();
+            match update {
+                Update::Action(action) if action.status != self.last => {
+                    self.last = action.status.clone();
+                    if self.last.is_final() {
+                        self.scans
+                            .0
+                            .metrics
+                            .record_scan_finished(self.last.as_upstream());
+                    }
+                    return Ok(*action);
+                }
+                Update::Action(_) => {}
+                Update::Failed { not_found, detail } => {
+                    return Err(Error::WatchFailed {
+                        action_id: id.to_string(),
+                        not_found,
+                        detail,
+                    });
+                }
+            }
+            tokio::select! {
+                changed = updates.changed() => if changed.is_err() {
+                    // The watcher let go of the action: the gateway is stopping.
+                    return Err(Error::ShuttingDown);
+                },
+                () = tokio::time::sleep_until(self.until) => {
+                    return Err(Error::WatchExpired {
+                        action_id: id.to_string(),
+                        status: self.last.as_upstream().to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn finished(&mut self) {
+        self.done = true;
+        self.scans
+            .0
+            .metrics
+            .record_scan_finished(self.last.as_upstream());
+    }
+}
+
+impl Scans {
+    /// Follows `first` for one stream; see [`Follower`].
+    pub fn follow(&self, first: MachineAction, ctx: &CallContext) -> Follower {
+        let until = {
+            let max = self.0.clock.now() + self.0.config.max_watch;
+            ctx.deadline.map_or(max, |deadline| deadline.min(max))
+        };
+        Follower {
+            scans: self.clone(),
+            last: first.status.clone(),
+            first: Some(Box::new(first)),
+            id: None,
+            updates: None,
+            until,
+            done: false,
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The domain service: start, get, cancel, list and follow antivirus scans. It knows the
+//! Defender API's quirks (the two shapes of "already in progress", statuses that only end at
+//! a final one) and hides them from the gRPC layer. Starting is in [`start`], following in
+//! [`follow`], the idempotency keys in [`crate::idempotency`].
+
+mod follow;
+mod start;
+#[cfg(test)]
+mod tests;
+
+use std::{sync::Arc, time::Duration};
+
+use time::OffsetDateTime;
+use tokio::time::Instant;
+
+use crate::{
+    clock::Clock,
+    domain::{ActionId, ActionStatus, CancelRequest, ListQuery, MachineAction},
+    error::Error,
+    idempotency::{LocalKeys, SharedKeys},
+    metrics::Metrics,
+    upstream::{self, ActionQuery, CallContext, DefenderClient, SCAN_ACTION_TYPE},
+    watcher::Watcher,
+};
+
+pub use follow::Follower;
+
+/// Settings of the scan service.
+#[derive(Debug, Clone)]
+pub struct ScansConfig {
+    /// Longest a stream follows one action; then it ends with DEADLINE_EXCEEDED carrying the
+    /// last known status, and the caller resumes with `WatchScan`.
+    pub max_watch: Duration,
+    /// A scan requested for a machine that is already scanning returns that scan (true), or
+    /// fails with ALREADY_EXISTS (false).
+    pub follow_running: bool,
+}
+
+/// One event of a followed scan.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScanEvent {
+    /// Waiting for quota: position 1 is next.
+    Queued {
+        position: usize,
+        estimated_start: OffsetDateTime,
+    },
+    /// The action, sent once per observed status change.
+    Action(Box<MachineAction>),
+}
+
+/// A page of actions and the offset of the next page, if any.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub actions: Vec<MachineAction>,
+    pub next_skip: Option<u32>,
+}
+
+struct Inner {
+    client: DefenderClient,
+    clock: Clock,
+    config: ScansConfig,
+    metrics: Metrics,
+    /// This replica's idempotency keys.
+    keys: LocalKeys,
+    /// The same keys for every replica, in Redis (when configured).
+    shared_keys: Option<SharedKeys>,
+    watcher: Watcher,
+}
+
+/// The scan service. Cheap to clone.
+#[derive(Clone)]
+pub struct Scans(Arc<Inner>);
+
+impl Scans {
+    /// Followed scans end with [`Error::ShuttingDown`] when the gateway stops: the watcher
+    /// (started with the shutdown signal) lets go of every action.
+    pub fn new(
+        client: DefenderClient,
+        clock: Clock,
+        config: ScansConfig,
+        metrics: Metrics,
+        watcher: Watcher,
+        shared_keys: Option<SharedKeys>,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            client,
+            clock,
+            config,
+            metrics,
+            keys: LocalKeys::default(),
+            shared_keys,
+            watcher,
+        }))
+    }
+
+    /// The action a new stream starts from: the watcher's latest state when it already
+    /// follows the action (no upstream call), else a fresh read.
+    pub async fn watch_start(
+        &self,
+        id: &ActionId,
+        ctx: &CallContext,
+    ) -> Result<MachineAction, Error> {
+        match self.0.watcher.current(id) {
+            Some(action) => Ok(action),
+            None => self.get(id, ctx).await,
+        }
+    }
+
+    pub async fn get(&self, id: &ActionId, ctx: &CallContext) -> Result<MachineAction, Error> {
+        self.0
+            .client
+            .get_action(id, ctx)
+            .await
+            .map_err(|err| not_found_as(err, "machine action", id.as_str()))
+    }
+
+    /// Cancels an action. Cancelling is idempotent: when the answer is lost (the cancel may
+    /// have taken effect) or Defender refuses because the action is already final, the action
+    /// is read back, and if it is Cancelled the caller gets it, as a retry of a cancel whose
+    /// answer was lost expects.
+    pub async fn cancel(
+        &self,
+        request: &CancelRequest,
+        ctx: &CallContext,
+    ) -> Result<MachineAction, Error> {
+        let id = &request.action_id;
+        let err = match self
+            .0
+            .client
+            .cancel_action(id, request.comment.as_str(), ctx)
+            .await
+        {
+            Ok(action) => return Ok(action),
+            Err(err) => err,
+        };
+        let already_final = matches!(&err, upstream::Error::Api(api) if api.status == 400);
+        if outcome_unknown(&err) || already_final {
+            match self.0.client.get_action(id, ctx).await {
+                Ok(action) if action.status == ActionStatus::Cancelled => {
+                    tracing::info!(action_id = %id, error = %err, "the cancel's answer was lost or refused, but the action is cancelled");
+                    return Ok(action);
+                }
+                Ok(_) => {}
+                Err(lookup) => {
+                    tracing::warn!(action_id = %id, error = %lookup, "could not read the action back after a failed cancel");
+                }
+            }
+        }
+        Err(not_found_as(err, "machine action", id.as_str()))
+    }
+
+    /// Antivirus-scan actions, newest first. One more than the page is fetched to know
+    /// whether another page follows.
+    pub async fn list(&self, query: &ListQuery, ctx: &CallContext) -> Result<Page, Error> {
+        let upstream_query = ActionQuery {
+            machine_id: query.machine_id.clone(),
+            action_type: Some(SCAN_ACTION_TYPE),
+            status: query.status.clone(),
+            created_at_or_after: query.created_after,
+            top: Some(query.top + 1),
+            skip: Some(query.skip),
+            ..ActionQuery::default()
+        };
+        let mut actions = self.0.client.list_actions(&upstream_query, ctx).await?;
+        let next_skip = (actions.len() > query.top as usize).then(|| query.skip + query.top);
+        actions.truncate(query.top as usize);
+        Ok(Page { actions, next_skip })
+    }
+
+    /// The UTC time of a monotonic instant (for `queued` events).
+    pub fn utc_at(&self, at: Instant) -> OffsetDateTime {
+        self.0.clock.utc_at(at)
+    }
+}
+
+/// A failure after which the POST may have created the scan anyway.
+pub(crate) fn outcome_unknown(err: &upstream::Error) -> bool {
+    use upstream::{Error as U, TransportKind};
+    match err {
+        U::Transport { kind, .. } => *kind != TransportKind::Connect,
+        U::Api(api) => api.status >= 500,
+        U::Malformed { .. } => true,
+        U::Token(_) | U::Quota(_) | U::DeadlineExceeded { .. } => false,
+    }
+}
+
+/// A 404 names the resource the call was about.
+pub(crate) fn not_found_as(err: upstream::Error, resource: &'static str, name: &str) -> Error {
+    match err {
+        upstream::Error::Api(api) if api.status == 404 => Error::NotFound {
+            resource,
+            name: name.to_owned(),
+            source: Box::new(api),
+        },
+        other => other.into(),
+    }
+}
+
+pub(crate) fn malformed_id(action: &MachineAction) -> Error {
+    upstream::Error::Malformed {
+        api: upstream::Api::RunScan,
+        detail: format!("the action id `{}` is not a GUID", action.id),
+    }
+    .into()
+}

@@ -1,0 +1,196 @@
+//! Starting a scan: once per idempotency key (on this replica, and across replicas through
+//! Redis), and never twice when Defender's answer is lost.
+
+use std::time::Duration;
+
+use super::{Scans, malformed_id, not_found_as, outcome_unknown};
+use crate::{
+    domain::{ActionId, MachineAction, MachineId, ScanRequest},
+    error::Error,
+    idempotency::{Claim, KeyError},
+    upstream::{self, ActionQuery, ApiError, CallContext, SCAN_ACTION_TYPE},
+};
+
+impl Scans {
+    /// Starts a scan, or returns the scan already running on the machine. With a request id,
+    /// the same id returns the same action for 24 hours and concurrent requests with one id make
+    /// one upstream call.
+    pub async fn start(
+        &self,
+        request: &ScanRequest,
+        ctx: &CallContext,
+    ) -> Result<MachineAction, Error> {
+        let Some(key) = &request.request_id else {
+            return self.start_upstream(request, ctx).await;
+        };
+        let keyed = self.0.keys.keyed(key, request, self.0.clock.now())?;
+        let mut created = None;
+        let id = keyed
+            .action
+            .get_or_try_init(|| async {
+                // Across replicas: another may already have started this scan.
+                let mut claimed = false;
+                if let Some(shared) = &self.0.shared_keys {
+                    let until = ctx
+                        .deadline
+                        .unwrap_or_else(|| self.0.clock.now() + Duration::from_secs(30));
+                    match shared.claim(key, request, until).await {
+                        Ok(Claim::Existing(id)) => return Ok(id),
+                        Ok(Claim::Mine) => claimed = true,
+                        Err(KeyError::Mismatch(violation)) => return Err(violation.into()),
+                        Err(KeyError::Unavailable(reason)) => {
+                            tracing::warn!(%reason, "idempotency key kept by this replica only");
+                        }
+                    }
+                }
+                let started = self.start_upstream(request, ctx).await;
+                let action = match started {
+                    Ok(action) => action,
+                    Err(err) => {
+                        if claimed && let Some(shared) = &self.0.shared_keys {
+                            shared.release(key).await;
+                        }
+                        return Err(err);
+                    }
+                };
+                let id = ActionId::parse("id", &action.id).map_err(|_| malformed_id(&action))?;
+                if claimed && let Some(shared) = &self.0.shared_keys {
+                    shared.record(key, request, &id).await;
+                }
+                created = Some(action);
+                Ok::<_, Error>(id)
+            })
+            .await?;
+        match created {
+            Some(action) => Ok(action),
+            None => self.get(id, ctx).await,
+        }
+    }
+
+    /// Starts the scan upstream. The stack resends the POST only when it certainly never
+    /// reached Defender (`outbound::retry`); when its outcome is unknown (a timeout, a 5xx, a
+    /// lost or garbled answer) the machine's scans are looked up here, so a fault never starts
+    /// a second scan.
+    async fn start_upstream(
+        &self,
+        request: &ScanRequest,
+        ctx: &CallContext,
+    ) -> Result<MachineAction, Error> {
+        let sent_at = self.0.clock.utc();
+        match self.post_scan(request, ctx).await {
+            Ok(action) => Ok(action),
+            Err(err) if outcome_unknown(&err) => {
+                self.resolve_unknown(request, sent_at, err, ctx).await
+            }
+            Err(upstream::Error::Api(api)) if api.is_already_in_progress() => {
+                if self.0.config.follow_running {
+                    self.running_scan(&request.machine_id, api, ctx).await
+                } else {
+                    Err(Error::AlreadyExists {
+                        machine_id: request.machine_id.to_string(),
+                        source: Box::new(api),
+                    })
+                }
+            }
+            Err(err) => Err(not_found_as(err, "machine", request.machine_id.as_str())),
+        }
+    }
+
+    async fn post_scan(
+        &self,
+        request: &ScanRequest,
+        ctx: &CallContext,
+    ) -> Result<MachineAction, upstream::Error> {
+        self.0
+            .client
+            .run_antivirus_scan(
+                &request.machine_id,
+                request.scan_type,
+                request.comment.as_str(),
+                ctx,
+            )
+            .await
+    }
+
+    /// The POST may or may not have created the scan: find the one it created (same comment
+    /// and type, created since it was sent, allowing for clock skew) or, when following running
+    /// scans, any scan running on the machine. Nothing found: the original error, and the
+    /// caller may retry safely.
+    async fn resolve_unknown(
+        &self,
+        request: &ScanRequest,
+        sent_at: time::OffsetDateTime,
+        error: upstream::Error,
+        ctx: &CallContext,
+    ) -> Result<MachineAction, Error> {
+        let query = ActionQuery {
+            machine_id: Some(request.machine_id.clone()),
+            action_type: Some(SCAN_ACTION_TYPE),
+            top: Some(10),
+            ..ActionQuery::default()
+        };
+        let actions = match self.0.client.list_actions(&query, ctx).await {
+            Ok(actions) => actions,
+            Err(lookup) => {
+                tracing::warn!(error = %lookup, "could not check whether the scan was created");
+                return Err(error.into());
+            }
+        };
+        let skew = time::Duration::seconds(30);
+        let ours = actions.iter().find(|a| {
+            a.requestor_comment.as_deref() == Some(request.comment.as_str())
+                && a.scope.as_deref() == Some(request.scan_type.as_upstream())
+                && a.creation_time
+                    .is_some_and(|created| created >= sent_at - skew)
+        });
+        let found = ours.or_else(|| {
+            self.0
+                .config
+                .follow_running
+                .then(|| {
+                    actions
+                        .iter()
+                        .filter(|a| !a.status.is_final())
+                        .max_by_key(|a| a.creation_time)
+                })
+                .flatten()
+        });
+        match found {
+            Some(action) => {
+                tracing::warn!(action_id = %action.id, error = %error, "the answer to the scan request was lost; found the scan it created");
+                Ok(action.clone())
+            }
+            None => Err(not_found_as(error, "machine", request.machine_id.as_str())),
+        }
+    }
+
+    /// Defender said a scan is already running: find that action, newest first.
+    async fn running_scan(
+        &self,
+        machine_id: &MachineId,
+        refusal: ApiError,
+        ctx: &CallContext,
+    ) -> Result<MachineAction, Error> {
+        let query = ActionQuery {
+            machine_id: Some(machine_id.clone()),
+            action_type: Some(SCAN_ACTION_TYPE),
+            top: Some(10),
+            ..ActionQuery::default()
+        };
+        let actions = self.0.client.list_actions(&query, ctx).await?;
+        let running = actions
+            .into_iter()
+            .filter(|a| !a.status.is_final())
+            .max_by_key(|a| a.creation_time);
+        match running {
+            Some(action) => {
+                tracing::info!(action_id = %action.id, "a scan was already running; following it");
+                Ok(action)
+            }
+            None => Err(Error::AlreadyExists {
+                machine_id: machine_id.to_string(),
+                source: Box::new(refusal),
+            }),
+        }
+    }
+}
