@@ -166,9 +166,8 @@ mod tests {
     use crate::{
         clock::Clock,
         credentials::cache::tests::fixture,
-        metrics::Metrics,
         outbound::{auth::Authorize, quota::Admit},
-        quota::{Limit, Limits, QuotaConfig},
+        quota::{Limit, Limits, QuotaConfig, QuotaMetrics},
     };
     use bytes::Bytes;
     use http::header::AUTHORIZATION;
@@ -185,7 +184,11 @@ mod tests {
             max_wait: Duration::from_secs(3600),
             max_queue: 100,
         };
-        Arc::new(Quota::local(&config, Clock::system(), Metrics::new()))
+        Arc::new(Quota::local(
+            &config,
+            Clock::system(),
+            QuotaMetrics::default(),
+        ))
     }
 
     fn request(deadline: Option<Instant>) -> Request {

@@ -17,6 +17,7 @@
 
 mod lanes;
 mod limits;
+mod metrics;
 pub mod shared;
 
 use std::{
@@ -31,7 +32,6 @@ use tracing::Instrument;
 use crate::{
     call::{Api, QueueObserver, QuotaCaller},
     clock::Clock,
-    metrics::Metrics,
 };
 
 /// Why the quota refused a call.
@@ -43,7 +43,8 @@ pub enum Error {
 }
 
 pub use limits::{Admission, Limit, Limits, LocalStore, window};
-pub use shared::{SharedConfig, SharedStore};
+pub use metrics::QuotaMetrics;
+pub use shared::{SharedConfig, SharedMetrics, SharedStore};
 
 /// Quota settings.
 #[derive(Debug, Clone)]
@@ -107,11 +108,11 @@ pub struct Quota {
     max_queue: usize,
     queues: HashMap<Api, Queue>,
     store: Store,
-    metrics: Metrics,
+    metrics: QuotaMetrics,
 }
 
 impl Quota {
-    pub fn new(config: &QuotaConfig, store: Store, clock: Clock, metrics: Metrics) -> Self {
+    pub fn new(config: &QuotaConfig, store: Store, clock: Clock, metrics: QuotaMetrics) -> Self {
         Self {
             clock,
             limits: config.limits.clone(),
@@ -128,7 +129,7 @@ impl Quota {
     }
 
     /// An in-process quota.
-    pub fn local(config: &QuotaConfig, clock: Clock, metrics: Metrics) -> Self {
+    pub fn local(config: &QuotaConfig, clock: Clock, metrics: QuotaMetrics) -> Self {
         let store = Store::Local(LocalStore::new(&config.limits));
         Self::new(config, store, clock, metrics)
     }
@@ -307,13 +308,13 @@ impl Quota {
 /// Counts a caller as waiting until it is admitted, refused or cancelled (dropped).
 struct Waiting<'a> {
     counter: &'a AtomicUsize,
-    metrics: &'a Metrics,
+    metrics: &'a QuotaMetrics,
     api: Api,
     ahead: usize,
 }
 
 impl<'a> Waiting<'a> {
-    fn enter(counter: &'a AtomicUsize, metrics: &'a Metrics, api: Api) -> Self {
+    fn enter(counter: &'a AtomicUsize, metrics: &'a QuotaMetrics, api: Api) -> Self {
         let ahead = counter.fetch_add(1, Ordering::SeqCst);
         metrics.set_quota_queue_length(api.as_str(), ahead + 1);
         Self {

@@ -27,7 +27,11 @@ fn quota_with(limits: Limits, max_queue: usize) -> Arc<Quota> {
         max_wait: Duration::from_secs(100_000),
         max_queue,
     };
-    Arc::new(Quota::local(&config, Clock::system(), Metrics::new()))
+    Arc::new(Quota::local(
+        &config,
+        Clock::system(),
+        QuotaMetrics::default(),
+    ))
 }
 
 fn quota(pairs: &[(u32, u64)]) -> Arc<Quota> {
@@ -406,7 +410,7 @@ async fn a_replica_that_never_reached_redis_falls_back_to_its_share_at_once() {
             timeout: Duration::from_millis(200),
         },
         Limits::uniform(limits(&[(4, 60_000)])),
-        Metrics::new(),
+        SharedMetrics::default(),
     )
     .expect("a valid URL");
     let now = Instant::now();

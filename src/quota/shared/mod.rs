@@ -47,6 +47,7 @@
 mod admitter;
 mod fallback;
 mod heartbeat;
+mod metrics;
 mod replay;
 
 use std::{
@@ -71,11 +72,11 @@ use self::{
 use super::limits::{Admission, Limit, Limits, LocalStore};
 use crate::{
     call::Api,
-    metrics::Metrics,
     redis_link::{LinkError, RedisLink},
 };
 
 pub use heartbeat::ALIVE_TTL;
+pub use metrics::SharedMetrics;
 
 /// Extends the API's pause to at least `ms` milliseconds from now.
 const PAUSE: &str = include_str!("pause.lua");
@@ -134,7 +135,7 @@ pub struct SharedStore {
     epoch_script: Script,
     pause: Script,
     leave: Script,
-    metrics: Metrics,
+    metrics: SharedMetrics,
 }
 
 /// Why Redis gave no decision.
@@ -151,7 +152,11 @@ enum SharedError {
 impl SharedStore {
     /// Validates the URL; the connection is made on first use (and re-made after failures),
     /// so a gateway starts even while Redis is down, in fallback.
-    pub fn new(config: SharedConfig, limits: Limits, metrics: Metrics) -> redis::RedisResult<Self> {
+    pub fn new(
+        config: SharedConfig,
+        limits: Limits,
+        metrics: SharedMetrics,
+    ) -> redis::RedisResult<Self> {
         let redis = RedisLink::new(&config.url, config.timeout)?;
         let live = Arc::new(Liveness {
             mode: Mutex::new(Mode::Shared),
