@@ -21,9 +21,8 @@ use bytes::Bytes;
 use defender_simulator::{SimState, SimulatorConfig};
 use scan_gateway::{
     clock::Clock,
-    metrics::Metrics,
     outbound::{Admit, Retry},
-    quota::{Limit, Limits, Quota, QuotaConfig},
+    quota::{Limit, Limits, Quota, QuotaConfig, QuotaMetrics},
     upstream::{ActionQuery, CallContext, DefenderClient, Error, Request, Response},
 };
 use tokio::time::Instant;
@@ -151,7 +150,11 @@ async fn run(reactive: bool) -> Outcome {
             max_wait: 2 * HOUR,
             max_queue: 10_000,
         };
-        let quota = Arc::new(Quota::local(&config, Clock::system(), Metrics::new()));
+        let quota = Arc::new(Quota::local(
+            &config,
+            Clock::system(),
+            QuotaMetrics::default(),
+        ));
         // The stack's retry policy over its quota, as in production.
         BoxCloneSyncService::new(
             tower::ServiceBuilder::new()

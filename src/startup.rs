@@ -12,17 +12,17 @@ use crate::{
     admin,
     clock::Clock,
     config::Settings,
-    credentials::{Credential, TokenCache, TokenEndpoint},
-    grpc::{ScanServiceImpl, pb},
+    credentials::{Credential, TokenCache, TokenEndpoint, TokenMetrics},
+    grpc::{GrpcMetrics, ScanServiceImpl, pb},
     idempotency::SharedKeys,
-    inbound::{self, Authenticator, Limiter},
-    metrics::Metrics,
-    outbound,
-    quota::{LocalStore, Quota, QuotaConfig, SharedStore, Store},
-    scans::{Scans, ScansConfig},
+    inbound::{self, Authenticator, InboundMetrics, Limiter},
+    metrics::{self, Metrics},
+    outbound::{self, UpstreamMetrics},
+    quota::{LocalStore, Quota, QuotaConfig, QuotaMetrics, SharedStore, Store},
+    scans::{ScanMetrics, Scans, ScansConfig},
     security,
     upstream::{self, DefenderClient, HttpService},
-    watcher::{Watcher, WatcherConfig},
+    watcher::{WatchMetrics, Watcher, WatcherConfig},
 };
 
 /// Why the gateway could not start.
@@ -57,6 +57,8 @@ pub struct Gateway {
     admin: TcpListener,
     service: ScanServiceImpl,
     metrics: Metrics,
+    /// The inbound layers' refusals; the layers are built when serving starts.
+    inbound_metrics: InboundMetrics,
     stopping: watch::Sender<bool>,
     shutdown_grace: std::time::Duration,
     /// TLS on the gRPC port, when configured.
@@ -92,7 +94,8 @@ impl Gateway {
             clock,
         )
         .map_err(StartupError::Authority)?;
-        let metrics = Metrics::new();
+        // Each subsystem registers its own families; the admin port serves them all.
+        let mut registry = metrics::registry();
         let credential = Credential::new(
             endpoint,
             credentials.client_id.clone(),
@@ -102,29 +105,34 @@ impl Gateway {
             Box::new(credential),
             clock,
             settings.token_refresh_margin,
-            metrics.clone(),
+            TokenMetrics::register(&mut registry),
         ));
         let quota_config = QuotaConfig {
             limits: settings.quota.clone(),
             max_wait: settings.max_quota_wait,
             max_queue: settings.max_queue,
         };
+        let quota_metrics = QuotaMetrics::register(&mut registry);
         let store = match &settings.redis {
             // Without Redis the replicas cannot coordinate: each keeps to its share.
             None => Store::Local(LocalStore::new(
                 &quota_config.limits.share(settings.replicas),
             )),
             Some(shared) => Store::Shared(Box::new(
-                SharedStore::new(shared.clone(), quota_config.limits.clone(), metrics.clone())
-                    .map_err(|_| StartupError::Redis)?,
+                SharedStore::new(
+                    shared.clone(),
+                    quota_config.limits.clone(),
+                    quota_metrics.shared(),
+                )
+                .map_err(|_| StartupError::Redis)?,
             )),
         };
-        let quota = Arc::new(Quota::new(&quota_config, store, clock, metrics.clone()));
+        let quota = Arc::new(Quota::new(&quota_config, store, clock, quota_metrics));
         let stack = outbound::stack(
             HttpService::new(http, settings.upstream_timeout),
             tokens,
             quota.clone(),
-            metrics.clone(),
+            UpstreamMetrics::register(&mut registry),
         );
         let client = DefenderClient::new(settings.api_base_url.clone(), stack, clock);
 
@@ -158,7 +166,7 @@ impl Gateway {
                 list_call_spacing,
                 max_failures: 5,
             },
-            metrics.clone(),
+            WatchMetrics::register(&mut registry),
             stopped.clone(),
         );
         let scans = Scans::new(
@@ -168,15 +176,16 @@ impl Gateway {
                 max_watch: settings.max_watch,
                 follow_running: settings.follow_running_scans,
             },
-            metrics.clone(),
+            ScanMetrics::register(&mut registry),
             watcher,
             shared_keys,
         );
         Ok(Self {
             grpc,
             admin,
-            service: ScanServiceImpl::new(scans, metrics.clone()),
-            metrics,
+            service: ScanServiceImpl::new(scans, GrpcMetrics::register(&mut registry)),
+            inbound_metrics: InboundMetrics::register(&mut registry),
+            metrics: Metrics::new(registry),
             stopping,
             shutdown_grace: settings.shutdown_grace,
             tls,
@@ -252,7 +261,7 @@ impl Gateway {
             // Clients queue for a stream beyond this, per connection.
             .max_concurrent_streams(Some(self.limits.max_streams_per_connection))
             // Span, authentication, per-caller limits.
-            .layer(inbound::layers(self.auth, limiter, self.metrics.clone()))
+            .layer(inbound::layers(self.auth, limiter, self.inbound_metrics))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

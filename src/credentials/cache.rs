@@ -16,8 +16,8 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Token, TokenError, TokenSource};
-use crate::{clock::Clock, metrics::Metrics};
+use super::{Token, TokenError, TokenMetrics, TokenSource};
+use crate::clock::Clock;
 
 /// First retry delay after a failed refresh; doubles per failure.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -41,7 +41,7 @@ pub struct TokenCache {
     clock: Clock,
     /// Refresh this long before expiry (capped at a quarter of a short token's lifetime).
     refresh_margin: Duration,
-    metrics: Metrics,
+    metrics: TokenMetrics,
     state: Mutex<State>,
     /// Held while a fetch is in flight: the single flight.
     flight: tokio::sync::Mutex<()>,
@@ -52,7 +52,7 @@ impl TokenCache {
         source: Box<dyn TokenSource>,
         clock: Clock,
         refresh_margin: Duration,
-        metrics: Metrics,
+        metrics: TokenMetrics,
     ) -> Self {
         Self {
             source,
@@ -196,7 +196,7 @@ fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::credentials::CredentialKind;
+    use crate::{credentials::CredentialKind, metrics::Metrics};
     use std::{
         collections::VecDeque,
         future::Future,
@@ -268,13 +268,10 @@ pub(crate) mod tests {
             endpoint.failures.clone(),
             endpoint.down.clone(),
         );
-        let metrics = Metrics::new();
-        let cache = TokenCache::new(
-            Box::new(endpoint),
-            clock,
-            Duration::from_secs(300),
-            metrics.clone(),
-        );
+        let mut registry = crate::metrics::registry();
+        let tokens = TokenMetrics::register(&mut registry);
+        let metrics = Metrics::new(registry);
+        let cache = TokenCache::new(Box::new(endpoint), clock, Duration::from_secs(300), tokens);
         Fixture {
             cache: Arc::new(cache),
             requests,

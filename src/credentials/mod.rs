@@ -15,6 +15,7 @@ pub(crate) mod cache;
 mod certificate;
 mod endpoint;
 mod hints;
+mod metrics;
 
 use std::{fmt, future::Future, path::PathBuf, pin::Pin};
 
@@ -23,6 +24,7 @@ use secrecy::{ExposeSecret, SecretString};
 pub use cache::TokenCache;
 pub use certificate::{Certificate, CertificateError};
 pub use endpoint::{Token, TokenEndpoint, TokenError};
+pub use metrics::TokenMetrics;
 
 /// The kind of credential, as a metric label and in messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

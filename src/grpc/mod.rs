@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod codec;
 mod convert;
+mod metrics;
 mod service;
 pub mod status;
 mod stream;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use metrics::GrpcMetrics;
 pub use service::ScanServiceImpl;
 
 /// The generated protobuf types, client and server of `defender.scan.v1`.

@@ -15,7 +15,7 @@ use super::{
 use crate::{
     domain::{CancelRequest, ListQuery, ScanRequest},
     error::Error,
-    metrics::Metrics,
+    grpc::GrpcMetrics,
     scans::Scans,
     upstream::{CallContext, QuotaCaller},
 };
@@ -35,11 +35,11 @@ pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// The gRPC face of [`Scans`].
 pub struct ScanServiceImpl {
     scans: Scans,
-    metrics: Metrics,
+    metrics: GrpcMetrics,
 }
 
 impl ScanServiceImpl {
-    pub fn new(scans: Scans, metrics: Metrics) -> Self {
+    pub fn new(scans: Scans, metrics: GrpcMetrics) -> Self {
         Self { scans, metrics }
     }
 

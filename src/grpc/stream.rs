@@ -22,7 +22,7 @@ use super::{audit::AuditRecord, convert, pb, service::EventStream, status::code_
 use crate::{
     domain::MachineAction,
     error::Error,
-    metrics::{Metrics, OpenStream},
+    grpc::metrics::{GrpcMetrics, OpenStream},
     scans::{Follower, ScanEvent, Scans},
     upstream::{CallContext, QueueObserver},
 };
@@ -43,7 +43,7 @@ pub(super) struct StreamCall<F> {
 /// Records the call's outcome when the stream ends or is dropped (caller gone: CANCELLED).
 struct Outcome {
     method: &'static str,
-    metrics: Metrics,
+    metrics: GrpcMetrics,
     started: Instant,
     code: Option<Code>,
     _open: OpenStream,
@@ -122,7 +122,7 @@ impl State {
 /// stream follows it. `wrap` builds the RPC's response message.
 pub(super) fn stream<T, S, F>(
     scans: &Scans,
-    metrics: &Metrics,
+    metrics: &GrpcMetrics,
     call: StreamCall<S>,
     wrap: fn(pb::ScanUpdate) -> T,
 ) -> EventStream<T>

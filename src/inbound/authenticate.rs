@@ -19,11 +19,12 @@ use tonic::{
 };
 use tower::{Layer, Service};
 
+use super::InboundMetrics;
 use crate::security::{Caller, Policy, der, jwt::JwtVerifier, policy};
 use crate::{
     error::Error,
     grpc::status::{code_of, refusal_reason},
-    metrics::{Metrics, code_name},
+    metrics::code_name,
     telemetry::AUDIT_TARGET,
 };
 
@@ -107,11 +108,11 @@ pub struct CallerShare(pub f64);
 #[derive(Debug, Clone)]
 pub struct AuthenticateLayer {
     auth: Arc<Authenticator>,
-    metrics: Metrics,
+    metrics: InboundMetrics,
 }
 
 impl AuthenticateLayer {
-    pub fn new(auth: Authenticator, metrics: Metrics) -> Self {
+    pub fn new(auth: Authenticator, metrics: InboundMetrics) -> Self {
         Self {
             auth: Arc::new(auth),
             metrics,
@@ -136,7 +137,7 @@ impl<S> Layer<S> for AuthenticateLayer {
 pub struct Authenticate<S> {
     inner: S,
     auth: Arc<Authenticator>,
-    metrics: Metrics,
+    metrics: InboundMetrics,
 }
 
 impl<S, B> Service<http::Request<B>> for Authenticate<S>
@@ -207,7 +208,7 @@ mod tests {
             Ok::<_, std::convert::Infallible>(response)
         });
         let request = http::Request::builder().uri(path).body(()).unwrap();
-        AuthenticateLayer::new(auth, Metrics::new())
+        AuthenticateLayer::new(auth, InboundMetrics::default())
             .layer(inner)
             .oneshot(request)
             .await

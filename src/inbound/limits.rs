@@ -26,13 +26,13 @@ use tokio::time::Instant;
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
-use super::authenticate::CallerShare;
+use super::{InboundMetrics, authenticate::CallerShare};
 use crate::{
     call::QuotaCaller,
     clock::Clock,
     error::Error,
     grpc::status::{code_of, refusal_reason},
-    metrics::{Metrics, code_name},
+    metrics::code_name,
     security::{Caller, CallerLimits, LimitKind},
 };
 
@@ -187,11 +187,11 @@ fn identity<B>(request: &http::Request<B>) -> Arc<str> {
 #[derive(Debug, Clone)]
 pub struct LimitsLayer {
     limiter: Arc<Limiter>,
-    metrics: Metrics,
+    metrics: InboundMetrics,
 }
 
 impl LimitsLayer {
-    pub fn new(limiter: Arc<Limiter>, metrics: Metrics) -> Self {
+    pub fn new(limiter: Arc<Limiter>, metrics: InboundMetrics) -> Self {
         Self { limiter, metrics }
     }
 }
@@ -213,7 +213,7 @@ impl<S> Layer<S> for LimitsLayer {
 pub struct Limits<S> {
     inner: S,
     limiter: Arc<Limiter>,
-    metrics: Metrics,
+    metrics: InboundMetrics,
 }
 
 impl<S, B> Service<http::Request<B>> for Limits<S>
@@ -362,7 +362,7 @@ mod tests {
             .body(())
             .unwrap();
         request.extensions_mut().insert(Caller(caller.to_owned()));
-        LimitsLayer::new(limiter.clone(), Metrics::new())
+        LimitsLayer::new(limiter.clone(), InboundMetrics::default())
             .layer(inner)
             .oneshot(request)
             .await

@@ -4,6 +4,7 @@
 
 pub mod authenticate;
 pub mod limits;
+mod metrics;
 pub mod span;
 
 use std::sync::Arc;
@@ -12,9 +13,8 @@ use tower::{ServiceBuilder, layer::util::Identity, layer::util::Stack};
 
 pub use authenticate::{AuthenticateLayer, Authenticator};
 pub use limits::{Limiter, LimitsLayer};
+pub use metrics::InboundMetrics;
 pub use span::ServerSpanLayer;
-
-use crate::metrics::Metrics;
 
 /// The remote address of the connection a request came on (plain or TLS).
 pub fn peer_of<B>(request: &http::Request<B>) -> Option<std::net::SocketAddr> {
@@ -36,7 +36,7 @@ pub type Layers =
     ServiceBuilder<Stack<LimitsLayer, Stack<AuthenticateLayer, Stack<ServerSpanLayer, Identity>>>>;
 
 /// Builds the inbound stack, outermost layer first.
-pub fn layers(auth: Authenticator, limiter: Arc<Limiter>, metrics: Metrics) -> Layers {
+pub fn layers(auth: Authenticator, limiter: Arc<Limiter>, metrics: InboundMetrics) -> Layers {
     ServiceBuilder::new()
         // One server span per ScanService call, continuing the caller's trace.
         .layer(ServerSpanLayer::new())

@@ -2,6 +2,7 @@
 //! HTTP, one concern per file, assembled in one place, [`stack`].
 
 pub mod auth;
+mod metrics;
 pub mod quota;
 pub mod retry;
 mod step;
@@ -12,13 +13,13 @@ use std::sync::Arc;
 use tower::{ServiceBuilder, util::BoxCloneSyncService};
 
 pub use auth::Authorize;
+pub use metrics::UpstreamMetrics;
 pub use quota::Admit;
 pub use retry::Retry;
 pub use trace::Trace;
 
 use crate::{
     credentials::TokenCache,
-    metrics::Metrics,
     quota::Quota,
     upstream::{HttpService, UpstreamService},
 };
@@ -28,7 +29,7 @@ pub fn stack(
     http: HttpService,
     tokens: Arc<TokenCache>,
     quota: Arc<Quota>,
-    metrics: Metrics,
+    metrics: UpstreamMetrics,
 ) -> UpstreamService {
     let service = ServiceBuilder::new()
         // One span and one metric sample per logical upstream call: quota waits and resends

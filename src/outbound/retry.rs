@@ -141,9 +141,8 @@ mod tests {
         call::Api,
         clock::Clock,
         credentials::cache::tests::fixture,
-        metrics::Metrics,
         outbound::{auth::Authorize, quota::Admit},
-        quota::{Limit, Limits, QuotaConfig},
+        quota::{Limit, Limits, QuotaConfig, QuotaMetrics},
     };
     use bytes::Bytes;
     use http::header::AUTHORIZATION;
@@ -160,7 +159,11 @@ mod tests {
             max_wait: Duration::from_secs(3600),
             max_queue: 100,
         };
-        Arc::new(Quota::local(&config, Clock::system(), Metrics::new()))
+        Arc::new(Quota::local(
+            &config,
+            Clock::system(),
+            QuotaMetrics::default(),
+        ))
     }
 
     fn request(deadline: Option<Instant>) -> Request {

@@ -18,9 +18,9 @@ use tower::{Layer, Service, layer::layer_fn};
 use tracing::{Instrument, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::UpstreamMetrics;
 use crate::{
     call::{Request, Response, api_of},
-    metrics::Metrics,
     telemetry::propagation,
     upstream::Error,
 };
@@ -29,11 +29,11 @@ use crate::{
 #[derive(Clone)]
 pub struct Trace<S> {
     inner: S,
-    metrics: Metrics,
+    metrics: UpstreamMetrics,
 }
 
 impl<S> Trace<S> {
-    pub fn layer(metrics: Metrics) -> impl Layer<S, Service = Self> + Clone {
+    pub fn layer(metrics: UpstreamMetrics) -> impl Layer<S, Service = Self> + Clone {
         layer_fn(move |inner| Self {
             inner,
             metrics: metrics.clone(),
@@ -137,13 +137,15 @@ mod tests {
 
     #[tokio::test]
     async fn records_each_call_by_api_and_status() {
-        let metrics = Metrics::new();
+        let mut registry = crate::metrics::registry();
+        let upstream = UpstreamMetrics::register(&mut registry);
+        let metrics = crate::metrics::Metrics::new(registry);
         let inner = service_fn(|_request: Request| async {
             let mut response = http::Response::new(Bytes::new());
             *response.status_mut() = http::StatusCode::NOT_FOUND;
             Ok::<_, Error>(response)
         });
-        let service = Trace::layer(metrics.clone()).layer(inner);
+        let service = Trace::layer(upstream).layer(inner);
 
         let mut request = http::Request::new(Bytes::new());
         request.extensions_mut().insert(Api::GetAction);
@@ -171,7 +173,7 @@ mod tests {
                 Ok::<_, Error>(response)
             }
         });
-        let service = Trace::layer(Metrics::new()).layer(inner);
+        let service = Trace::layer(UpstreamMetrics::default()).layer(inner);
         let mut request = http::Request::new(Bytes::new());
         *request.uri_mut() = "https://api.security.microsoft.com/api/machineactions/x"
             .parse()

@@ -19,7 +19,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::{Limit, window::Window};
+use super::limits::{Limit, window::Window};
 use crate::call::{Api, QuotaCaller};
 
 /// Above this many lanes, idle ones are dropped.

@@ -16,9 +16,9 @@
 //!   counting on that share first) and returns to shared mode when Redis is back.
 
 mod lanes;
-mod local;
+mod limits;
+mod metrics;
 pub mod shared;
-pub mod window;
 
 use std::{
     collections::HashMap,
@@ -32,7 +32,6 @@ use tracing::Instrument;
 use crate::{
     call::{Api, QueueObserver, QuotaCaller},
     clock::Clock,
-    metrics::Metrics,
 };
 
 /// Why the quota refused a call.
@@ -43,56 +42,9 @@ pub enum Error {
     QuotaExhausted { api: Api, retry_after: Duration },
 }
 
-pub use local::LocalStore;
-pub use shared::{SharedConfig, SharedStore};
-
-/// At most `calls` calls in any window of length `window`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limit {
-    pub calls: u32,
-    pub window: Duration,
-}
-
-/// The limits of every bucket: one per API, plus an optional cap over all of them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    pub per_api: HashMap<Api, Vec<Limit>>,
-    pub total: Option<Vec<Limit>>,
-}
-
-impl Limits {
-    /// The same limits for every API, no overall cap.
-    pub fn uniform(limits: Vec<Limit>) -> Self {
-        Self {
-            per_api: Api::ALL
-                .into_iter()
-                .map(|api| (api, limits.clone()))
-                .collect(),
-            total: None,
-        }
-    }
-
-    /// Each limit divided by `replicas` (at least one call): a replica's share.
-    pub fn share(&self, replicas: u32) -> Self {
-        let divide = |limits: &Vec<Limit>| -> Vec<Limit> {
-            limits
-                .iter()
-                .map(|l| Limit {
-                    calls: (l.calls / replicas.max(1)).max(1),
-                    window: l.window,
-                })
-                .collect()
-        };
-        Self {
-            per_api: self
-                .per_api
-                .iter()
-                .map(|(api, limits)| (*api, divide(limits)))
-                .collect(),
-            total: self.total.as_ref().map(divide),
-        }
-    }
-}
+pub use limits::{Admission, Limit, Limits, LocalStore, window};
+pub use metrics::QuotaMetrics;
+pub use shared::{SharedConfig, SharedMetrics, SharedStore};
 
 /// Quota settings.
 #[derive(Debug, Clone)]
@@ -102,14 +54,6 @@ pub struct QuotaConfig {
     pub max_wait: Duration,
     /// Most calls waiting per API; beyond, calls are refused at once.
     pub max_queue: usize,
-}
-
-/// What a store says about one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    Admitted,
-    /// Nothing fits before this instant.
-    NotBefore(Instant),
 }
 
 /// Where admissions are decided: in this process, or in Redis for all replicas.
@@ -164,11 +108,11 @@ pub struct Quota {
     max_queue: usize,
     queues: HashMap<Api, Queue>,
     store: Store,
-    metrics: Metrics,
+    metrics: QuotaMetrics,
 }
 
 impl Quota {
-    pub fn new(config: &QuotaConfig, store: Store, clock: Clock, metrics: Metrics) -> Self {
+    pub fn new(config: &QuotaConfig, store: Store, clock: Clock, metrics: QuotaMetrics) -> Self {
         Self {
             clock,
             limits: config.limits.clone(),
@@ -185,7 +129,7 @@ impl Quota {
     }
 
     /// An in-process quota.
-    pub fn local(config: &QuotaConfig, clock: Clock, metrics: Metrics) -> Self {
+    pub fn local(config: &QuotaConfig, clock: Clock, metrics: QuotaMetrics) -> Self {
         let store = Store::Local(LocalStore::new(&config.limits));
         Self::new(config, store, clock, metrics)
     }
@@ -364,13 +308,13 @@ impl Quota {
 /// Counts a caller as waiting until it is admitted, refused or cancelled (dropped).
 struct Waiting<'a> {
     counter: &'a AtomicUsize,
-    metrics: &'a Metrics,
+    metrics: &'a QuotaMetrics,
     api: Api,
     ahead: usize,
 }
 
 impl<'a> Waiting<'a> {
-    fn enter(counter: &'a AtomicUsize, metrics: &'a Metrics, api: Api) -> Self {
+    fn enter(counter: &'a AtomicUsize, metrics: &'a QuotaMetrics, api: Api) -> Self {
         let ahead = counter.fetch_add(1, Ordering::SeqCst);
         metrics.set_quota_queue_length(api.as_str(), ahead + 1);
         Self {

@@ -27,7 +27,11 @@ fn quota_with(limits: Limits, max_queue: usize) -> Arc<Quota> {
         max_wait: Duration::from_secs(100_000),
         max_queue,
     };
-    Arc::new(Quota::local(&config, Clock::system(), Metrics::new()))
+    Arc::new(Quota::local(
+        &config,
+        Clock::system(),
+        QuotaMetrics::default(),
+    ))
 }
 
 fn quota(pairs: &[(u32, u64)]) -> Arc<Quota> {
@@ -388,27 +392,8 @@ async fn a_caller_with_a_share_fills_only_its_share_of_the_queue() {
     other.abort();
 }
 
-// The shared store's liveness rules; the scripts themselves run against a real redis-server
-// in tests/shared_quota.
-
-#[test]
-fn a_quarantine_lasts_until_the_last_alive_refresh_has_surely_expired() {
-    let now = Instant::now();
-    let timeout = Duration::from_millis(250);
-    // Never sent: no alive key to wait for.
-    assert_eq!(shared::quiet_until(None, timeout, now), now);
-    // Sent just now: it may reach Redis a timeout later and then live a whole TTL.
-    let quiet = shared::quiet_until(Some(now), timeout, now);
-    assert!(
-        quiet >= now + timeout + shared::ALIVE_TTL,
-        "{:?}",
-        quiet - now
-    );
-    assert!(quiet <= now + timeout + shared::ALIVE_TTL + Duration::from_millis(500));
-    // Sent long ago: expired already.
-    let later = now + shared::ALIVE_TTL * 10;
-    assert_eq!(shared::quiet_until(Some(now), timeout, later), later);
-}
+// The shared store without Redis; its liveness rules are tested in shared/fallback.rs, the
+// scripts against a real redis-server in tests/shared_quota.
 
 #[tokio::test]
 async fn a_replica_that_never_reached_redis_falls_back_to_its_share_at_once() {
@@ -425,7 +410,7 @@ async fn a_replica_that_never_reached_redis_falls_back_to_its_share_at_once() {
             timeout: Duration::from_millis(200),
         },
         Limits::uniform(limits(&[(4, 60_000)])),
-        Metrics::new(),
+        SharedMetrics::default(),
     )
     .expect("a valid URL");
     let now = Instant::now();
@@ -444,20 +429,4 @@ async fn a_replica_that_never_reached_redis_falls_back_to_its_share_at_once() {
         store.try_admit(Api::GetAction, now).await,
         Admission::NotBefore(_)
     ));
-}
-
-#[test]
-fn the_calls_others_can_make_unseen_are_bounded_by_the_tightest_limit() {
-    let defender = limits(&[(100, MIN), (1500, HOUR)]);
-    let gap = Duration::from_millis(3600);
-    // A fresh answer: the minute's room bounds it, not the hour's.
-    let fresh = shared::others_since(&defender, &[40, 300], Duration::from_secs(3), gap);
-    assert_eq!(fresh, 60);
-    // A stale answer: ten minutes allow ten minutes' worth, capped by the hour.
-    let stale = shared::others_since(&defender, &[40, 300], Duration::from_secs(600), gap);
-    assert_eq!(stale, 1000);
-    // A window shorter than the gap says nothing recent: its calls per window spanned.
-    let short = limits(&[(10, 1000)]);
-    let spanned = shared::others_since(&short, &[5], Duration::from_millis(2500), gap);
-    assert_eq!(spanned, 30);
 }

@@ -4,6 +4,7 @@
 //! [`follow`], the idempotency keys in [`crate::idempotency`].
 
 mod follow;
+mod metrics;
 mod start;
 #[cfg(test)]
 mod tests;
@@ -18,12 +19,12 @@ use crate::{
     domain::{ActionId, ActionStatus, CancelRequest, ListQuery, MachineAction},
     error::Error,
     idempotency::{LocalKeys, SharedKeys},
-    metrics::Metrics,
     upstream::{self, ActionQuery, CallContext, DefenderClient, SCAN_ACTION_TYPE},
     watcher::Watcher,
 };
 
 pub use follow::Follower;
+pub use metrics::ScanMetrics;
 
 /// Settings of the scan service.
 #[derive(Debug, Clone)]
@@ -59,7 +60,7 @@ struct Inner {
     client: DefenderClient,
     clock: Clock,
     config: ScansConfig,
-    metrics: Metrics,
+    metrics: ScanMetrics,
     /// This replica's idempotency keys.
     keys: LocalKeys,
     /// The same keys for every replica, in Redis (when configured).
@@ -78,7 +79,7 @@ impl Scans {
         client: DefenderClient,
         clock: Clock,
         config: ScansConfig,
-        metrics: Metrics,
+        metrics: ScanMetrics,
         watcher: Watcher,
         shared_keys: Option<SharedKeys>,
     ) -> Self {

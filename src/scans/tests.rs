@@ -60,7 +60,7 @@ fn busy_upstream(listed: Vec<serde_json::Value>) -> (Scans, Arc<AtomicUsize>) {
             list_call_spacing: Duration::ZERO,
             max_failures: 1,
         },
-        Metrics::new(),
+        crate::watcher::WatchMetrics::default(),
         shutdown.clone(),
     );
     let scans = Scans::new(
@@ -70,7 +70,7 @@ fn busy_upstream(listed: Vec<serde_json::Value>) -> (Scans, Arc<AtomicUsize>) {
             max_watch: Duration::from_secs(60),
             follow_running: true,
         },
-        Metrics::new(),
+        ScanMetrics::default(),
         watcher,
         None,
     );

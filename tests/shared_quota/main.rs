@@ -22,8 +22,9 @@ use std::{
 
 use scan_gateway::{
     grpc::pb,
-    metrics::Metrics,
-    quota::{Admission, Limit, Limits, LocalStore, SharedConfig, SharedStore, shared},
+    quota::{
+        Admission, Limit, Limits, LocalStore, SharedConfig, SharedMetrics, SharedStore, shared,
+    },
     upstream::Api,
 };
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
@@ -134,7 +135,7 @@ fn one_of_two(url: &str, prefix: &str) -> Arc<SharedStore> {
                 timeout: Duration::from_millis(200),
             },
             Limits::uniform(limits(&[(10, 1000)])),
-            Metrics::new(),
+            SharedMetrics::default(),
         )
         .unwrap(),
     )
@@ -154,7 +155,7 @@ async fn the_shared_store_decides_like_the_in_process_one_for_the_same_arrivals(
             timeout: Duration::from_millis(500),
         },
         limits.clone(),
-        Metrics::new(),
+        SharedMetrics::default(),
     )
     .unwrap();
     let local = LocalStore::new(&limits);

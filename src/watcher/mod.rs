@@ -14,6 +14,8 @@
 //! A refresh serves many streams, so it is a trace of its own (`watch refresh`), linked to the
 //! spans of the streams it serves.
 
+mod metrics;
+
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
@@ -29,9 +31,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::{
     clock::Clock,
     domain::{ActionId, MachineAction},
-    metrics::Metrics,
     upstream::{self, ActionQuery, CallContext, DefenderClient, SCAN_ACTION_TYPE},
 };
+
+pub use metrics::WatchMetrics;
 
 /// Most ids in one `$filter` (keeps the URL well under common 8 KiB limits).
 const MAX_IDS_PER_FILTER: usize = 40;
@@ -75,7 +78,7 @@ struct Inner {
     client: DefenderClient,
     clock: Clock,
     config: WatcherConfig,
-    metrics: Metrics,
+    metrics: WatchMetrics,
     entries: Mutex<HashMap<ActionId, Entry>>,
     wake: Notify,
     /// Set at shutdown: every subscription ends (its sender is dropped) and new ones end at once.
@@ -92,7 +95,7 @@ impl Watcher {
         client: DefenderClient,
         clock: Clock,
         config: WatcherConfig,
-        metrics: Metrics,
+        metrics: WatchMetrics,
         mut shutdown: watch::Receiver<bool>,
     ) -> Self {
         let watcher = Self(Arc::new(Inner {
