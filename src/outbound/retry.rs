@@ -12,7 +12,10 @@
 //! is never re-sent blindly. `scans` resolves an unknown scan start by looking for the scan it
 //! may have created, and only a scan that certainly does not exist is requested again.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use http::StatusCode;
 use tower::{Layer, Service, ServiceExt};
@@ -49,11 +52,11 @@ struct Attempts {
 }
 
 impl Attempts {
-    /// The policy of the module docs, for one result.
+    /// The policy of the module docs, for one result (`now` reads a `Retry-After` date).
     fn decide(
         &mut self,
         result: &Result<Response, Error>,
-        retry_after: Option<Duration>,
+        now: impl FnOnce() -> SystemTime,
     ) -> Decision {
         match result {
             Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
@@ -61,7 +64,8 @@ impl Attempts {
                     return Decision::Return;
                 }
                 self.throttled += 1;
-                Decision::Throttled(retry_after.unwrap_or(DEFAULT_RETRY_AFTER))
+                let wait = retry_after(response.headers(), now());
+                Decision::Throttled(wait.unwrap_or(DEFAULT_RETRY_AFTER))
             }
             Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
                 once(&mut self.unauthorized)
@@ -110,11 +114,7 @@ impl Step for Retry {
         loop {
             let again = clone_request(&request);
             let result = next.clone().oneshot(request).await;
-            let wait = result
-                .as_ref()
-                .ok()
-                .and_then(|r| retry_after(r.headers(), quota.clock().utc().into()));
-            match attempts.decide(&result, wait) {
+            match attempts.decide(&result, || quota.clock().utc().into()) {
                 Decision::Return => return result,
                 Decision::Resend => {
                     tracing::info!(%api, "nothing reached Defender; sending the call once more");
