@@ -208,6 +208,8 @@ pub(crate) mod tests {
     /// `lifetime`, or the next scripted error; counts requests.
     struct FakeEndpoint {
         requests: Arc<AtomicUsize>,
+        /// How long a token request takes.
+        delay: Duration,
         lifetime: Duration,
         clock: Clock,
         failures: Arc<Mutex<VecDeque<TokenError>>>,
@@ -221,7 +223,7 @@ pub(crate) mod tests {
 
         fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<Token, TokenError>> + Send + '_>> {
             Box::pin(async move {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(self.delay).await;
                 let n = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
                 if self.down.load(Ordering::SeqCst) {
                     return Err(unavailable());
@@ -255,9 +257,15 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn fixture(lifetime: Duration) -> Fixture {
+        slow_fixture(lifetime, Duration::from_millis(50))
+    }
+
+    /// A token endpoint that takes `delay` to answer.
+    pub(crate) fn slow_fixture(lifetime: Duration, delay: Duration) -> Fixture {
         let clock = Clock::system();
         let endpoint = FakeEndpoint {
             requests: Arc::new(AtomicUsize::new(0)),
+            delay,
             lifetime,
             clock,
             failures: Arc::default(),

@@ -4,6 +4,7 @@
 pub mod auth;
 mod metrics;
 pub mod quota;
+pub mod ready;
 pub mod retry;
 mod step;
 pub mod trace;
@@ -15,6 +16,7 @@ use tower::{ServiceBuilder, util::BoxCloneSyncService};
 pub use auth::Authorize;
 pub use metrics::UpstreamMetrics;
 pub use quota::Admit;
+pub use ready::TokenReady;
 pub use retry::Retry;
 pub use trace::Trace;
 
@@ -38,9 +40,12 @@ pub fn stack(
         // The one retry policy (429, 401, connection refused; never an unknown outcome).
         // Above the quota, so that every resend is admitted like a first call.
         .layer(Retry::layer(quota.clone()))
+        // A valid token before the slot: a slow token fetch must not carry calls admitted in
+        // one quota window into the next.
+        .layer(TokenReady::layer(tokens.clone()))
         // Wait (in turn) for a free call in the API's quota, or refuse at once.
         .layer(Admit::layer(quota))
-        // The bearer token; a refused one is forgotten here.
+        // The bearer token (cached by now); a refused one is forgotten here.
         .layer(Authorize::layer(tokens))
         .service(http);
     BoxCloneSyncService::new(service)

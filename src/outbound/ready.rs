@@ -1,0 +1,116 @@
+//! Credentials before quota: a call first waits for a valid access token, and only then
+//! takes its slot in the quota. A token fetch can take seconds (at start, at every expiry,
+//! after a 401); were the slot taken first, calls admitted in one quota window would reach
+//! Defender in the next, and two windows' worth could land in one. The auth layer below the
+//! quota then finds the token in the cache.
+
+use std::sync::Arc;
+
+use tower::{Layer, Service, ServiceExt};
+
+use super::step::{self, Step, Stepped};
+use crate::{
+    call::{Request, Response},
+    credentials::TokenCache,
+    upstream::Error,
+};
+
+/// See the module docs.
+#[derive(Clone)]
+pub struct TokenReady {
+    tokens: Arc<TokenCache>,
+}
+
+impl TokenReady {
+    pub fn layer<S>(tokens: Arc<TokenCache>) -> impl Layer<S, Service = Stepped<Self, S>> + Clone {
+        step::layer(Self { tokens })
+    }
+}
+
+impl Step for TokenReady {
+    async fn call<S>(self, request: Request, next: S) -> Result<Response, Error>
+    where
+        S: Service<Request, Response = Response, Error = Error> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        self.tokens.token().await?;
+        next.oneshot(request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use bytes::Bytes;
+    use tokio::time::Instant;
+    use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+    use super::*;
+    use crate::{
+        call::Api,
+        clock::Clock,
+        credentials::cache::tests::slow_fixture,
+        outbound::{Admit, Authorize},
+        quota::{Limit, Limits, Quota, QuotaConfig, QuotaMetrics},
+    };
+
+    /// The most sends in any `window` (sends sorted).
+    fn busiest(sends: &[Instant], window: Duration) -> usize {
+        (0..sends.len())
+            .map(|i| {
+                sends[i..]
+                    .iter()
+                    .take_while(|&&t| t < sends[i] + window)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_token_fetch_never_puts_two_windows_of_calls_in_one() {
+        // 10 calls per 5 s, a token endpoint that takes 2 s, 20 calls at once.
+        let window = Duration::from_secs(5);
+        let quota = Arc::new(Quota::local(
+            &QuotaConfig {
+                limits: Limits::uniform(vec![Limit { calls: 10, window }]),
+                max_wait: Duration::from_secs(60),
+                max_queue: 100,
+            },
+            Clock::system(),
+            QuotaMetrics::default(),
+        ));
+        let tokens = slow_fixture(Duration::from_secs(3600), Duration::from_secs(2));
+        let sends = Arc::new(Mutex::new(Vec::new()));
+        let log = sends.clone();
+        let http = service_fn(move |_request: Request| {
+            log.lock().unwrap().push(Instant::now());
+            async { Ok::<_, Error>(http::Response::new(Bytes::new())) }
+        });
+        let stack = ServiceBuilder::new()
+            .layer(TokenReady::layer(tokens.cache.clone()))
+            .layer(Admit::layer(quota))
+            .layer(Authorize::layer(tokens.cache.clone()))
+            .service(http);
+        let calls: Vec<_> = (0..20)
+            .map(|_| {
+                let stack = stack.clone();
+                let mut request = http::Request::new(Bytes::new());
+                request.extensions_mut().insert(Api::RunScan);
+                tokio::spawn(stack.oneshot(request))
+            })
+            .collect();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        let mut sends = sends.lock().unwrap().clone();
+        sends.sort();
+        assert_eq!(sends.len(), 20);
+        assert_eq!(busiest(&sends, window), 10, "sends at {sends:?}");
+        assert_eq!(tokens.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+}
