@@ -630,3 +630,42 @@ async fn a_replica_that_leaves_cleanly_hands_its_share_back_for_good() {
     assert!(busiest > 5, "A still held B's share back: {busiest}");
     assert!(busiest <= 10, "the quota held: {busiest}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_return_to_shared_mode_abandoned_midway_leaves_the_replica_free_to_return_later() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], redis.port))).await;
+    let store = one_of_two(&proxy.url(), "test-abandoned-return");
+    assert_eq!(
+        store.try_admit(Api::GetAction, Instant::now()).await,
+        Admission::Admitted
+    );
+    // Redis goes silent: the next decision times out and the replica falls back.
+    proxy.set_cut(true);
+    let _ = store.try_admit(Api::GetAction, Instant::now()).await;
+    assert!(store.in_fallback());
+    // Past the probe interval, a call starts the return to shared mode, which hangs on the
+    // silent connection, and its caller gives up (a deadline, a cancelled RPC).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(50),
+        store.try_admit(Api::GetAction, Instant::now()),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the return waits on the silent Redis");
+    // Redis answers again: a later call returns the replica to shared mode.
+    proxy.set_cut(false);
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut shared = false;
+    while Instant::now() < until {
+        let admission = store.try_admit(Api::GetAction, Instant::now()).await;
+        if admission == Admission::Admitted && !store.in_fallback() {
+            shared = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(shared, "the replica never returned to the shared quota");
+}

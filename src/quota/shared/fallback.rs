@@ -24,6 +24,31 @@ const RETURNING_RETRY: Duration = Duration::from_millis(20);
 /// rates over the TTL.
 pub(super) const QUIET_SLACK: Duration = Duration::from_millis(100);
 
+/// Held by the call that returns this replica to shared mode. Its future may be dropped at
+/// any await (the caller cancelled, its deadline passed): then the mode is still `Returning`
+/// and nothing else would move it on, every later call would wait, and the heartbeat would
+/// stay silent. Dropped that way, the guard puts the fallback back, due for a probe at once.
+pub(super) struct ReturnGuard<'a> {
+    store: &'a SharedStore,
+    /// The mode to restore if the return is abandoned; `None` when already shared.
+    abandoned: Option<Mode>,
+}
+
+impl Drop for ReturnGuard<'_> {
+    fn drop(&mut self) {
+        let Some(fallback) = self.abandoned.take() else {
+            return;
+        };
+        let mut mode = lock(&self.store.live.mode);
+        if matches!(*mode, Mode::Returning) {
+            *mode = fallback;
+            tracing::info!(
+                "a return to the shared quota was abandoned midway; probing Redis again"
+            );
+        }
+    }
+}
+
 /// What Redis last said about an API, per limit.
 #[derive(Clone)]
 pub(super) struct Seen {
@@ -39,17 +64,29 @@ pub(super) struct Seen {
 
 impl SharedStore {
     /// False while in fallback between probes (or while another call is returning).
-    pub(super) fn redis_due(&self, now: Instant) -> bool {
+    /// The guard it returns, when the decision goes to Redis, must live until that decision
+    /// is made: it undoes a return to shared mode that its caller abandoned.
+    pub(super) fn redis_due(&self, now: Instant) -> Option<ReturnGuard<'_>> {
         let mut mode = lock(&self.live.mode);
         match &*mode {
-            Mode::Shared => true,
-            Mode::Returning => false,
-            Mode::Fallback { next_probe, .. } if now < *next_probe => false,
-            Mode::Fallback { .. } => {
+            Mode::Shared => Some(ReturnGuard {
+                store: self,
+                abandoned: None,
+            }),
+            Mode::Returning => None,
+            Mode::Fallback { next_probe, .. } if now < *next_probe => None,
+            Mode::Fallback { quiet_until, .. } => {
+                let quiet_until = *quiet_until;
                 *mode = Mode::Returning;
                 // Force a resync: the calls made in fallback must reach Redis first.
                 *lock(&self.live.epoch) = None;
-                true
+                Some(ReturnGuard {
+                    store: self,
+                    abandoned: Some(Mode::Fallback {
+                        next_probe: now,
+                        quiet_until,
+                    }),
+                })
             }
         }
     }

@@ -222,9 +222,9 @@ impl SharedStore {
     }
 
     pub async fn try_admit(&self, api: Api, now: Instant) -> Admission {
-        if !self.redis_due(now) {
+        let Some(_returning) = self.redis_due(now) else {
             return self.fallback_admit(api, now);
-        }
+        };
         let member = self.next_member();
         // At most two resyncs per decision: two replicas returning at once each start an
         // epoch, and the second reset joins the other's; a third means something is wrong.
