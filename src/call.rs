@@ -7,6 +7,7 @@
 
 use std::{
     fmt,
+    num::IntErrorKind,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -118,15 +119,37 @@ pub fn clone_request(request: &Request) -> Request {
     copy
 }
 
-/// The wait a `Retry-After` header asks for (seconds, or an HTTP date after `now`).
+/// The longest wait a `Retry-After` header is taken to ask for. Defender's and Entra ID's
+/// throttling windows are a minute or an hour long, so a longer wait (or an absurd one, such as
+/// `18446744073709551615`, which once overflowed an `Instant` and killed the watcher) is read as
+/// this: the API pauses at most an hour, and a call after that asks again.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// The wait a `Retry-After` header asks for (seconds, or an HTTP date after `now`), at most
+/// [`MAX_RETRY_AFTER`]. Every `Retry-After` the gateway reads comes through here, so no other
+/// code sees a wait from outside that it cannot add to an `Instant`.
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate(value)?;
-    Some(at.duration_since(now).unwrap_or_default())
+    let wait = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        // Too many digits for a u64 is still a number of seconds: a very long wait.
+        Err(err) if *err.kind() == IntErrorKind::PosOverflow => Duration::MAX,
+        Err(_) => httpdate(value)?.duration_since(now).unwrap_or_default(),
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
+
+/// `at + wait`, or the furthest instant reachable from `at` when the sum does not fit an
+/// `Instant` (waits from outside are bounded where they are parsed; this keeps the arithmetic
+/// itself from panicking however large a wait is).
+pub fn instant_after(at: Instant, wait: Duration) -> Instant {
+    at.checked_add(wait)
+        .or_else(|| at.checked_add(FAR_FUTURE))
+        .unwrap_or(at)
+}
+
+/// About 30 years: further than any timer the gateway sets.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
 fn httpdate(value: &str) -> Option<SystemTime> {
     let format = time::macros::format_description!(
@@ -148,4 +171,46 @@ pub fn describe_error(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(retry_after: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RETRY_AFTER, retry_after.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn a_huge_retry_after_is_clamped_to_an_hour() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(
+            retry_after(&headers("37"), now),
+            Some(Duration::from_secs(37))
+        );
+        for huge in [
+            "18446744073709551615",
+            "99999999999999999999999999",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            assert_eq!(
+                retry_after(&headers(huge), now),
+                Some(MAX_RETRY_AFTER),
+                "{huge}"
+            );
+        }
+        assert_eq!(retry_after(&headers("-1"), now), None);
+    }
+
+    #[test]
+    fn an_instant_after_a_huge_wait_does_not_overflow() {
+        let now = Instant::now();
+        assert_eq!(
+            instant_after(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert!(instant_after(now, Duration::MAX) > now);
+    }
 }

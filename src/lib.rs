@@ -23,6 +23,7 @@ pub mod redis_link;
 pub mod scans;
 pub mod security;
 pub mod startup;
+pub mod supervisor;
 pub mod telemetry;
 pub mod upstream;
 pub mod watcher;

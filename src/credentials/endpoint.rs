@@ -188,6 +188,11 @@ impl TokenEndpoint {
     }
 }
 
+/// The longest lifetime a token is taken to have. Entra ID issues tokens for one to 24 hours;
+/// an answer claiming more (`expires_in` up to `u64::MAX` seconds would overflow an `Instant`)
+/// is read as this, so such a token is fetched anew within a day.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// Both response shapes: v2.0 (numbers) and v1 (numbers as strings, `expires_on`).
 #[derive(Deserialize)]
 struct TokenResponse {
@@ -213,6 +218,7 @@ impl TokenResponse {
                 });
             }
         };
+        let lifetime = lifetime.min(MAX_TOKEN_LIFETIME);
         if self.access_token.is_empty() || lifetime.is_zero() {
             return Err(TokenError::Unavailable {
                 detail: "the token response holds no usable token".into(),
@@ -222,7 +228,7 @@ impl TokenResponse {
         Ok(Token {
             access_token: SecretString::from(self.access_token),
             issued_at: sent_at,
-            expires_at: sent_at + lifetime,
+            expires_at: crate::call::instant_after(sent_at, lifetime),
         })
     }
 }
@@ -302,6 +308,20 @@ mod tests {
                 .into_token(now, &clock)
                 .is_err()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_lifetime_is_clamped_to_a_day() {
+        let clock = Clock::system();
+        let now = clock.now();
+        let huge = parse(r#"{"expires_in":18446744073709551615,"access_token":"a"}"#)
+            .into_token(now, &clock)
+            .unwrap();
+        assert_eq!(huge.expires_at - now, MAX_TOKEN_LIFETIME);
+        let far = parse(r#"{"expires_on":"18446744073709551615","access_token":"b"}"#)
+            .into_token(now, &clock)
+            .unwrap();
+        assert_eq!(far.expires_at - now, MAX_TOKEN_LIFETIME);
     }
 
     #[test]

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::call::instant_after;
+
 pub use metrics::GrpcMetrics;
 pub use service::ScanServiceImpl;
 
@@ -31,13 +33,20 @@ pub mod pb {
 /// caller's local timer fires.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
 
+/// The longest `grpc-timeout` taken as it is. Eight digits of hours (the most the header can
+/// say) is over 11,000 years; nothing the gateway does lasts a month (a stream follows an action
+/// for `max_watch`, 24 h by default), so a longer timeout is read as 30 days and every instant
+/// computed from it stays far inside what an `Instant` holds.
+const MAX_GRPC_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// The caller's deadline, from the `grpc-timeout` header (`<digits><unit>`, unit one of
-/// `H M S m u n`), less a margin of a tenth of it (at most [`DEADLINE_MARGIN`]). An unreadable
-/// header means no deadline rather than a refused call.
+/// `H M S m u n`, at most [`MAX_GRPC_TIMEOUT`]), less a margin of a tenth of it (at most
+/// [`DEADLINE_MARGIN`]). An unreadable header means no deadline rather than a refused call.
 pub fn deadline_of<T>(request: &tonic::Request<T>) -> Option<Instant> {
     let raw = request.metadata().get("grpc-timeout")?.to_str().ok()?;
     let timeout = parse_grpc_timeout(raw)?;
-    Some(Instant::now() + timeout - (timeout / 10).min(DEADLINE_MARGIN))
+    let within = timeout - (timeout / 10).min(DEADLINE_MARGIN);
+    Some(instant_after(Instant::now(), within))
 }
 
 fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
@@ -46,7 +55,7 @@ fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
     }
     let (digits, unit) = raw.split_at(raw.len() - 1);
     let value: u64 = digits.parse().ok()?;
-    Some(match unit {
+    let timeout = match unit {
         "H" => Duration::from_secs(value.checked_mul(3600)?),
         "M" => Duration::from_secs(value.checked_mul(60)?),
         "S" => Duration::from_secs(value),
@@ -54,7 +63,8 @@ fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
         "u" => Duration::from_micros(value),
         "n" => Duration::from_nanos(value),
         _ => return None,
-    })
+    };
+    Some(timeout.min(MAX_GRPC_TIMEOUT))
 }
 
 #[cfg(test)]
@@ -72,5 +82,21 @@ mod tests {
         for bad in ["", "S", "10", "10x", "123456789S", "-1S"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_longest_grpc_timeout_is_clamped_to_30_days() {
+        assert_eq!(parse_grpc_timeout("99999999H"), Some(MAX_GRPC_TIMEOUT));
+        assert_eq!(parse_grpc_timeout("720H"), Some(MAX_GRPC_TIMEOUT));
+        assert_eq!(
+            parse_grpc_timeout("719H"),
+            Some(Duration::from_secs(719 * 3600))
+        );
+        let mut request = tonic::Request::new(());
+        request
+            .metadata_mut()
+            .insert("grpc-timeout", "99999999H".parse().unwrap());
+        let deadline = deadline_of(&request).expect("a deadline");
+        assert!(deadline <= Instant::now() + MAX_GRPC_TIMEOUT);
     }
 }

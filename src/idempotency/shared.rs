@@ -3,9 +3,10 @@
 //! upstream call.
 //!
 //! The first request claims the key (`SET NX` with a short expiry), starts the scan and records
-//! the action under the key for 24 hours; a failed start releases the claim so a retry can try
-//! again. A request that finds the key claimed waits for the action (bounded by its deadline).
-//! The key also records the machine and scan type, so reusing it for another scan is refused.
+//! the action under the key for 24 hours; a failed start releases the claim (deletes the key)
+//! so a retry, for any scan, can try again. A request that finds the key claimed waits for the
+//! action (bounded by its deadline). The recorded key also names the machine and scan type, so
+//! reusing it for another scan is refused; a claim alone binds nothing.
 //! If Redis cannot be reached, the replica's own keys still apply (logged).
 
 use std::time::Duration;
@@ -96,21 +97,22 @@ impl SharedKeys {
             }
             let value: Option<String> = self.redis.bounded(connection.get(&redis_key)).await?;
             match value.as_deref().map(parse) {
-                Some(Some((state, stored_scan, action))) => {
+                // Bound: the key names an action.
+                Some(Some(("done", stored_scan, action))) => {
                     if stored_scan != scan {
                         return Err(KeyError::Mismatch(FieldViolation::new(
                             "request_id",
                             "was already used in the last 24 hours for a scan of another machine or type",
                         )));
                     }
-                    if state == "done"
-                        && let Some(id) = action.and_then(|a| ActionId::parse("id", a).ok())
-                    {
+                    if let Some(id) = action.and_then(|a| ActionId::parse("id", a).ok()) {
                         return Ok(Claim::Existing(id));
                     }
                 }
-                // Malformed: treat as someone else's pending claim until it expires.
-                Some(None) => {}
+                // Pending, for this scan or another (a key is bound only once its action
+                // exists: the other start may still create nothing and release it), or
+                // malformed: wait until it is recorded, released or expired.
+                Some(_) => {}
                 // Expired between SET and GET: try to claim again.
                 None => continue,
             }

@@ -3,7 +3,7 @@
 //!
 //! | answer | what happened upstream | resend |
 //! |---|---|---|
-//! | 429 | nothing: Defender refused to act | after `Retry-After` (the API is paused for every call, and every replica in shared mode), at most [`MAX_THROTTLED`] times, only if that is before the caller's deadline |
+//! | 429 | nothing: Defender refused to act | after `Retry-After` (at most [an hour](crate::call::MAX_RETRY_AFTER); the API is paused for every call, and every replica in shared mode), at most [`MAX_THROTTLED`] times, only if that is before the caller's deadline |
 //! | 401 | nothing: the token was refused | once, with a fresh token (the auth layer forgot the refused one) |
 //! | connection failed | nothing: the request never left | once |
 //! | anything else: a timeout, a reset, a 5xx, a garbled answer | **unknown**: a POST may have created a scan | never |
@@ -22,7 +22,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use super::step::{self, Step, Stepped};
 use crate::{
-    call::{Deadline, Request, Response, api_of, clone_request, retry_after},
+    call::{Deadline, Request, Response, api_of, clone_request, instant_after, retry_after},
     quota::Quota,
     upstream::{Error, TransportKind},
 };
@@ -120,7 +120,7 @@ impl Step for Retry {
                     tracing::info!(%api, "nothing reached Defender; sending the call once more");
                 }
                 Decision::Throttled(wait) => {
-                    let resume = quota.clock().now() + wait;
+                    let resume = instant_after(quota.clock().now(), wait);
                     quota.pause(api, resume).await;
                     if deadline.is_some_and(|d| resume >= d) {
                         tracing::warn!(%api, wait_s = wait.as_secs(), "upstream quota exceeded; giving up");
@@ -191,6 +191,14 @@ mod tests {
 
     /// Answers 429 (Retry-After 30) `throttled` times, then 200; counts calls.
     fn upstream(throttled: usize) -> (crate::upstream::UpstreamService, Arc<AtomicUsize>) {
+        throttling(throttled, "30")
+    }
+
+    /// Answers 429 with `Retry-After: retry_after` `throttled` times, then 200; counts calls.
+    fn throttling(
+        throttled: usize,
+        retry_after: &'static str,
+    ) -> (crate::upstream::UpstreamService, Arc<AtomicUsize>) {
         let calls = Arc::new(AtomicUsize::new(0));
         let counter = calls.clone();
         let service = service_fn(move |_request: Request| {
@@ -201,7 +209,7 @@ mod tests {
                     *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
                     response.headers_mut().insert(
                         http::header::RETRY_AFTER,
-                        http::HeaderValue::from_static("30"),
+                        http::HeaderValue::from_static(retry_after),
                     );
                 }
                 Ok::<_, Error>(response)
@@ -229,6 +237,28 @@ mod tests {
         let response = service.oneshot(request(Some(deadline))).await.unwrap();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_retry_after_pauses_the_api_an_hour_not_forever() {
+        // u64::MAX seconds once overflowed `now + wait` and the panic killed the watcher.
+        let (inner, calls) = throttling(1, "18446744073709551615");
+        let service = stack(quota(100, Duration::from_secs(60)), inner);
+        let start = Instant::now();
+        let response = service.oneshot(request(None)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(Instant::now() - start, crate::call::MAX_RETRY_AFTER);
+
+        // With a deadline inside the clamped pause, the 429 is the answer, at once.
+        let (inner, calls) = throttling(1, "18446744073709551615");
+        let service = stack(quota(100, Duration::from_secs(60)), inner);
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(10);
+        let response = service.oneshot(request(Some(deadline))).await.unwrap();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(Instant::now(), start);
     }
 
     #[tokio::test(start_paused = true)]

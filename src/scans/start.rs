@@ -23,7 +23,8 @@ impl Scans {
         let Some(key) = &request.request_id else {
             return self.start_upstream(request, ctx).await;
         };
-        let keyed = self.0.keys.keyed(key, request, self.0.clock.now())?;
+        // Held until this start ends: a start that created nothing leaves no trace of the key.
+        let keyed = self.0.keys.hold(key, request, self.0.clock.now())?;
         let mut created = None;
         let id = keyed
             .action

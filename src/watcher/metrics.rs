@@ -19,6 +19,7 @@ pub struct WatchMetrics {
     refreshes: Counter,
     refreshed_per_call: Histogram,
     delay: Histogram,
+    panics: Counter,
 }
 
 // === impl WatchMetrics ===
@@ -51,6 +52,11 @@ impl WatchMetrics {
             "Watched actions refreshed per upstream call",
             metrics.refreshed_per_call.clone(),
         );
+        registry.register(
+            "watch_panics",
+            "Panics of the watcher's loop; each is logged and the loop restarted, its subscribers kept",
+            metrics.panics.clone(),
+        );
         registry.register_with_unit(
             "watch_update_delay",
             "Time from a status change upstream (lastUpdateDateTimeUtc) to its publication",
@@ -78,6 +84,10 @@ impl WatchMetrics {
     pub fn record_watch_delay(&self, seconds: f64) {
         self.delay.observe(seconds);
     }
+
+    pub fn record_watch_panic(&self) {
+        self.panics.inc();
+    }
 }
 
 /// Families in no registry, for tests that do not read them.
@@ -90,6 +100,7 @@ impl Default for WatchMetrics {
             refreshes: Counter::default(),
             refreshed_per_call: Histogram::new(exponential_buckets(1.0, 4.0, 8)),
             delay: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
+            panics: Counter::default(),
         }
     }
 }

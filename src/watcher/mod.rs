@@ -13,8 +13,13 @@
 //!
 //! A refresh serves many streams, so it is a trace of its own (`watch refresh`), linked to the
 //! spans of the streams it serves.
+//!
+//! The loop is supervised: a panic in it is logged, counted (`watch_panics`) and the loop
+//! restarted; subscribers keep their channels and see the next refresh.
 
 mod metrics;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::HashMap,
@@ -31,6 +36,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::{
     clock::Clock,
     domain::{ActionId, MachineAction},
+    supervisor::supervise,
     upstream::{self, ActionQuery, CallContext, DefenderClient, SCAN_ACTION_TYPE},
 };
 
@@ -109,8 +115,18 @@ impl Watcher {
         }));
         let task = watcher.clone();
         tokio::spawn(async move {
+            // A panic in one refresh (a bug, or an answer no one foresaw) must not leave every
+            // stream of the replica waiting forever: the loop is restarted, and the followed
+            // actions and their channels, which live in `Inner`, are kept.
+            let looping = &task;
+            let supervised = supervise(
+                "watcher",
+                looping.0.config.interval,
+                move || looping.0.metrics.record_watch_panic(),
+                move || looping.run(),
+            );
             let stopping = tokio::select! {
-                () = task.run() => false,
+                () = supervised => false,
                 stopping = shutdown.wait_for(|stopping| *stopping) => stopping.is_ok(),
             };
             if stopping {

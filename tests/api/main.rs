@@ -9,6 +9,7 @@ mod credentials;
 mod errors;
 mod faults;
 mod helpers;
+mod idempotency;
 mod limits;
 mod malformed;
 mod observability;

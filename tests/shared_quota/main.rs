@@ -11,6 +11,7 @@
 #[allow(dead_code)]
 #[path = "../api/helpers.rs"]
 mod helpers;
+mod idempotency;
 
 use std::{
     io::{Read, Write},
