@@ -16,6 +16,10 @@ pub enum Error {
         name: String,
         source: Box<upstream::ApiError>,
     },
+    /// The action exists but is not an antivirus scan: to callers of this gateway it does
+    /// not (the message does not say what it is).
+    #[error("antivirus scan `{action_id}` was not found in Defender")]
+    NotAScan { action_id: String },
     /// A scan is already running on the machine and could not be resolved to its action.
     #[error("a scan is already running on machine {machine_id} and its action could not be found")]
     AlreadyExists {

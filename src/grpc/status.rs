@@ -59,6 +59,16 @@ fn to_status(error: &Error) -> Status {
             message,
             ErrorDetails::with_resource_info(*resource, name.clone(), "", "not known to Defender"),
         ),
+        Error::NotAScan { action_id } => Status::with_error_details(
+            Code::NotFound,
+            message,
+            ErrorDetails::with_resource_info(
+                "machine action",
+                action_id.clone(),
+                "",
+                "not known to Defender as an antivirus scan",
+            ),
+        ),
         Error::AlreadyExists { machine_id, source } => Status::with_error_details(
             Code::AlreadyExists,
             message,

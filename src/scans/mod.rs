@@ -4,6 +4,7 @@
 //! [`follow`], the idempotency keys in [`crate::idempotency`].
 
 mod follow;
+mod known;
 mod metrics;
 mod start;
 #[cfg(test)]
@@ -66,6 +67,8 @@ struct Inner {
     /// The same keys for every replica, in Redis (when configured).
     shared_keys: Option<SharedKeys>,
     watcher: Watcher,
+    /// Actions known to be scans: a cancel checks the type without a read.
+    known: known::KnownScans,
 }
 
 /// The scan service. Cheap to clone.
@@ -91,6 +94,7 @@ impl Scans {
             keys: LocalKeys::default(),
             shared_keys,
             watcher,
+            known: known::KnownScans::default(),
         }))
     }
 
@@ -102,17 +106,20 @@ impl Scans {
         ctx: &CallContext,
     ) -> Result<MachineAction, Error> {
         match self.0.watcher.current(id) {
-            Some(action) => Ok(action),
+            Some(action) => self.scan_only(action, id),
             None => self.get(id, ctx).await,
         }
     }
 
+    /// The scan `id`; any other action (an isolation, a live response) is not found here.
     pub async fn get(&self, id: &ActionId, ctx: &CallContext) -> Result<MachineAction, Error> {
-        self.0
+        let action = self
+            .0
             .client
             .get_action(id, ctx)
             .await
-            .map_err(|err| not_found_as(err, "machine action", id.as_str()))
+            .map_err(|err| not_found_as(err, "machine action", id.as_str()))?;
+        self.scan_only(action, id)
     }
 
     /// Cancels an action. Cancelling is idempotent: when the answer is lost (the cancel may
@@ -125,6 +132,11 @@ impl Scans {
         ctx: &CallContext,
     ) -> Result<MachineAction, Error> {
         let id = &request.action_id;
+        // Only scans are cancelled here, never an analyst's isolation or live response: the
+        // type is checked first, read only when this replica has not seen the action yet.
+        if !self.0.known.contains(id.as_str()) && self.0.watcher.current(id).is_none() {
+            self.get(id, ctx).await?;
+        }
         let err = match self
             .0
             .client
@@ -165,7 +177,27 @@ impl Scans {
         let mut actions = self.0.client.list_actions(&upstream_query, ctx).await?;
         let next_skip = (actions.len() > query.top as usize).then(|| query.skip + query.top);
         actions.truncate(query.top as usize);
+        for action in &actions {
+            self.0.known.insert(&action.id);
+        }
         Ok(Page { actions, next_skip })
+    }
+
+    /// The gateway serves antivirus scans: another action type is answered as not found, so no
+    /// RPC reads, follows or cancels it.
+    pub(super) fn scan_only(
+        &self,
+        action: MachineAction,
+        id: &ActionId,
+    ) -> Result<MachineAction, Error> {
+        if action.action_type == SCAN_ACTION_TYPE {
+            self.0.known.insert(id.as_str());
+            Ok(action)
+        } else {
+            Err(Error::NotAScan {
+                action_id: id.to_string(),
+            })
+        }
     }
 
     /// The UTC time of a monotonic instant (for `queued` events).

@@ -78,7 +78,7 @@ impl Scans {
         ctx: &CallContext,
     ) -> Result<MachineAction, Error> {
         let sent_at = self.0.clock.utc();
-        match self.post_scan(request, ctx).await {
+        let started = match self.post_scan(request, ctx).await {
             Ok(action) => Ok(action),
             Err(err) if outcome_unknown(&err) => {
                 self.resolve_unknown(request, sent_at, err, ctx).await
@@ -94,7 +94,11 @@ impl Scans {
                 }
             }
             Err(err) => Err(not_found_as(err, "machine", request.machine_id.as_str())),
+        };
+        if let Ok(action) = &started {
+            self.0.known.insert(&action.id);
         }
+        started
     }
 
     async fn post_scan(

@@ -15,6 +15,7 @@ mod malformed;
 mod observability;
 mod pki;
 mod process;
+mod scan_only;
 mod scan_service;
 mod security;
 mod tools;

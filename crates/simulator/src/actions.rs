@@ -237,6 +237,35 @@ impl ActionStore {
         id
     }
 
+    /// Starts an analyst's action of another type (`Isolate`, `LiveResponse`, ...) on
+    /// `machine`: it stays `InProgress` until finished or cancelled, as a real isolation
+    /// does until it is released.
+    pub(crate) fn create_other(
+        &mut self,
+        machine: &Machine,
+        kind: &'static str,
+        now: OffsetDateTime,
+    ) -> String {
+        let created = timestamp::to_tick(now);
+        let id = self.rng.guid();
+        self.insert(Action {
+            id: id.clone(),
+            kind,
+            scope: None,
+            requestor: "analyst@contoso.com".to_owned(),
+            comment: Some(format!("{kind} started by an analyst")),
+            machine_id: machine.id.clone(),
+            computer_dns_name: machine.computer_dns_name.clone(),
+            created,
+            transitions: vec![
+                (created, ActionStatus::Pending),
+                (created, ActionStatus::InProgress),
+            ],
+            cancellation: None,
+        });
+        id
+    }
+
     pub(crate) fn get(&self, id: &str) -> Option<&Action> {
         self.by_id.get(id)
     }

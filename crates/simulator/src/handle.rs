@@ -76,6 +76,18 @@ impl SimulatorHandle {
         self.state.tokens().revoke_all();
     }
 
+    /// Starts an analyst's action of another type than a scan (`Isolate`, `LiveResponse`,
+    /// ...) on a machine; it stays `InProgress`. Returns its id, or `None` for an unknown
+    /// machine.
+    pub fn start_other_action(&self, machine_id: &str, kind: &'static str) -> Option<String> {
+        let now = self.state.clock().utc();
+        let machine = self
+            .state
+            .inventory()
+            .get(&machine_id.to_ascii_lowercase())?;
+        Some(self.state.actions().create_other(machine, kind, now))
+    }
+
     /// The current status of an action, if it exists.
     pub fn action_status(&self, action_id: &str) -> Option<ActionStatus> {
         let now = self.state.clock().utc();
