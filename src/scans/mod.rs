@@ -213,7 +213,9 @@ pub(crate) fn outcome_unknown(err: &upstream::Error) -> bool {
         U::Transport { kind, .. } => *kind != TransportKind::Connect,
         U::Api(api) => api.status >= 500,
         U::Malformed { .. } => true,
-        U::Token(_) | U::Quota(_) | U::DeadlineExceeded { .. } => false,
+        // Cut at the caller's deadline after it left: as unknown as any other timeout.
+        U::DeadlineExceeded { sent, .. } => *sent,
+        U::Token(_) | U::Quota(_) => false,
     }
 }
 

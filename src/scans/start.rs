@@ -1,15 +1,24 @@
 //! Starting a scan: once per idempotency key (on this replica, and across replicas through
-//! Redis), and never twice when Defender's answer is lost.
+//! Redis), and never twice when Defender's answer is lost, even when it is lost to the
+//! caller's deadline.
 
 use std::time::Duration;
 
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
 use super::{Scans, malformed_id, not_found_as, outcome_unknown};
 use crate::{
-    domain::{ActionId, MachineAction, MachineId, ScanRequest},
+    domain::{ActionId, MachineAction, MachineId, RequestId, ScanRequest},
     error::Error,
-    idempotency::{Claim, KeyError},
-    upstream::{self, ActionQuery, ApiError, CallContext, SCAN_ACTION_TYPE},
+    idempotency::{Claim, KeyError, KeyHold},
+    telemetry::AUDIT_TARGET,
+    upstream::{self, ActionQuery, Api, ApiError, CallContext, SCAN_ACTION_TYPE},
 };
+
+/// Time given to look for the scan of a POST that the caller's deadline cut: the caller has
+/// left, and the key waits for the answer.
+const LOOKUP_WITHIN: Duration = Duration::from_secs(30);
 
 impl Scans {
     /// Starts a scan, or returns the scan already running on the machine. With a request id,
@@ -21,12 +30,44 @@ impl Scans {
         ctx: &CallContext,
     ) -> Result<MachineAction, Error> {
         let Some(key) = &request.request_id else {
-            return self.start_upstream(request, ctx).await;
+            return self.start_upstream(request, ctx, None).await;
         };
-        // Held until this start ends: a start that created nothing leaves no trace of the key.
-        let keyed = self.0.keys.hold(key, request, self.0.clock.now())?;
+        // Held until the start's outcome is known: a start that created nothing leaves no trace
+        // of the key.
+        let hold = self.0.keys.hold(key, request, self.0.clock.now())?;
+        // The keyed start runs in a task of its own. When the caller's deadline cuts the POST,
+        // the caller is answered at once (`cut`) while the task finds out whether the POST
+        // created the scan and records it under the key before letting the key go, so a retry
+        // returns that scan instead of starting a second.
+        let (tell, cut) = oneshot::channel();
+        let keyed = tokio::spawn({
+            let (scans, key, request, ctx) =
+                (self.clone(), key.clone(), request.clone(), ctx.clone());
+            async move { scans.start_keyed(hold, &key, &request, &ctx, tell).await }
+                .in_current_span()
+        });
+        let (id, created) = tokio::select! {
+            joined = keyed => joined.map_err(|_| Error::StartInterrupted)??,
+            Ok(err) = cut => return Err(err),
+        };
+        match created {
+            Some(action) => Ok(action),
+            None => self.get(&id, ctx).await,
+        }
+    }
+
+    /// The start of a keyed scan: the action the key names, and the action itself when this
+    /// request created it.
+    async fn start_keyed(
+        &self,
+        hold: KeyHold,
+        key: &RequestId,
+        request: &ScanRequest,
+        ctx: &CallContext,
+        tell: oneshot::Sender<Error>,
+    ) -> Result<(ActionId, Option<MachineAction>), Error> {
         let mut created = None;
-        let id = keyed
+        let id = hold
             .action
             .get_or_try_init(|| async {
                 // Across replicas: another may already have started this scan.
@@ -44,7 +85,7 @@ impl Scans {
                         }
                     }
                 }
-                let started = self.start_upstream(request, ctx).await;
+                let started = self.start_upstream(request, ctx, Some(tell)).await;
                 let action = match started {
                     Ok(action) => action,
                     Err(err) => {
@@ -61,25 +102,61 @@ impl Scans {
                 created = Some(action);
                 Ok::<_, Error>(id)
             })
-            .await?;
-        match created {
-            Some(action) => Ok(action),
-            None => self.get(id, ctx).await,
-        }
+            .await?
+            .clone();
+        Ok((id, created))
     }
 
     /// Starts the scan upstream. The stack resends the POST only when it certainly never
     /// reached Defender (`outbound::retry`); when its outcome is unknown (a timeout, a 5xx, a
     /// lost or garbled answer) the machine's scans are looked up here, so a fault never starts
     /// a second scan.
+    ///
+    /// A POST cut at the caller's deadline is unknown too. With a key (`tell`: how to answer
+    /// the caller now), it is looked up with time of its own ([`LOOKUP_WITHIN`]) after the
+    /// caller is told; without one, no one could use the answer, and the caller has its own.
     async fn start_upstream(
         &self,
         request: &ScanRequest,
         ctx: &CallContext,
+        tell: Option<oneshot::Sender<Error>>,
     ) -> Result<MachineAction, Error> {
         let sent_at = self.0.clock.utc();
         let started = match self.post_scan(request, ctx).await {
             Ok(action) => Ok(action),
+            Err(err @ upstream::Error::DeadlineExceeded { sent: true, .. }) => {
+                let Some(tell) = tell else {
+                    return Err(err.into());
+                };
+                let cut = upstream::Error::DeadlineExceeded {
+                    api: Api::RunScan,
+                    sent: true,
+                };
+                // The caller may have left already; the lookup is for the key.
+                let _ = tell.send(cut.into());
+                let lookup = CallContext {
+                    deadline: Some(self.0.clock.now() + LOOKUP_WITHIN),
+                    observer: None,
+                    caller: ctx.caller.clone(),
+                };
+                let resolved = self.resolve_unknown(request, sent_at, err, &lookup).await;
+                if let Ok(action) = &resolved {
+                    // The call's own record says DEADLINE_EXCEEDED; this one names the action
+                    // that call created.
+                    tracing::info!(
+                        target: AUDIT_TARGET,
+                        caller = ctx.caller.as_ref().map(|c| &*c.id),
+                        machine_id = %request.machine_id,
+                        scan_type = request.scan_type.as_upstream(),
+                        comment = request.comment.as_str(),
+                        request_id = request.request_id.as_ref().map(RequestId::as_str),
+                        action_id = %action.id,
+                        outcome = "DEADLINE_EXCEEDED",
+                        "scan created after the caller's deadline"
+                    );
+                }
+                resolved
+            }
             Err(err) if outcome_unknown(&err) => {
                 self.resolve_unknown(request, sent_at, err, ctx).await
             }

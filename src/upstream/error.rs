@@ -88,8 +88,10 @@ pub enum Error {
     Token(#[from] TokenError),
     #[error(transparent)]
     Quota(#[from] QuotaError),
+    /// `sent`: the request had left when the deadline cut the exchange, so whether it took
+    /// effect is unknown (a scan POST may have created its action).
     #[error("the caller's deadline passed before {api} answered")]
-    DeadlineExceeded { api: Api },
+    DeadlineExceeded { api: Api, sent: bool },
 }
 
 impl Error {

@@ -64,16 +64,19 @@ impl Service<Request> for HttpService {
             if let Some(deadline) = deadline {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 if left.is_zero() {
-                    return Err(Error::DeadlineExceeded { api });
+                    return Err(Error::DeadlineExceeded { api, sent: false });
                 }
                 timeout = timeout.min(left);
             }
             // A timeout that the caller's deadline imposed is the caller's deadline passing,
-            // not an upstream fault.
+            // not an upstream fault; once connected, the request may have taken effect.
             let classify = move |err: reqwest::Error| {
                 let deadline_passed = deadline.is_some_and(|d| d <= tokio::time::Instant::now());
                 if err.is_timeout() && deadline_passed {
-                    Error::DeadlineExceeded { api }
+                    Error::DeadlineExceeded {
+                        api,
+                        sent: !err.is_connect(),
+                    }
                 } else {
                     Error::transport(api, &err)
                 }

@@ -1,6 +1,10 @@
 //! `request_id` keys: a key is bound to its machine and scan type only once it names an
-//! action, so a start that created nothing leaves it free.
+//! action, so a start that created nothing leaves it free; and a start cut by its caller's
+//! deadline is resolved before its key is let go, so a retry never starts a second scan.
 
+use std::time::Duration;
+
+use defender_simulator::{EndpointFaults, Faults, SimulatorConfig};
 use scan_gateway::grpc::pb;
 use tonic::Code;
 
@@ -59,5 +63,57 @@ async fn a_key_first_used_on_an_unknown_machine_then_starts_a_scan_of_a_valid_on
         app.sim.handle.stats().run_scan,
         2,
         "no POST for a bound key"
+    );
+}
+
+#[tokio::test]
+async fn a_scan_answered_after_the_callers_deadline_is_what_a_retry_with_its_key_returns() {
+    let sim = spawn_simulator(SimulatorConfig {
+        // Long enough that a second POST would meet a running scan and show up.
+        pending_duration: Duration::from_secs(60),
+        ..fast_simulator()
+    })
+    .await;
+    let mut app = spawn_gateway(sim).await;
+    // Defender creates the scan at once but answers 2 s late.
+    app.sim.handle.set_faults(Faults {
+        run_scan: EndpointFaults {
+            answer_latency: Duration::from_secs(2),
+            ..EndpointFaults::default()
+        },
+        ..Faults::default()
+    });
+    let machine = app.sim.machine(0);
+    let request = |timeout| {
+        let mut request = tonic::Request::new(pb::StartScanRequest {
+            request_id: "ticket-late".into(),
+            ..start_request(&machine)
+        });
+        request.set_timeout(timeout);
+        request
+    };
+    let status = app
+        .client
+        .start_scan(request(Duration::from_millis(500)))
+        .await
+        .expect_err("the answer comes after the deadline");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(app.sim.handle.stats().actions_created, 1);
+
+    app.sim.handle.set_faults(Faults::default());
+    let retried = app
+        .client
+        .start_scan(request(Duration::from_secs(5)))
+        .await
+        .expect("the retry finds the scan the first call created")
+        .into_inner()
+        .action
+        .expect("a started scan carries its action");
+    assert_eq!(retried.machine_id, machine);
+    let stats = app.sim.handle.stats();
+    assert_eq!(
+        (stats.run_scan, stats.actions_created),
+        (1, 1),
+        "one POST, one scan"
     );
 }

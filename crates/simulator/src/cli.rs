@@ -207,6 +207,7 @@ impl SimulatorArgs {
         set(&mut c.quota, self.quota.clone().map(|q| q.0));
         let api = EndpointFaults {
             latency: dur(&self.fault_latency).unwrap_or_default(),
+            answer_latency: Duration::ZERO,
             error_rate: self.fault_error_rate.unwrap_or_default(),
             throttle_rate: self.fault_throttle_rate.unwrap_or_default(),
             retry_after: dur(&self.fault_retry_after).unwrap_or(Duration::from_secs(30)),

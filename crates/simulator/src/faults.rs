@@ -1,4 +1,4 @@
-//! Fault injection: latency, 500s, 429 storms, 403s, lost responses, connection resets and
+//! Fault injection: latency (before the handler or after it), 500s, 429 storms, 403s, lost responses, connection resets and
 //! malformed JSON, per endpoint.
 //!
 //! Rolls come from a seeded stream separate from the action outcomes, so turning faults on
@@ -21,6 +21,9 @@ use super::stats::Endpoint;
 pub struct EndpointFaults {
     /// Added before the request is handled (on the injectable clock, so tests don't wait).
     pub latency: Duration,
+    /// Added after the request took effect, before its answer leaves (a slow way back): a
+    /// client that gives up meanwhile never learns that a scan POST created its action.
+    pub answer_latency: Duration,
     /// Share (0..=1) of requests answered 500 `InternalServerError` (503
     /// `temporarily_unavailable` on the token endpoint) without taking effect.
     pub error_rate: f64,
@@ -150,6 +153,12 @@ impl FaultState {
         self.faults
             .endpoint(endpoint)
             .map_or(Duration::ZERO, |f| f.latency)
+    }
+
+    pub(crate) fn answer_latency(&self, endpoint: Endpoint) -> Duration {
+        self.faults
+            .endpoint(endpoint)
+            .map_or(Duration::ZERO, |f| f.answer_latency)
     }
 
     pub(crate) fn forbidden(&self, endpoint: Endpoint) -> bool {

@@ -36,6 +36,10 @@ pub(crate) async fn defender(
     let response = match admit(&state, endpoint, request.headers()).await {
         Ok(reset_after_effect) => {
             let response = next.run(request).await;
+            let answer_latency = state.faults().answer_latency(endpoint);
+            if !answer_latency.is_zero() {
+                state.clock().sleep(answer_latency).await;
+            }
             if reset_after_effect {
                 // The handler ran (a successful scan POST created its action), but the answer
                 // never arrives: the connection breaks instead.
