@@ -8,6 +8,7 @@
 //! sensitive tests do not share the two cores with the rest of the suite.
 
 // The helpers serve the whole API suite; this binary uses a few of them.
+mod estimate;
 #[allow(dead_code)]
 #[path = "../api/helpers.rs"]
 mod helpers;
