@@ -221,14 +221,21 @@ impl Gateway {
         health
             .set_serving::<pb::scan_service_server::ScanServiceServer<ScanServiceImpl>>()
             .await;
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(std::io::Error::other)?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // The google.rpc detail types too, so reflection clients (grpcurl) decode the details
+        // of an error instead of printing them as raw bytes.
+        let descriptors = [
+            pb::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_types::pb::FILE_DESCRIPTOR_SET,
+        ];
+        let reflection = || {
+            descriptors.iter().fold(
+                tonic_reflection::server::Builder::configure(),
+                |builder, set| builder.register_encoded_file_descriptor_set(set),
+            )
+        };
+        let reflection_v1 = reflection().build_v1().map_err(std::io::Error::other)?;
+        let reflection_v1alpha = reflection()
             .build_v1alpha()
             .map_err(std::io::Error::other)?;
 

@@ -123,6 +123,36 @@ async fn grpcurl_sees_invalid_argument_with_details() {
 }
 
 #[tokio::test]
+async fn grpcurl_decodes_the_rich_error_details_through_reflection() {
+    let app = spawn_app().await;
+    let addr = app.addr.to_string();
+    let (ok, _, err) = run(grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"machine_id":"nope","comment":"x"}"#,
+        &addr,
+        "defender.scan.v1.ScanService/StartScan",
+    ]))
+    .await;
+    assert!(!ok);
+    assert!(err.contains("google.rpc.BadRequest"), "{err}");
+    assert!(err.contains(r#""fieldViolations""#), "{err}");
+    assert!(!err.contains("not recognized"), "{err}");
+    let (ok, _, err) = run(grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"action_id":"7f3c2a91-5d4e-4b8a-9c1f-2e6d8b0a4c37"}"#,
+        &addr,
+        "defender.scan.v1.ScanService/GetScan",
+    ]))
+    .await;
+    assert!(!ok);
+    assert!(err.contains("google.rpc.ResourceInfo"), "{err}");
+    assert!(err.contains(r#""resourceName""#), "{err}");
+    assert!(!err.contains("not recognized"), "{err}");
+}
+
+#[tokio::test]
 async fn a_python_grpcio_client_generated_from_the_proto_runs_a_scan() {
     let app = spawn_app().await;
     let mut command = Command::new(tool(".tools/venv/bin/python"));
