@@ -132,7 +132,9 @@ impl Embedded {
         clock: Clock,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Self, String> {
-        let config = SimulatorConfig::demo();
+        // Action ids of this run's own: one saved from an earlier run must not name another
+        // action (the machines stay the same, so their ids can be reused).
+        let config = SimulatorConfig::demo().with_fresh_action_ids();
         let simulator =
             Simulator::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config.clone(), clock)
                 .await

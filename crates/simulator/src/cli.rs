@@ -80,7 +80,8 @@ pub struct SimulatorArgs {
     /// Preset the other knobs start from.
     #[arg(long, value_enum, default_value_t = Profile::Standalone, env = "SCAN_GATEWAY_SIM_PROFILE")]
     pub profile: Profile,
-    /// Seed for the inventory, action ids, scan outcomes and faults [default: 42].
+    /// Seed for the inventory, action ids, scan outcomes and faults [default: 42 for the
+    /// inventory, and action ids of the run's own].
     #[arg(long, env = "SCAN_GATEWAY_SIM_SEED")]
     pub seed: Option<u64>,
     /// Number of simulated devices [default: 50].
@@ -190,6 +191,10 @@ impl SimulatorArgs {
             Profile::Demo => SimulatorConfig::demo(),
         };
         let dur = |d: &Option<humantime::Duration>| d.map(Duration::from);
+        // Without a seed, each run gets action ids of its own (the inventory stays the same).
+        if self.seed.is_none() {
+            c = c.with_fresh_action_ids();
+        }
         set(&mut c.seed, self.seed);
         set(&mut c.machine_count, self.machine_count);
         set(&mut c.tenant_id, self.tenant_id.clone());
@@ -301,6 +306,8 @@ mod tests {
             ]
         );
         assert_eq!((c.seed, c.failed_share), (7, 0.5));
+        // A seed given: the action ids follow it too.
+        assert_eq!(c.action_seed, None);
         assert_eq!(c.duplicate_mode, DuplicateMode::ReturnExisting);
         assert_eq!(c.faults.run_scan.error_rate, 0.1);
         assert_eq!(c.faults.token, EndpointFaults::default());

@@ -3,6 +3,7 @@
 //! Two presets: [`SimulatorConfig::standalone`] behaves like a real tenant (scans take minutes),
 //! [`SimulatorConfig::demo`] finishes a quick scan in about ten seconds for a live demo.
 
+use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -27,6 +28,10 @@ pub enum DuplicateMode {
 pub struct SimulatorConfig {
     /// Seed for the inventory, action ids, scan outcomes and fault rolls.
     pub seed: u64,
+    /// Seed for the action ids (and their outcomes) alone, when they must differ from run
+    /// to run while the inventory stays the same: an id saved from an earlier run must not
+    /// name another action. `None`: from `seed`.
+    pub action_seed: Option<u64>,
     /// Number of devices in the inventory.
     pub machine_count: usize,
     /// The only tenant the token endpoint knows.
@@ -79,6 +84,7 @@ impl SimulatorConfig {
     pub fn standalone() -> Self {
         Self {
             seed: 42,
+            action_seed: None,
             machine_count: 50,
             tenant_id: "00000000-0000-0000-0000-000000000001".to_owned(),
             client_id: "11111111-1111-1111-1111-111111111111".to_owned(),
@@ -110,6 +116,15 @@ impl SimulatorConfig {
             failed_share: 0.0,
             timed_out_share: 0.0,
             ..Self::standalone()
+        }
+    }
+
+    /// The same tenant with action ids of this run's own (a random action seed), for a
+    /// simulator started without an explicit seed.
+    pub fn with_fresh_action_ids(self) -> Self {
+        Self {
+            action_seed: Some(RandomState::new().hash_one(self.seed)),
+            ..self
         }
     }
 

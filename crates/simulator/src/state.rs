@@ -53,7 +53,7 @@ impl SimState {
     /// Generates the inventory and a little action history from `config.seed`.
     pub fn new(config: SimulatorConfig, clock: Clock) -> Self {
         let inventory = Inventory::generate(config.seed, config.machine_count);
-        let mut actions = ActionStore::new(config.seed);
+        let mut actions = ActionStore::new(config.action_seed.unwrap_or(config.seed));
         history::seed(&mut actions, inventory.all(), clock.utc(), config.seed);
         Self {
             inner: Arc::new(Inner {

@@ -336,3 +336,30 @@ async fn undecodable_path_segments_are_invalid_input() {
     let resp = sim.get_action(&token, "%C3%28").await;
     assert_error(&resp, StatusCode::BAD_REQUEST, "InvalidInput");
 }
+
+/// The id of the first scan a fresh simulator with `config` creates.
+async fn first_action_id(config: SimulatorConfig) -> String {
+    let sim = Sim::new(config);
+    let token = sim.token().await;
+    let machine = sim.machine();
+    let resp = sim.scan(&token, &machine, "Quick").await;
+    assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
+    resp.json()["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(start_paused = true)]
+async fn runs_without_a_seed_get_action_ids_of_their_own_and_a_seed_repeats_them() {
+    // The same seed: the same ids, run after run.
+    assert_eq!(
+        first_action_id(config()).await,
+        first_action_id(config()).await
+    );
+    // Fresh action ids (what a run without --seed gets): another id each run, same machines.
+    let (one, two) = (
+        config().with_fresh_action_ids(),
+        config().with_fresh_action_ids(),
+    );
+    let machines = |c: &SimulatorConfig| Sim::new(c.clone()).machine();
+    assert_eq!(machines(&one), machines(&two));
+    assert_ne!(first_action_id(one).await, first_action_id(two).await);
+}
