@@ -35,7 +35,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         }
     };
     let telemetry = match telemetry::init(
-        LogFormat::from_env(LogFormat::Json),
+        LogFormat::from_env(LogFormat::for_stderr()),
         "info",
         traces.as_ref(),
     ) {

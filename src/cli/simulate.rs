@@ -19,7 +19,7 @@ pub struct SimulateArgs {
 pub async fn run(args: SimulateArgs) -> ExitCode {
     let shutdown = super::shutdown_signal();
     // The simulator exports no spans: it plays Microsoft's side.
-    let _logs = telemetry::init(LogFormat::from_env(LogFormat::Json), "info", None);
+    let _logs = telemetry::init(LogFormat::from_env(LogFormat::for_stderr()), "info", None);
     let config = match args.simulator.to_config() {
         Ok(config) => config,
         Err(err) => {

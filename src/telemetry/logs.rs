@@ -6,7 +6,7 @@
 //! 2026-11-27T10:14:05.331Z  WARN scan_gateway::scans: status poll failed; retrying trace_id=4bf9.. span_id=9c3a..
 //! ```
 
-use std::fmt;
+use std::{fmt, io::IsTerminal};
 
 use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::{
@@ -29,9 +29,26 @@ pub enum LogFormat {
 impl LogFormat {
     /// From `SCAN_GATEWAY_LOG_FORMAT`, or `default` when unset or unknown.
     pub fn from_env(default: LogFormat) -> LogFormat {
-        match std::env::var("SCAN_GATEWAY_LOG_FORMAT").as_deref() {
-            Ok("json") => LogFormat::Json,
-            Ok("text") => LogFormat::Text,
+        Self::from_setting(
+            std::env::var("SCAN_GATEWAY_LOG_FORMAT").ok().as_deref(),
+            default,
+        )
+    }
+
+    /// Text for a person at a terminal (next to `serve --simulate`'s banner), JSON for a log
+    /// collector; the default of `from_env`.
+    pub fn for_stderr() -> LogFormat {
+        if std::io::stderr().is_terminal() {
+            LogFormat::Text
+        } else {
+            LogFormat::Json
+        }
+    }
+
+    fn from_setting(setting: Option<&str>, default: LogFormat) -> LogFormat {
+        match setting {
+            Some("json") => LogFormat::Json,
+            Some("text") => LogFormat::Text,
             _ => default,
         }
     }
@@ -126,6 +143,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_setting_wins_over_the_default_and_unknown_values_keep_it() {
+        for default in [LogFormat::Json, LogFormat::Text] {
+            assert_eq!(
+                LogFormat::from_setting(Some("json"), default),
+                LogFormat::Json
+            );
+            assert_eq!(
+                LogFormat::from_setting(Some("text"), default),
+                LogFormat::Text
+            );
+            assert_eq!(LogFormat::from_setting(Some("yaml"), default), default);
+            assert_eq!(LogFormat::from_setting(None, default), default);
+        }
+    }
     use std::sync::{Arc, Mutex};
     use tracing_subscriber::{fmt, prelude::*};
 
