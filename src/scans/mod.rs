@@ -84,6 +84,7 @@ impl Scans {
         config: ScansConfig,
         metrics: ScanMetrics,
         watcher: Watcher,
+        keys: LocalKeys,
         shared_keys: Option<SharedKeys>,
     ) -> Self {
         Self(Arc::new(Inner {
@@ -91,7 +92,7 @@ impl Scans {
             clock,
             config,
             metrics,
-            keys: LocalKeys::default(),
+            keys,
             shared_keys,
             watcher,
             known: known::KnownScans::default(),
