@@ -14,7 +14,7 @@ use crate::{
     config::Settings,
     credentials::{Credential, TokenCache, TokenEndpoint, TokenMetrics},
     grpc::{GrpcMetrics, ScanServiceImpl, pb},
-    idempotency::SharedKeys,
+    idempotency::{KeyMetrics, LocalKeys, SharedKeys},
     inbound::{self, Authenticator, InboundMetrics, Limiter},
     metrics::{self, Metrics},
     outbound::{self, UpstreamMetrics},
@@ -178,6 +178,7 @@ impl Gateway {
             },
             ScanMetrics::register(&mut registry),
             watcher,
+            LocalKeys::new(KeyMetrics::register(&mut registry)),
             shared_keys,
         );
         Ok(Self {

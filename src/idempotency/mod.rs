@@ -3,14 +3,18 @@
 //! ([`LocalKeys`]); with Redis configured, the keys are shared by every replica too
 //! ([`SharedKeys`]).
 //!
+//! Keys are scoped per caller identity, here and in Redis: one caller cannot read another's
+//! action by guessing its key. This replica keeps at most [`MAX_KEYS`], oldest forgotten first.
+//!
 //! A key is bound to its machine and scan type only once it names an action. A start that
 //! created nothing (an unknown machine, a refusal, an outage) leaves no trace of its key, here
 //! or in Redis, so the key may then start any scan.
 
+mod metrics;
 mod shared;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, MutexGuard},
 };
 
@@ -21,7 +25,12 @@ use crate::{
     error::Error,
 };
 
+pub use metrics::KeyMetrics;
 pub use shared::{Claim, KeyError, SharedKeys, TTL};
+
+/// Most keys a replica keeps (a few hundred bytes each: tens of MiB at worst). Beyond, the oldest key is forgotten (logged
+/// once), as it would be at [`TTL`]; at a sustained rate a key then lives less than 24 h.
+pub const MAX_KEYS: usize = 100_000;
 
 /// One key of this replica: the scan it is used for, and the action once created. A key is
 /// bound to its machine and scan type only once it names an action: until then it only keeps
@@ -30,6 +39,8 @@ pub struct Keyed {
     machine_id: MachineId,
     scan_type: ScanType,
     created: Instant,
+    /// The entry's place in the creation order (`Keys::order`).
+    seq: u64,
     /// Set once, by the one request that starts the scan; the others wait for it.
     pub action: OnceCell<ActionId>,
 }
@@ -40,35 +51,67 @@ impl Keyed {
     }
 }
 
-type Map = HashMap<RequestId, Arc<Keyed>>;
+/// A key as one caller sees it: callers have keys of their own, so one cannot read another's
+/// action by guessing its key. `None` is the gateway itself.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Scoped {
+    caller: Option<Arc<str>>,
+    key: RequestId,
+}
 
-/// This replica's keys, dropped after [`TTL`]; a key that names no action is dropped with the
-/// last request holding it.
+/// The keys and their creation order. Expiry and the bound pop the oldest from the front of
+/// `order`, so a call touches the keys it expires or evicts, never the whole map.
 #[derive(Default)]
-pub struct LocalKeys(Arc<Mutex<Map>>);
+struct Keys {
+    map: HashMap<Scoped, Arc<Keyed>>,
+    /// Creation order (`Keyed::seq`): the front is the oldest. A key forgotten early (its start
+    /// created nothing) leaves it too.
+    order: BTreeMap<u64, Scoped>,
+    next_seq: u64,
+    /// The bound was reached (logged once).
+    full: bool,
+    metrics: KeyMetrics,
+}
+
+/// This replica's keys, dropped after [`TTL`] and beyond [`MAX_KEYS`] oldest first; a key that
+/// names no action is dropped with the last request holding it.
+#[derive(Default)]
+pub struct LocalKeys(Arc<Mutex<Keys>>);
 
 /// A request's hold on its key ([`LocalKeys::hold`]). When the last hold of a key that names no
 /// action goes (its start created nothing, failed or was abandoned), the key is forgotten: it
 /// leaves no trace, and any scan may use it next.
 pub struct KeyHold {
-    keys: Arc<Mutex<Map>>,
-    key: RequestId,
+    keys: Arc<Mutex<Keys>>,
+    key: Scoped,
     keyed: Arc<Keyed>,
 }
 
 impl LocalKeys {
-    /// A hold on `key` for `request`, sharing the entry of requests for the same scan; refused
-    /// when the key names an action of another machine or scan type, or while a request for
-    /// another scan is starting it.
+    pub fn new(metrics: KeyMetrics) -> Self {
+        Self(Arc::new(Mutex::new(Keys {
+            metrics,
+            ..Keys::default()
+        })))
+    }
+
+    /// A hold on `caller`'s `key` for `request`, sharing the entry of requests for the same
+    /// scan; refused when the key names an action of another machine or scan type, or while a
+    /// request for another scan is starting it.
     pub fn hold(
         &self,
+        caller: Option<&Arc<str>>,
         key: &RequestId,
         request: &ScanRequest,
         now: Instant,
     ) -> Result<KeyHold, Error> {
+        let scoped = Scoped {
+            caller: caller.cloned(),
+            key: key.clone(),
+        };
         let mut keys = lock(&self.0);
-        keys.retain(|_, keyed| now.duration_since(keyed.created) < TTL);
-        let keyed = match keys.get(key) {
+        keys.expire(now);
+        let keyed = match keys.map.get(&scoped) {
             Some(keyed) if keyed.is_for(request) => keyed.clone(),
             Some(keyed) if keyed.action.initialized() => {
                 return Err(FieldViolation::new(
@@ -87,22 +130,66 @@ impl LocalKeys {
                 .into());
             }
             // New, or left by a start that created nothing: the key is free.
-            _ => {
-                let keyed = Arc::new(Keyed {
-                    machine_id: request.machine_id.clone(),
-                    scan_type: request.scan_type,
-                    created: now,
-                    action: OnceCell::new(),
-                });
-                keys.insert(key.clone(), keyed.clone());
-                keyed
-            }
+            _ => keys.insert(scoped.clone(), request, now),
         };
         Ok(KeyHold {
             keys: self.0.clone(),
-            key: key.clone(),
+            key: scoped,
             keyed,
         })
+    }
+}
+
+// === impl Keys ===
+
+impl Keys {
+    /// Forgets the keys older than [`TTL`], oldest first, stopping at the first younger one.
+    fn expire(&mut self, now: Instant) {
+        while let Some(oldest) = self.order.first_key_value().map(|(_, key)| key.clone()) {
+            let expired = self
+                .map
+                .get(&oldest)
+                .is_none_or(|keyed| now.duration_since(keyed.created) >= TTL);
+            if !expired {
+                break;
+            }
+            self.pop_oldest();
+        }
+        self.metrics.set_keys(self.map.len());
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((_, key)) = self.order.pop_first() {
+            self.map.remove(&key);
+        }
+    }
+
+    fn insert(&mut self, key: Scoped, request: &ScanRequest, now: Instant) -> Arc<Keyed> {
+        while self.map.len() >= MAX_KEYS {
+            if !self.full {
+                self.full = true;
+                tracing::warn!(
+                    max = MAX_KEYS,
+                    "the idempotency keys reached their bound: the oldest are forgotten first"
+                );
+            }
+            self.pop_oldest();
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let keyed = Arc::new(Keyed {
+            machine_id: request.machine_id.clone(),
+            scan_type: request.scan_type,
+            created: now,
+            seq,
+            action: OnceCell::new(),
+        });
+        if let Some(old) = self.map.insert(key.clone(), keyed.clone()) {
+            self.order.remove(&old.seq);
+        }
+        self.order.insert(seq, key);
+        self.metrics.set_keys(self.map.len());
+        keyed
     }
 }
 
@@ -118,18 +205,21 @@ impl Drop for KeyHold {
     fn drop(&mut self) {
         let mut keys = lock(&self.keys);
         // Ours and the map's are the last two: no other request holds the key to start it.
-        let last = keys.get(&self.key).is_some_and(|keyed| {
+        let last = keys.map.get(&self.key).is_some_and(|keyed| {
             Arc::ptr_eq(keyed, &self.keyed)
                 && Arc::strong_count(keyed) == 2
                 && !keyed.action.initialized()
         });
         if last {
-            keys.remove(&self.key);
+            keys.map.remove(&self.key);
+            keys.order.remove(&self.keyed.seq);
+            let count = keys.map.len();
+            keys.metrics.set_keys(count);
         }
     }
 }
 
-fn lock(keys: &Mutex<Map>) -> MutexGuard<'_, Map> {
+fn lock(keys: &Mutex<Keys>) -> MutexGuard<'_, Keys> {
     keys.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -137,6 +227,7 @@ fn lock(keys: &Mutex<Map>) -> MutexGuard<'_, Map> {
 mod tests {
     use super::*;
     use crate::domain::Comment;
+    use std::time::Duration;
 
     const KEY: &str = "ticket-4711";
 
@@ -169,24 +260,107 @@ mod tests {
         let (a, b) = (request(A, ScanType::Quick), request(B, ScanType::Quick));
 
         // A start that created nothing: the key goes with its hold.
-        drop(keys.hold(&key(), &a, now).unwrap());
-        assert!(lock(&keys.0).is_empty());
+        drop(keys.hold(None, &key(), &a, now).unwrap());
+        assert!(lock(&keys.0).map.is_empty());
 
         // While a start for A runs, B is refused, and a second request for A shares the entry.
-        let first = keys.hold(&key(), &a, now).unwrap();
-        assert!(keys.hold(&key(), &b, now).is_err());
-        let second = keys.hold(&key(), &a, now).unwrap();
+        let first = keys.hold(None, &key(), &a, now).unwrap();
+        assert!(keys.hold(None, &key(), &b, now).is_err());
+        let second = keys.hold(None, &key(), &a, now).unwrap();
         assert!(Arc::ptr_eq(&first.keyed, &second.keyed));
         drop(first);
-        assert_eq!(lock(&keys.0).len(), 1, "the second request still holds it");
+        assert_eq!(
+            lock(&keys.0).map.len(),
+            1,
+            "the second request still holds it"
+        );
         second.action.set(action()).unwrap();
         drop(second);
 
         // Bound: kept without holds, refused for another machine or type.
-        assert_eq!(lock(&keys.0).len(), 1);
-        assert!(keys.hold(&key(), &b, now).is_err());
-        assert!(keys.hold(&key(), &request(A, ScanType::Full), now).is_err());
-        let again = keys.hold(&key(), &a, now).unwrap();
+        assert_eq!(lock(&keys.0).map.len(), 1);
+        assert!(keys.hold(None, &key(), &b, now).is_err());
+        assert!(
+            keys.hold(None, &key(), &request(A, ScanType::Full), now)
+                .is_err()
+        );
+        let again = keys.hold(None, &key(), &a, now).unwrap();
         assert_eq!(again.action.get(), Some(&action()));
+    }
+
+    fn numbered(i: usize) -> RequestId {
+        RequestId::parse_optional("request_id", &format!("key-{i}"))
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn expiry_and_the_bound_forget_the_oldest_keys_without_a_scan() {
+        let metrics = KeyMetrics::default();
+        let keys = LocalKeys::new(metrics.clone());
+        let (a, b) = (request(A, ScanType::Quick), request(B, ScanType::Quick));
+        let start = Instant::now();
+        let bind = |i: usize, at: Instant| {
+            let hold = keys.hold(None, &numbered(i), &a, at).unwrap();
+            hold.action.set(action()).unwrap();
+        };
+        for i in 0..MAX_KEYS {
+            bind(i, start);
+        }
+        assert_eq!(metrics.keys(), MAX_KEYS as i64);
+
+        // Full: each new key forgets the oldest. A scan of the map per call would take 10,000
+        // times 100,000 steps; popping the front takes 10,000.
+        let hour_later = start + Duration::from_secs(3600);
+        let timer = Instant::now();
+        for i in MAX_KEYS..MAX_KEYS + 10_000 {
+            bind(i, hour_later);
+        }
+        assert!(
+            timer.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            timer.elapsed()
+        );
+        assert_eq!(metrics.keys(), MAX_KEYS as i64);
+        assert!(
+            keys.hold(None, &numbered(10_000), &b, hour_later).is_err(),
+            "kept"
+        );
+        // (A new key at the bound: this probe itself evicts the next oldest, 10,000.)
+        assert!(
+            keys.hold(None, &numbered(9_999), &b, hour_later).is_ok(),
+            "evicted"
+        );
+
+        // At 24 h the keys of the start expire, from the front, and the younger 10,000 stay.
+        bind(MAX_KEYS + 10_000, start + TTL);
+        assert_eq!(metrics.keys(), 10_001);
+        assert_eq!(lock(&keys.0).order.len(), 10_001);
+        assert!(
+            keys.hold(None, &numbered(MAX_KEYS), &b, start + TTL)
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn callers_have_keys_of_their_own() {
+        let keys = LocalKeys::default();
+        let now = Instant::now();
+        let (alice, bob): (Arc<str>, Arc<str>) = (Arc::from("alice"), Arc::from("bob"));
+        let first = keys
+            .hold(Some(&alice), &key(), &request(A, ScanType::Quick), now)
+            .unwrap();
+        first.action.set(action()).unwrap();
+        let other = keys
+            .hold(Some(&bob), &key(), &request(B, ScanType::Quick), now)
+            .unwrap();
+        assert!(
+            other.action.get().is_none(),
+            "bob does not see alice's action"
+        );
+        assert!(
+            keys.hold(None, &key(), &request(B, ScanType::Full), now)
+                .is_ok()
+        );
     }
 }

@@ -7,7 +7,8 @@
 //! so a retry, for any scan, can try again. A request that finds the key claimed waits for the
 //! action (bounded by its deadline). The recorded key also names the machine and scan type, so
 //! reusing it for another scan is refused; a claim alone binds nothing.
-//! If Redis cannot be reached, the replica's own keys still apply (logged).
+//! Keys are per caller: the key's name holds the caller's identity after the deployment's
+//! prefix. If Redis cannot be reached, the replica's own keys still apply (logged).
 
 use std::time::Duration;
 
@@ -71,11 +72,12 @@ impl SharedKeys {
     /// `until`, while another request is starting it).
     pub async fn claim(
         &self,
+        caller: Option<&str>,
         key: &RequestId,
         request: &ScanRequest,
         until: Instant,
     ) -> Result<Claim, KeyError> {
-        let redis_key = self.key(key);
+        let redis_key = self.key(caller, key);
         let scan = scan_of(request);
         loop {
             let mut connection = self.redis.connect().await?;
@@ -126,12 +128,18 @@ impl SharedKeys {
     }
 
     /// Records the action a claimed key names, for [`TTL`].
-    pub async fn record(&self, key: &RequestId, request: &ScanRequest, action: &ActionId) {
+    pub async fn record(
+        &self,
+        caller: Option<&str>,
+        key: &RequestId,
+        request: &ScanRequest,
+        action: &ActionId,
+    ) {
         let result = async {
             let mut connection = self.redis.connect().await?;
             self.redis
                 .bounded(connection.set_ex::<_, _, ()>(
-                    self.key(key),
+                    self.key(caller, key),
                     format!("done|{}|{action}", scan_of(request)),
                     TTL.as_secs(),
                 ))
@@ -144,11 +152,11 @@ impl SharedKeys {
     }
 
     /// Gives a claim back after a failed start, so a retry may claim it.
-    pub async fn release(&self, key: &RequestId) {
+    pub async fn release(&self, caller: Option<&str>, key: &RequestId) {
         let result = async {
             let mut connection = self.redis.connect().await?;
             self.redis
-                .bounded(connection.del::<_, ()>(self.key(key)))
+                .bounded(connection.del::<_, ()>(self.key(caller, key)))
                 .await
         }
         .await;
@@ -157,8 +165,18 @@ impl SharedKeys {
         }
     }
 
-    fn key(&self, key: &RequestId) -> String {
-        format!("{}:{}", self.prefix, key.as_str())
+    /// The deployment's prefix, the caller and the key: callers have keys of their own. The
+    /// caller's id is length-prefixed (ids and keys may hold `:`), and the gateway's own
+    /// (`None`) cannot be spelled by a caller.
+    fn key(&self, caller: Option<&str>, key: &RequestId) -> String {
+        key_name(&self.prefix, caller, key.as_str())
+    }
+}
+
+fn key_name(prefix: &str, caller: Option<&str>, key: &str) -> String {
+    match caller {
+        Some(caller) => format!("{prefix}:c{}:{caller}:{key}", caller.len()),
+        None => format!("{prefix}:gateway:{key}"),
     }
 }
 
@@ -179,6 +197,21 @@ fn parse(value: &str) -> Option<(&str, String, Option<&str>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_names_keep_callers_apart() {
+        assert_eq!(key_name("p", None, "k"), "p:gateway:k");
+        assert_eq!(key_name("p", Some("alice"), "k"), "p:c5:alice:k");
+        // Ids and keys may hold `:`: the length keeps `a:b` + `c` apart from `a` + `b:c`.
+        assert_ne!(
+            key_name("p", Some("a:b"), "c"),
+            key_name("p", Some("a"), "b:c")
+        );
+        assert_ne!(
+            key_name("p", Some("gateway"), "k"),
+            key_name("p", None, "k")
+        );
+    }
 
     #[test]
     fn values_round_trip() {

@@ -84,6 +84,7 @@ impl Scans {
         config: ScansConfig,
         metrics: ScanMetrics,
         watcher: Watcher,
+        keys: LocalKeys,
         shared_keys: Option<SharedKeys>,
     ) -> Self {
         Self(Arc::new(Inner {
@@ -91,7 +92,7 @@ impl Scans {
             clock,
             config,
             metrics,
-            keys: LocalKeys::default(),
+            keys,
             shared_keys,
             watcher,
             known: known::KnownScans::default(),
@@ -163,7 +164,7 @@ impl Scans {
     }
 
     /// Antivirus-scan actions, newest first. One more than the page is fetched to know
-    /// whether another page follows.
+    /// whether another page follows. A malformed action is left out of its page and logged.
     pub async fn list(&self, query: &ListQuery, ctx: &CallContext) -> Result<Page, Error> {
         let upstream_query = ActionQuery {
             machine_id: query.machine_id.clone(),
@@ -174,11 +175,29 @@ impl Scans {
             skip: Some(query.skip),
             ..ActionQuery::default()
         };
-        let mut actions = self.0.client.list_actions(&upstream_query, ctx).await?;
-        let next_skip = (actions.len() > query.top as usize).then(|| query.skip + query.top);
-        actions.truncate(query.top as usize);
-        for action in &actions {
-            self.0.known.insert(&action.id);
+        let mut entries = self
+            .0
+            .client
+            .list_actions_each(&upstream_query, ctx)
+            .await?;
+        // Paging counts every entry Defender returned, so a skipped one never shifts a page.
+        let next_skip = (entries.len() > query.top as usize).then(|| query.skip + query.top);
+        entries.truncate(query.top as usize);
+        // A malformed action is left out of the page (and logged) rather than failing the
+        // whole listing: the caller can still read the others.
+        let mut actions = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match entry {
+                Ok(action) => {
+                    self.0.known.insert(&action.id);
+                    actions.push(action);
+                }
+                Err(skipped) => tracing::warn!(
+                    action_id = skipped.id.as_deref().unwrap_or("(none)"),
+                    reason = %skipped.reason,
+                    "a malformed action was left out of a ListScans page"
+                ),
+            }
         }
         Ok(Page { actions, next_skip })
     }

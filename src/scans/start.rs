@@ -34,7 +34,8 @@ impl Scans {
         };
         // Held until the start's outcome is known: a start that created nothing leaves no trace
         // of the key.
-        let hold = self.0.keys.hold(key, request, self.0.clock.now())?;
+        let caller = ctx.caller.as_ref().map(|c| &c.id);
+        let hold = self.0.keys.hold(caller, key, request, self.0.clock.now())?;
         // The keyed start runs in a task of its own. When the caller's deadline cuts the POST,
         // the caller is answered at once (`cut`) while the task finds out whether the POST
         // created the scan and records it under the key before letting the key go, so a retry
@@ -72,11 +73,12 @@ impl Scans {
             .get_or_try_init(|| async {
                 // Across replicas: another may already have started this scan.
                 let mut claimed = false;
+                let caller = ctx.caller.as_ref().map(|c| &*c.id);
                 if let Some(shared) = &self.0.shared_keys {
                     let until = ctx
                         .deadline
                         .unwrap_or_else(|| self.0.clock.now() + Duration::from_secs(30));
-                    match shared.claim(key, request, until).await {
+                    match shared.claim(caller, key, request, until).await {
                         Ok(Claim::Existing(id)) => return Ok(id),
                         Ok(Claim::Mine) => claimed = true,
                         Err(KeyError::Mismatch(violation)) => return Err(violation.into()),
@@ -90,14 +92,14 @@ impl Scans {
                     Ok(action) => action,
                     Err(err) => {
                         if claimed && let Some(shared) = &self.0.shared_keys {
-                            shared.release(key).await;
+                            shared.release(caller, key).await;
                         }
                         return Err(err);
                     }
                 };
                 let id = ActionId::parse("id", &action.id).map_err(|_| malformed_id(&action))?;
                 if claimed && let Some(shared) = &self.0.shared_keys {
-                    shared.record(key, request, &id).await;
+                    shared.record(caller, key, request, &id).await;
                 }
                 created = Some(action);
                 Ok::<_, Error>(id)

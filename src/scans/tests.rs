@@ -72,6 +72,7 @@ fn busy_upstream(listed: Vec<serde_json::Value>) -> (Scans, Arc<AtomicUsize>) {
         },
         ScanMetrics::default(),
         watcher,
+        crate::idempotency::LocalKeys::default(),
         None,
     );
     (scans, posts)

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, header};
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, de::DeserializeOwned};
 use time::OffsetDateTime;
 use tower::ServiceExt;
 use url::Url;
@@ -74,6 +74,18 @@ impl ActionQuery {
         parts.join("&")
     }
 }
+
+/// An action of a list page that could not be decoded: it is left out of the page, and its
+/// reason (never the entry itself, which may be large) is what gets logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedAction {
+    /// The entry's `id` when it is a string (cut to 100 characters), to look it up by id.
+    pub id: Option<String>,
+    pub reason: String,
+}
+
+/// The longest reason kept for a skipped action (serde may quote the offending value).
+const MAX_SKIP_REASON_CHARS: usize = 200;
 
 /// The Defender API, typed.
 #[derive(Clone)]
@@ -154,6 +166,28 @@ impl DefenderClient {
             .into_iter()
             .map(|wire| action(Api::ListActions, wire))
             .collect()
+    }
+
+    /// `GET /api/machineactions?...` like [`Self::list_actions`], but each action is decoded on
+    /// its own: a malformed one is an `Err` in its place instead of failing the page, so one
+    /// bad entry cannot hide the others. Only a page that is not a page is `Malformed`.
+    pub async fn list_actions_each(
+        &self,
+        query: &ActionQuery,
+        ctx: &CallContext,
+    ) -> Result<Vec<Result<MachineAction, SkippedAction>>, Error> {
+        let query = query.to_query_string();
+        let page: model::WireActionEntries = self
+            .send(
+                Api::ListActions,
+                Method::GET,
+                "api/machineactions",
+                Some(&query),
+                None,
+                ctx,
+            )
+            .await?;
+        Ok(page.value.into_iter().map(entry).collect())
     }
 
     /// `POST /api/machineactions/{id}/cancel`
@@ -248,6 +282,20 @@ fn action(api: Api, wire: model::WireAction) -> Result<MachineAction, Error> {
         api,
         detail: err.to_string(),
     })
+}
+
+/// One entry of a list page, through the same decoding as a single action.
+fn entry(raw: serde_json::Value) -> Result<MachineAction, SkippedAction> {
+    let id = raw
+        .get("id")
+        .and_then(serde_json::Value::as_str)
+        .map(|id| bounded(id.to_owned(), 100));
+    let skipped = |reason: String| SkippedAction {
+        id: id.clone(),
+        reason: bounded(reason, MAX_SKIP_REASON_CHARS),
+    };
+    let wire = model::WireAction::deserialize(raw).map_err(|err| skipped(err.to_string()))?;
+    MachineAction::try_from(wire).map_err(|err| skipped(err.to_string()))
 }
 
 /// What `base.join(relative)` puts before `relative`: the base up to its last `/`.
@@ -399,6 +447,26 @@ mod tests {
         assert_eq!(err.code, "TooManyRequests");
         assert_eq!(err.retry_after, Some(Duration::from_secs(37)));
         assert_eq!(err.target.as_deref(), Some("9b1d"));
+    }
+
+    #[test]
+    fn a_malformed_list_entry_is_skipped_with_its_id_and_reason_alone() {
+        let good = serde_json::json!({ "id": "a", "status": "Pending" });
+        let huge = "x".repeat(10_000);
+        assert_eq!(entry(good).map(|a| a.id), Ok("a".to_owned()));
+        let retyped = entry(serde_json::json!({ "id": "b", "status": 42, "title": huge }));
+        let skipped = retyped.expect_err("a numeric status is malformed");
+        assert_eq!(skipped.id.as_deref(), Some("b"));
+        assert!(
+            skipped.reason.contains("invalid type"),
+            "{}",
+            skipped.reason
+        );
+        let missing = entry(serde_json::json!({ "id": huge })).expect_err("no status");
+        assert!(missing.reason.contains("status"), "{}", missing.reason);
+        assert!(missing.id.is_some_and(|id| id.chars().count() <= 101));
+        let not_an_object = entry(serde_json::json!(7)).expect_err("not an action");
+        assert_eq!(not_an_object.id, None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use url::Url;
 
 // The call types are the client's vocabulary too; they live in the leaf `call`.
 pub use crate::call::{Api, CallContext, Deadline, QueueObserver, QuotaCaller, Request, Response};
-pub use client::{ActionQuery, DefenderClient, SCAN_ACTION_TYPE};
+pub use client::{ActionQuery, DefenderClient, SCAN_ACTION_TYPE, SkippedAction};
 pub use error::{ApiError, Error, TransportKind};
 pub use http_service::HttpService;
 

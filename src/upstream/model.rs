@@ -55,6 +55,16 @@ pub struct WireActionList {
     pub next_link: Option<String>,
 }
 
+/// A page of `GET /api/machineactions` whose actions are decoded one by one: a malformed action
+/// spoils only itself, not the page (see `DefenderClient::list_actions_each`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct WireActionEntries {
+    pub value: Vec<serde_json::Value>,
+    #[serde(rename = "@odata.nextLink")]
+    pub next_link: Option<String>,
+}
+
 /// Defender's documented error envelope: `{"error": {"code", "message", "target"}}`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]

@@ -4,7 +4,8 @@
 //! Every interval it refreshes the watched, unfinished actions: a few by one list call
 //! filtered on their ids (`(id eq 'a' or id eq 'b' ...)`), many by listing the antivirus-scan
 //! actions created since the oldest of them, page by page. An action the list did not return
-//! is looked up by id. The interval grows when a refresh needs several calls, so polling never
+//! is looked up by id, and so is one whose list entry is malformed (skipped and logged): a bad
+//! action fails only its own subscribers, never the refresh. The interval grows when a refresh needs several calls, so polling never
 //! takes more than its share of the list API's quota; with nothing watched, nothing is polled.
 //!
 //! Each action has a `tokio::sync::watch` channel: a subscriber that reads slowly skips
@@ -37,7 +38,7 @@ use crate::{
     clock::Clock,
     domain::{ActionId, MachineAction},
     supervisor::supervise,
-    upstream::{self, ActionQuery, CallContext, DefenderClient, SCAN_ACTION_TYPE},
+    upstream::{self, ActionQuery, CallContext, DefenderClient, SCAN_ACTION_TYPE, SkippedAction},
 };
 
 pub use metrics::WatchMetrics;
@@ -78,6 +79,8 @@ struct Entry {
     created: Option<OffsetDateTime>,
     /// The spans of (some of) the streams following the action, for span links.
     links: Vec<SpanContext>,
+    /// Consecutive refreshes in which this action alone could not be read.
+    lookup_failures: u32,
 }
 
 struct Inner {
@@ -185,6 +188,7 @@ impl Watcher {
                         } else {
                             Vec::new()
                         },
+                        lookup_failures: 0,
                     },
                 );
                 rx
@@ -283,12 +287,23 @@ impl Watcher {
         let ctx = CallContext::default();
         let mut calls = 0;
         let mut seen = std::collections::HashSet::new();
-        let publish = |actions: Vec<MachineAction>,
+        // A malformed entry is logged and left unseen, so the by-id path below looks it up:
+        // one bad action never fails the refresh of the others.
+        let publish = |entries: Vec<Result<MachineAction, SkippedAction>>,
                        seen: &mut std::collections::HashSet<ActionId>| {
-            for action in actions {
-                if let Ok(id) = ActionId::parse("id", &action.id) {
-                    self.publish(&id, action);
-                    seen.insert(id);
+            for entry in entries {
+                match entry {
+                    Ok(action) => {
+                        if let Ok(id) = ActionId::parse("id", &action.id) {
+                            self.publish(&id, action);
+                            seen.insert(id);
+                        }
+                    }
+                    Err(skipped) => tracing::warn!(
+                        action_id = skipped.id.as_deref().unwrap_or("(none)"),
+                        reason = %skipped.reason,
+                        "skipped a malformed action of a list page; it is looked up by id"
+                    ),
                 }
             }
         };
@@ -307,7 +322,7 @@ impl Watcher {
                 let actions = self
                     .0
                     .client
-                    .list_actions(&query, &ctx)
+                    .list_actions_each(&query, &ctx)
                     .await
                     .map_err(|err| (calls, err))?;
                 let full = actions.len() == PAGE_SIZE as usize;
@@ -333,7 +348,7 @@ impl Watcher {
             let actions = self
                 .0
                 .client
-                .list_actions(&query, &ctx)
+                .list_actions_each(&query, &ctx)
                 .await
                 .map_err(|err| (calls, err))?;
             publish(actions, &mut seen);
@@ -348,6 +363,9 @@ impl Watcher {
                     true,
                     format!("machine action {id} no longer exists in Defender"),
                 ),
+                // This action's own answer is unreadable: its subscribers alone are told, once
+                // it stays so for as many refreshes as the whole watcher would tolerate.
+                Err(err @ upstream::Error::Malformed { .. }) => self.lookup_failed(id, &err),
                 Err(err) => return Err((calls, err)),
             }
         }
@@ -357,10 +375,11 @@ impl Watcher {
 
     /// Hands a fresh state to the subscribers when its status or update time changed.
     fn publish(&self, id: &ActionId, action: MachineAction) {
-        let entries = self.lock();
-        let Some(entry) = entries.get(id) else {
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(id) else {
             return;
         };
+        entry.lookup_failures = 0;
         let mut status_changed = false;
         entry.tx.send_if_modified(|current| match current {
             Update::Action(known) if known.status != action.status || newer(&action, known) => {
@@ -373,6 +392,22 @@ impl Watcher {
         if status_changed && let Some(changed_at) = action.last_update_time {
             let delay = (self.0.clock.utc() - changed_at).as_seconds_f64().max(0.0);
             self.0.metrics.record_watch_delay(delay);
+        }
+    }
+
+    /// Counts a failed lookup of one action; at `max_failures` in a row it is failed alone.
+    fn lookup_failed(&self, id: &ActionId, err: &upstream::Error) {
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(id) else {
+            return;
+        };
+        entry.lookup_failures += 1;
+        tracing::warn!(action_id = %id, error = %err, failures = entry.lookup_failures, "looking up a watched action by id failed");
+        if entry.lookup_failures >= self.0.config.max_failures {
+            entry.tx.send_replace(Update::Failed {
+                not_found: false,
+                detail: format!("following the action failed repeatedly: {err}"),
+            });
         }
     }
 

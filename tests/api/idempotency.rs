@@ -117,3 +117,48 @@ async fn a_scan_answered_after_the_callers_deadline_is_what_a_retry_with_its_key
         "one POST, one scan"
     );
 }
+
+/// Keys are per caller: a key one caller used names nothing for another, so guessing it
+/// reads no one else's action.
+#[tokio::test]
+async fn two_callers_using_the_same_key_get_two_scans() {
+    use crate::{
+        pki::{Signer, claims, temp_dir},
+        security::{jwt_args, with_token},
+    };
+    let dir = temp_dir();
+    let signer = Signer::new("k1");
+    let sim = spawn_simulator(fast_simulator()).await;
+    let args = jwt_args(&sim, &dir, &signer, "");
+    let app = spawn_gateway_with(sim, args).await;
+    let alice = signer.token(claims("system:serviceaccount:soc:alice"));
+    let bob = signer.token(claims("system:serviceaccount:soc:bob"));
+    let (first, second) = (app.sim.machine(0), app.sim.machine(1));
+    let start = |machine: String, token: String| {
+        let mut client = app.client.clone();
+        async move {
+            client
+                .start_scan(with_token(keyed(&machine), &token))
+                .await
+                .map(|answer| answer.into_inner().action.expect("an action").id)
+        }
+    };
+
+    let of_alice = start(first.clone(), alice.clone())
+        .await
+        .expect("alice's scan");
+    let of_bob = start(second.clone(), bob.clone())
+        .await
+        .expect("bob's key is his own, not bound to alice's machine");
+    assert_ne!(of_alice, of_bob);
+    // Each caller's retry returns its own scan; bob's key never names alice's.
+    assert_eq!(start(first.clone(), alice).await.unwrap(), of_alice);
+    assert_eq!(start(second, bob.clone()).await.unwrap(), of_bob);
+    let refused = start(first, bob).await.expect_err("bound to bob's machine");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert_eq!(
+        app.sim.handle.stats().run_scan,
+        2,
+        "two POSTs, one per caller"
+    );
+}

@@ -20,3 +20,4 @@ mod scan_service;
 mod security;
 mod tools;
 mod validation;
+mod watcher;

@@ -238,7 +238,12 @@ async fn client_ca_is_reloaded_when_its_file_changes() {
 }
 
 /// JWT settings with a JWKS file holding `signer`'s key, and `policy` (TOML lines) if any.
-fn jwt_args(sim: &TestSimulator, dir: &Path, signer: &Signer, policy: &str) -> ConfigArgs {
+pub(crate) fn jwt_args(
+    sim: &TestSimulator,
+    dir: &Path,
+    signer: &Signer,
+    policy: &str,
+) -> ConfigArgs {
     let mut args = settings_for(sim);
     let jwks = serde_json::json!({ "keys": [signer.jwk()] }).to_string();
     args.jwks = Some(write(dir, "jwks.json", &jwks).display().to_string());
@@ -250,7 +255,7 @@ fn jwt_args(sim: &TestSimulator, dir: &Path, signer: &Signer, policy: &str) -> C
     args
 }
 
-fn with_token<T>(message: T, token: &str) -> Request<T> {
+pub(crate) fn with_token<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     request
         .metadata_mut()

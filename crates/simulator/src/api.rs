@@ -79,6 +79,7 @@ pub(crate) async fn list(
 ) -> Result<Response, ApiError> {
     let query = ListQuery::parse(raw.as_deref())?;
     let now = state.clock().utc();
+    let faults = state.faults().settings().malformed_list_entries.clone();
     let actions = state.actions();
     let value = actions
         .newest_first()
@@ -96,7 +97,16 @@ pub(crate) async fn list(
         odata_context: COLLECTION_CONTEXT,
         value,
     };
-    Ok(json_response(StatusCode::OK, serde_json::to_vec(&body)))
+    if faults.is_empty() {
+        return Ok(json_response(StatusCode::OK, serde_json::to_vec(&body)));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        serde_json::to_value(&body).and_then(|mut page| {
+            malform_entries(&mut page, &faults);
+            serde_json::to_vec(&page)
+        }),
+    ))
 }
 
 /// `POST /api/machineactions/{id}/cancel` with an optional `{"Comment": ..}`.
@@ -127,6 +137,23 @@ struct Collection<'a> {
     #[serde(rename = "@odata.context")]
     odata_context: &'a str,
     value: Vec<ActionView<'a>>,
+}
+
+/// Retypes the `status` of the listed actions whose id is in `bad` (a number: valid JSON, an
+/// entity no typed decoder accepts).
+fn malform_entries(page: &mut Value, bad: &[String]) {
+    let Some(Value::Array(entries)) = page.get_mut("value") else {
+        return;
+    };
+    for entry in entries {
+        let listed = entry
+            .get("id")
+            .and_then(Value::as_str)
+            .is_some_and(|id| bad.iter().any(|b| b == id));
+        if listed && let Some(status) = entry.get_mut("status") {
+            *status = Value::from(42);
+        }
+    }
 }
 
 /// An action as seen at one instant, for `$filter`.

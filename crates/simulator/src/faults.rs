@@ -1,5 +1,5 @@
 //! Fault injection: latency (before the handler or after it), 500s, 429 storms, 403s, lost responses, connection resets and
-//! malformed JSON, per endpoint.
+//! malformed JSON, per endpoint; and single malformed actions inside a valid list page.
 //!
 //! Rolls come from a seeded stream separate from the action outcomes, so turning faults on
 //! never changes which scans fail, and a given seed replays the same faults in the same order.
@@ -87,6 +87,10 @@ pub struct Faults {
     /// Refuse every token request as if the client secret had expired (401 `invalid_client`,
     /// AADSTS7000222), a non-retryable configuration error.
     pub token_secret_expired: bool,
+    /// Actions (by id) served malformed in every list page that holds them: their `status` is a
+    /// number, the rest of the page stays valid, and `GET machineactions/{id}` still reads them
+    /// (one bad entity in a collection, as a proxy or a new field type could produce). No roll.
+    pub malformed_list_entries: Vec<String>,
 }
 
 impl Faults {

@@ -183,3 +183,35 @@ async fn bad_queries_are_odata_errors() {
     );
     assert_eq!(resp.json()["error"]["details"], Value::Null);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_malformed_list_entry_spoils_only_that_action_and_only_in_lists() {
+    let sim = Sim::new(config());
+    let (token, _, created) = populated(&sim).await;
+    sim.handle.set_faults(crate::Faults {
+        malformed_list_entries: vec![created[1].clone()],
+        ..crate::Faults::default()
+    });
+    let json = list(&sim, &token, "").await.json();
+    let items = json["value"].as_array().unwrap();
+    let status_of = |id: &str| {
+        items
+            .iter()
+            .find(|a| a["id"] == id)
+            .map(|a| a["status"].clone())
+            .unwrap()
+    };
+    assert_eq!(status_of(&created[1]), 42);
+    assert!(status_of(&created[0]).is_string());
+    assert!(status_of(&created[2]).is_string());
+    let one = sim
+        .call(
+            Method::GET,
+            &format!("/api/machineactions/{}", created[1]),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(one.status, StatusCode::OK);
+    assert!(one.json()["status"].is_string(), "read by id, it is whole");
+}
