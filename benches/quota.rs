@@ -101,8 +101,7 @@ async fn saturate(client: DefenderClient, reactive: bool) -> u64 {
             loop {
                 let ctx = CallContext {
                     deadline: Some(end),
-                    observer: None,
-                    caller: None,
+                    ..CallContext::default()
                 };
                 match client.list_actions(&query, &ctx).await {
                     Ok(_) if Instant::now() < end => {

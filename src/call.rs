@@ -98,6 +98,10 @@ pub struct CallContext {
     pub observer: Option<QueueObserver>,
     /// Who the call is for (fair queueing, quota shares); `None` counts as the gateway.
     pub caller: Option<QuotaCaller>,
+    /// The authenticated caller, whose idempotency keys are its own. `None` without
+    /// authentication: those callers share one scope, since an address is not an identity (a
+    /// caller retrying from another pod or egress address must still find its key).
+    pub key_owner: Option<Arc<str>>,
 }
 
 /// The API a request is for; every request the client builds is tagged with it.

@@ -1,7 +1,7 @@
 //! `ScanService`: each handler parses its request, calls [`Scans`], and converts the answer.
 //! The two streaming calls are built in [`super::stream`].
 
-use std::pin::Pin;
+use std::{pin::Pin, sync::Arc};
 
 use tokio::time::Instant;
 use tokio_stream::Stream;
@@ -17,6 +17,7 @@ use crate::{
     error::Error,
     grpc::GrpcMetrics,
     scans::Scans,
+    security::Caller,
     upstream::{CallContext, QuotaCaller},
 };
 
@@ -26,6 +27,10 @@ fn call_context<T>(request: &Request<T>) -> CallContext {
         deadline: deadline_of(request),
         observer: None,
         caller: request.extensions().get::<QuotaCaller>().cloned(),
+        key_owner: request
+            .extensions()
+            .get::<Caller>()
+            .map(|caller| Arc::from(caller.0.as_str())),
     }
 }
 

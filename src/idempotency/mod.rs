@@ -3,8 +3,9 @@
 //! ([`LocalKeys`]); with Redis configured, the keys are shared by every replica too
 //! ([`SharedKeys`]).
 //!
-//! Keys are scoped per caller identity, here and in Redis: one caller cannot read another's
-//! action by guessing its key. This replica keeps at most [`MAX_KEYS`], oldest forgotten first.
+//! Keys are scoped per authenticated caller, here and in Redis: one caller cannot read
+//! another's action by guessing its key. Unauthenticated callers share one scope (an address
+//! is not an identity: a retry from another pod must find its key). This replica keeps at most [`MAX_KEYS`], oldest forgotten first.
 //!
 //! A key is bound to its machine and scan type only once it names an action. A start that
 //! created nothing (an unknown machine, a refusal, an outage) leaves no trace of its key, here

@@ -34,8 +34,8 @@ impl Scans {
         };
         // Held until the start's outcome is known: a start that created nothing leaves no trace
         // of the key.
-        let caller = ctx.caller.as_ref().map(|c| &c.id);
-        let hold = self.0.keys.hold(caller, key, request, self.0.clock.now())?;
+        let owner = ctx.key_owner.as_ref();
+        let hold = self.0.keys.hold(owner, key, request, self.0.clock.now())?;
         // The keyed start runs in a task of its own. When the caller's deadline cuts the POST,
         // the caller is answered at once (`cut`) while the task finds out whether the POST
         // created the scan and records it under the key before letting the key go, so a retry
@@ -73,12 +73,12 @@ impl Scans {
             .get_or_try_init(|| async {
                 // Across replicas: another may already have started this scan.
                 let mut claimed = false;
-                let caller = ctx.caller.as_ref().map(|c| &*c.id);
+                let owner = ctx.key_owner.as_deref();
                 if let Some(shared) = &self.0.shared_keys {
                     let until = ctx
                         .deadline
                         .unwrap_or_else(|| self.0.clock.now() + Duration::from_secs(30));
-                    match shared.claim(caller, key, request, until).await {
+                    match shared.claim(owner, key, request, until).await {
                         Ok(Claim::Existing(id)) => return Ok(id),
                         Ok(Claim::Mine) => claimed = true,
                         Err(KeyError::Mismatch(violation)) => return Err(violation.into()),
@@ -92,14 +92,14 @@ impl Scans {
                     Ok(action) => action,
                     Err(err) => {
                         if claimed && let Some(shared) = &self.0.shared_keys {
-                            shared.release(caller, key).await;
+                            shared.release(owner, key).await;
                         }
                         return Err(err);
                     }
                 };
                 let id = ActionId::parse("id", &action.id).map_err(|_| malformed_id(&action))?;
                 if claimed && let Some(shared) = &self.0.shared_keys {
-                    shared.record(caller, key, request, &id).await;
+                    shared.record(owner, key, request, &id).await;
                 }
                 created = Some(action);
                 Ok::<_, Error>(id)
@@ -139,7 +139,7 @@ impl Scans {
                 let lookup = CallContext {
                     deadline: Some(self.0.clock.now() + LOOKUP_WITHIN),
                     observer: None,
-                    caller: ctx.caller.clone(),
+                    ..ctx.clone()
                 };
                 let resolved = self.resolve_unknown(request, sent_at, err, &lookup).await;
                 if let Ok(action) = &resolved {
