@@ -100,6 +100,16 @@ impl ScanType {
             ScanType::Full => "Full",
         }
     }
+
+    /// Whether a scan of `scope` (as Defender reports it) is at least as thorough as this
+    /// one: every scan covers a Quick one, only a Full one covers a Full one. A scan whose
+    /// scope Defender does not report is taken for the weaker.
+    pub fn satisfied_by(self, scope: Option<&str>) -> bool {
+        match self {
+            ScanType::Quick => true,
+            ScanType::Full => scope == Some(ScanType::Full.as_upstream()),
+        }
+    }
 }
 
 /// A free-text comment stored on an action: required, bounded, printable.

@@ -16,7 +16,7 @@ use crate::{
     domain::{CancelRequest, ListQuery, ScanRequest},
     error::Error,
     grpc::GrpcMetrics,
-    scans::Scans,
+    scans::{Scans, Started},
     upstream::{CallContext, QuotaCaller},
 };
 
@@ -103,9 +103,10 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
             audit: Some(audit),
             start: move |scans: Scans, ctx: CallContext| async move { scans.start(&parsed, &ctx).await },
         };
-        let stream = stream(&self.scans, &self.metrics, call, |update| {
+        let stream = stream(&self.scans, &self.metrics, call, |update, reused| {
             pb::RunScanResponse {
                 update: Some(update),
+                reused,
             }
         });
         Ok(Response::new(stream))
@@ -130,9 +131,10 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
             .unary("StartScan", async {
                 let parsed = ScanRequest::try_from(&r)?;
                 let ctx = &base;
-                let action = self.scans.start(&parsed, ctx).await?;
+                let Started { action, reused } = self.scans.start(&parsed, ctx).await?;
                 Ok(pb::StartScanResponse {
                     action: Some(convert::action(action)),
+                    reused,
                 })
             })
             .await;
@@ -171,10 +173,15 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
             base,
             audit: None,
             start: move |scans: Scans, ctx: CallContext| async move {
-                scans.watch_start(&id, &ctx).await
+                let action = scans.watch_start(&id, &ctx).await?;
+                // Watching names an existing action: nothing is started, nothing reused.
+                Ok(Started {
+                    action,
+                    reused: false,
+                })
             },
         };
-        let stream = stream(&self.scans, &self.metrics, call, |update| {
+        let stream = stream(&self.scans, &self.metrics, call, |update, _| {
             pb::WatchScanResponse {
                 update: Some(update),
             }

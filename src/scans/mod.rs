@@ -50,6 +50,15 @@ pub enum ScanEvent {
     Action(Box<MachineAction>),
 }
 
+/// The scan a start answers with.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub action: MachineAction,
+    /// The scan was already running and this request did not create it (its comment and
+    /// requestor are someone else's); it is at least as thorough as the one requested.
+    pub reused: bool,
+}
+
 /// A page of actions and the offset of the next page, if any.
 #[derive(Debug, Clone)]
 pub struct Page {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use super::{Scans, malformed_id, not_found_as, outcome_unknown};
+use super::{Scans, Started, malformed_id, not_found_as, outcome_unknown};
 use crate::{
     domain::{ActionId, MachineAction, MachineId, RequestId, ScanRequest},
     error::Error,
@@ -21,14 +21,10 @@ use crate::{
 const LOOKUP_WITHIN: Duration = Duration::from_secs(30);
 
 impl Scans {
-    /// Starts a scan, or returns the scan already running on the machine. With a request id,
-    /// the same id returns the same action for 24 hours and concurrent requests with one id make
-    /// one upstream call.
-    pub async fn start(
-        &self,
-        request: &ScanRequest,
-        ctx: &CallContext,
-    ) -> Result<MachineAction, Error> {
+    /// Starts a scan, or returns the scan already running on the machine (marked `reused`).
+    /// With a request id, the same id returns the same action for 24 hours and concurrent
+    /// requests with one id make one upstream call.
+    pub async fn start(&self, request: &ScanRequest, ctx: &CallContext) -> Result<Started, Error> {
         let Some(key) = &request.request_id else {
             return self.start_upstream(request, ctx, None).await;
         };
@@ -51,13 +47,17 @@ impl Scans {
             Ok(err) = cut => return Err(err),
         };
         match created {
-            Some(action) => Ok(action),
-            None => self.get(&id, ctx).await,
+            Some(started) => Ok(started),
+            // The key's own scan, started by an earlier request with it.
+            None => self.get(&id, ctx).await.map(|action| Started {
+                action,
+                reused: false,
+            }),
         }
     }
 
-    /// The start of a keyed scan: the action the key names, and the action itself when this
-    /// request created it.
+    /// The start of a keyed scan: the action the key names, and the start itself when this
+    /// request made it.
     async fn start_keyed(
         &self,
         hold: KeyHold,
@@ -65,7 +65,7 @@ impl Scans {
         request: &ScanRequest,
         ctx: &CallContext,
         tell: oneshot::Sender<Error>,
-    ) -> Result<(ActionId, Option<MachineAction>), Error> {
+    ) -> Result<(ActionId, Option<Started>), Error> {
         let mut created = None;
         let id = hold
             .action
@@ -86,8 +86,8 @@ impl Scans {
                     }
                 }
                 let started = self.start_upstream(request, ctx, Some(tell)).await;
-                let action = match started {
-                    Ok(action) => action,
+                let started = match started {
+                    Ok(started) => started,
                     Err(err) => {
                         if claimed && let Some(shared) = &self.0.shared_keys {
                             shared.release(key).await;
@@ -95,11 +95,12 @@ impl Scans {
                         return Err(err);
                     }
                 };
-                let id = ActionId::parse("id", &action.id).map_err(|_| malformed_id(&action))?;
+                let action = &started.action;
+                let id = ActionId::parse("id", &action.id).map_err(|_| malformed_id(action))?;
                 if claimed && let Some(shared) = &self.0.shared_keys {
                     shared.record(key, request, &id).await;
                 }
-                created = Some(action);
+                created = Some(started);
                 Ok::<_, Error>(id)
             })
             .await?
@@ -120,10 +121,13 @@ impl Scans {
         request: &ScanRequest,
         ctx: &CallContext,
         tell: Option<oneshot::Sender<Error>>,
-    ) -> Result<MachineAction, Error> {
+    ) -> Result<Started, Error> {
         let sent_at = self.0.clock.utc();
         let started = match self.post_scan(request, ctx).await {
-            Ok(action) => Ok(action),
+            Ok(action) => Ok(Started {
+                reused: !self.is_ours(request, sent_at, &action),
+                action,
+            }),
             Err(err @ upstream::Error::DeadlineExceeded { sent: true, .. }) => {
                 let Some(tell) = tell else {
                     return Err(err.into());
@@ -140,7 +144,7 @@ impl Scans {
                     caller: ctx.caller.clone(),
                 };
                 let resolved = self.resolve_unknown(request, sent_at, err, &lookup).await;
-                if let Ok(action) = &resolved {
+                if let Ok(Started { action, .. }) = &resolved {
                     // The call's own record says DEADLINE_EXCEEDED; this one names the action
                     // that call created.
                     tracing::info!(
@@ -172,7 +176,7 @@ impl Scans {
             }
             Err(err) => Err(not_found_as(err, "machine", request.machine_id.as_str())),
         };
-        if let Ok(action) = &started {
+        if let Ok(Started { action, .. }) = &started {
             self.0.known.insert(&action.id);
         }
         started
@@ -194,6 +198,29 @@ impl Scans {
             .await
     }
 
+    /// Whether `action`, Defender's answer to the POST sent at `sent_at`, is the scan that
+    /// POST created: Defender may instead return the scan already pending on the machine
+    /// (microsoft-365-docs#5907), with someone else's comment and requestor. A scan this
+    /// replica had seen before, or with another comment or type, or created well before the
+    /// POST, is not new.
+    fn is_ours(
+        &self,
+        request: &ScanRequest,
+        sent_at: time::OffsetDateTime,
+        action: &MachineAction,
+    ) -> bool {
+        let skew = time::Duration::seconds(30);
+        !self.0.known.contains(&action.id)
+            && action.requestor_comment.as_deref() == Some(request.comment.as_str())
+            && action
+                .scope
+                .as_deref()
+                .is_none_or(|scope| scope == request.scan_type.as_upstream())
+            && action
+                .creation_time
+                .is_none_or(|created| created >= sent_at - skew)
+    }
+
     /// The POST may or may not have created the scan: find the one it created (same comment
     /// and type, created since it was sent, allowing for clock skew) or, when following running
     /// scans, any scan running on the machine. Nothing found: the original error, and the
@@ -204,7 +231,7 @@ impl Scans {
         sent_at: time::OffsetDateTime,
         error: upstream::Error,
         ctx: &CallContext,
-    ) -> Result<MachineAction, Error> {
+    ) -> Result<Started, Error> {
         let query = ActionQuery {
             machine_id: Some(request.machine_id.clone()),
             action_type: Some(SCAN_ACTION_TYPE),
@@ -225,7 +252,7 @@ impl Scans {
                 && a.creation_time
                     .is_some_and(|created| created >= sent_at - skew)
         });
-        let found = ours.or_else(|| {
+        let found = ours.map(|action| (action, false)).or_else(|| {
             self.0
                 .config
                 .follow_running
@@ -236,11 +263,15 @@ impl Scans {
                         .max_by_key(|a| a.creation_time)
                 })
                 .flatten()
+                .map(|action| (action, true))
         });
         match found {
-            Some(action) => {
-                tracing::warn!(action_id = %action.id, error = %error, "the answer to the scan request was lost; found the scan it created");
-                Ok(action.clone())
+            Some((action, reused)) => {
+                tracing::warn!(action_id = %action.id, error = %error, reused, "the answer to the scan request was lost; found the scan it created or a running one");
+                Ok(Started {
+                    action: action.clone(),
+                    reused,
+                })
             }
             None => Err(not_found_as(error, "machine", request.machine_id.as_str())),
         }
@@ -252,7 +283,7 @@ impl Scans {
         machine_id: &MachineId,
         refusal: ApiError,
         ctx: &CallContext,
-    ) -> Result<MachineAction, Error> {
+    ) -> Result<Started, Error> {
         let query = ActionQuery {
             machine_id: Some(machine_id.clone()),
             action_type: Some(SCAN_ACTION_TYPE),
@@ -267,7 +298,10 @@ impl Scans {
         match running {
             Some(action) => {
                 tracing::info!(action_id = %action.id, "a scan was already running; following it");
-                Ok(action)
+                Ok(Started {
+                    action,
+                    reused: true,
+                })
             }
             None => Err(Error::AlreadyExists {
                 machine_id: machine_id.to_string(),
