@@ -16,7 +16,7 @@ use crate::{
     domain::{CancelRequest, ListQuery, ScanRequest},
     error::Error,
     grpc::GrpcMetrics,
-    scans::{Scans, Started},
+    scans::{Scans, Started, WaitNotice},
     upstream::{CallContext, QuotaCaller},
 };
 
@@ -101,7 +101,9 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
             method: METHOD,
             base,
             audit: Some(audit),
-            start: move |scans: Scans, ctx: CallContext| async move { scans.start(&parsed, &ctx).await },
+            start: move |scans: Scans, ctx: CallContext, notice: WaitNotice| async move {
+                scans.start_with(&parsed, &ctx, notice).await
+            },
         };
         let stream = stream(&self.scans, &self.metrics, call, |update, reused| {
             pb::RunScanResponse {
@@ -172,7 +174,7 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
             method: METHOD,
             base,
             audit: None,
-            start: move |scans: Scans, ctx: CallContext| async move {
+            start: move |scans: Scans, ctx: CallContext, _: WaitNotice| async move {
                 let action = scans.watch_start(&id, &ctx).await?;
                 // Watching names an existing action: nothing is started, nothing reused.
                 Ok(Started {

@@ -80,6 +80,27 @@ fn to_status(error: &Error) -> Status {
                     .collect(),
             ),
         ),
+        Error::ScanBlocked {
+            machine_id,
+            action_id,
+            scope,
+            status,
+            requested,
+        } => Status::with_error_details(
+            Code::FailedPrecondition,
+            message,
+            error_info(
+                "WEAKER_SCAN_RUNNING",
+                HashMap::from([
+                    ("machine_id".to_owned(), machine_id.clone()),
+                    ("action_id".to_owned(), action_id.clone()),
+                    ("scope".to_owned(), scope.clone()),
+                    ("status".to_owned(), status.clone()),
+                    ("requested_scan_type".to_owned(), (*requested).to_owned()),
+                ]),
+            ),
+        ),
+        Error::CallerLeft => Status::cancelled(message),
         Error::ShuttingDown => Status::unavailable(message),
         Error::StartInterrupted => Status::internal(message),
         Error::Unauthenticated(_) => Status::with_error_details(

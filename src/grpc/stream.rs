@@ -22,12 +22,12 @@ use super::{audit::AuditRecord, convert, pb, service::EventStream, status::code_
 use crate::{
     error::Error,
     grpc::metrics::{GrpcMetrics, OpenStream},
-    scans::{Follower, ScanEvent, Scans, Started},
+    scans::{Follower, ScanEvent, Scans, Started, WaitNotice},
     upstream::{CallContext, QueueObserver},
 };
 
-/// `queued` events buffered while a start waits for quota; older ones are dropped when the
-/// caller is behind (the next one says more).
+/// `queued` (and `waiting`) events buffered while a start waits for quota (or for a running
+/// scan); older ones are dropped when the caller is behind (the next one says more).
 const QUEUED_BUFFER: usize = 4;
 
 /// What a stream call needs to start and follow its action.
@@ -131,7 +131,7 @@ pub(super) fn stream<T, S, F>(
     wrap: fn(pb::ScanUpdate, bool) -> T,
 ) -> EventStream<T>
 where
-    S: FnOnce(Scans, CallContext) -> F + Send + 'static,
+    S: FnOnce(Scans, CallContext, WaitNotice) -> F + Send + 'static,
     F: Future<Output = Result<Started, Error>> + Send + 'static,
     T: Send + 'static,
 {
@@ -152,6 +152,9 @@ where
     let otel = opentelemetry::Context::current();
 
     let (queued_tx, queued) = mpsc::channel(QUEUED_BUFFER);
+    // The stream's receiver goes with the caller: a start waiting for a running scan stops
+    // waiting when the caller leaves.
+    let notice = WaitNotice::new(queued_tx.clone());
     let utc = scans.clone();
     let observer = QueueObserver(Arc::new(move |position, at| {
         // Best effort: a full buffer means the caller is behind; the next event will do.
@@ -164,7 +167,7 @@ where
         observer: Some(observer),
         ..base.clone()
     };
-    let starting = start(scans.clone(), ctx);
+    let starting = start(scans.clone(), ctx, notice);
     let start = tokio::spawn(
         async move {
             let result = starting.await;
