@@ -279,6 +279,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_full_scan_covers_both_types_and_a_quick_or_unknown_one_only_quick() {
+        for scope in [Some("Quick"), Some("Full"), None] {
+            assert!(ScanType::Quick.satisfied_by(scope), "{scope:?}");
+        }
+        assert!(ScanType::Full.satisfied_by(Some("Full")));
+        assert!(!ScanType::Full.satisfied_by(Some("Quick")));
+        assert!(!ScanType::Full.satisfied_by(None));
+    }
+
+    #[test]
     fn machine_id_is_forty_hex_characters_kept_lowercase() {
         let id =
             MachineId::parse("machine_id", "1E5BC9D7E413DDD7902C2932E418702B84D0CC07").unwrap();

@@ -327,6 +327,27 @@ mod tests {
     }
 
     #[test]
+    fn a_weaker_running_scan_is_failed_precondition_naming_it() {
+        let status = Status::from(Error::ScanBlocked {
+            machine_id: "m-1".into(),
+            action_id: "a-1".into(),
+            scope: "Quick".into(),
+            status: "InProgress".into(),
+            requested: "Full",
+        });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.reason, "WEAKER_SCAN_RUNNING");
+        assert_eq!(
+            (
+                info.metadata["action_id"].as_str(),
+                info.metadata["scope"].as_str()
+            ),
+            ("a-1", "Quick")
+        );
+    }
+
+    #[test]
     fn quota_refusal_says_when_to_retry() {
         let status = Status::from(Error::Upstream(upstream::Error::Quota(
             crate::quota::Error::QuotaExhausted {

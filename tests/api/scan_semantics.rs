@@ -181,3 +181,28 @@ async fn a_full_start_with_a_short_deadline_while_a_quick_scan_runs_is_failed_pr
         "nothing else started"
     );
 }
+
+#[tokio::test]
+async fn a_caller_that_leaves_while_waiting_for_a_quick_scan_starts_nothing() {
+    let mut config = fast_simulator();
+    config.pending_duration = Duration::from_millis(400);
+    let mut app = spawn_gateway(spawn_simulator(config).await).await;
+    let machine = app.sim.machine(0);
+    app.client
+        .start_scan(quick(start_request(&machine)))
+        .await
+        .unwrap();
+    let mut request = run_request(&machine);
+    request.scan_type = pb::ScanType::Full as i32;
+    let mut stream = app.client.run_scan(request).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.update.and_then(|u| u.event),
+        Some(pb::scan_update::Event::Waiting(_))
+    ));
+    drop(stream);
+    // Well past the Quick scan's end: a waiting start that outlived its caller would have
+    // started the Full scan by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(app.sim.handle.stats().actions_created, 1);
+}
