@@ -100,6 +100,16 @@ impl ScanType {
             ScanType::Full => "Full",
         }
     }
+
+    /// Whether a scan of `scope` (as Defender reports it) is at least as thorough as this
+    /// one: every scan covers a Quick one, only a Full one covers a Full one. A scan whose
+    /// scope Defender does not report is taken for the weaker.
+    pub fn satisfied_by(self, scope: Option<&str>) -> bool {
+        match self {
+            ScanType::Quick => true,
+            ScanType::Full => scope == Some(ScanType::Full.as_upstream()),
+        }
+    }
 }
 
 /// A free-text comment stored on an action: required, bounded, printable.
@@ -267,6 +277,16 @@ pub struct MachineAction {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_scan_covers_both_types_and_a_quick_or_unknown_one_only_quick() {
+        for scope in [Some("Quick"), Some("Full"), None] {
+            assert!(ScanType::Quick.satisfied_by(scope), "{scope:?}");
+        }
+        assert!(ScanType::Full.satisfied_by(Some("Full")));
+        assert!(!ScanType::Full.satisfied_by(Some("Quick")));
+        assert!(!ScanType::Full.satisfied_by(None));
+    }
 
     #[test]
     fn machine_id_is_forty_hex_characters_kept_lowercase() {

@@ -26,6 +26,22 @@ pub enum Error {
         machine_id: String,
         source: Box<upstream::ApiError>,
     },
+    /// A less thorough scan runs on the machine (a Quick one when a Full one was requested)
+    /// and did not end in time for the requested scan to start within the caller's deadline.
+    #[error(
+        "machine {machine_id} is running a less thorough scan (action {action_id}, scope `{scope}`, {status}) that did not end in time to start the requested {requested} scan"
+    )]
+    ScanBlocked {
+        machine_id: String,
+        action_id: String,
+        scope: String,
+        status: String,
+        requested: &'static str,
+    },
+    /// The caller left while its scan waited for a running scan to end: the scan is not
+    /// started.
+    #[error("the caller left while its scan waited for a running scan to end; nothing was started")]
+    CallerLeft,
     /// The Defender API, the token endpoint, or the quota in front of them.
     #[error(transparent)]
     Upstream(#[from] upstream::Error),

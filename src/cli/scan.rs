@@ -105,6 +105,14 @@ async fn follow(args: ScanArgs) -> Result<pb::ActionStatus, String> {
                     queued.position
                 );
             }
+            Some(Event::Waiting(waiting)) => {
+                if let Some(running) = waiting.action {
+                    println!(
+                        "[{elapsed:6.1}s] waiting for the running {} scan {} to end before starting this one",
+                        running.scope, running.id
+                    );
+                }
+            }
             Some(Event::Action(action)) => {
                 let status = action.status();
                 if last == pb::ActionStatus::Unspecified {

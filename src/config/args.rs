@@ -117,8 +117,9 @@ settings! {
         #[arg(long, env = "SCAN_GATEWAY_MAX_WATCH", value_parser = humantime::parse_duration)]
         #[serde(with = "super::layer::humantime_option")]
         pub max_watch: Option<Duration> = "24h",
-        /// A scan requested for a machine that is already scanning returns that scan; `false`
-        /// answers ALREADY_EXISTS instead.
+        /// A scan requested for a machine that is already scanning returns that scan when it
+        /// is at least as thorough (else waits for its end); `false` answers Defender's
+        /// "already in progress" with ALREADY_EXISTS instead.
         #[arg(long, env = "SCAN_GATEWAY_FOLLOW_RUNNING_SCANS", value_parser = clap::builder::BoolishValueParser::new())]
         pub follow_running_scans: Option<bool> = "true",
         /// Time between status refreshes of followed scans.

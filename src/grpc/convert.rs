@@ -250,6 +250,9 @@ pub fn update(event: ScanEvent) -> pb::ScanUpdate {
             estimated_start: Some(timestamp(estimated_start)),
         }),
         ScanEvent::Action(a) => pb::scan_update::Event::Action(action(*a)),
+        ScanEvent::Waiting(a) => pb::scan_update::Event::Waiting(pb::Waiting {
+            action: Some(action(*a)),
+        }),
     };
     pb::ScanUpdate { event: Some(event) }
 }

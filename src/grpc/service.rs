@@ -16,7 +16,7 @@ use crate::{
     domain::{CancelRequest, ListQuery, ScanRequest},
     error::Error,
     grpc::GrpcMetrics,
-    scans::Scans,
+    scans::{Scans, Started, WaitNotice},
     security::Caller,
     upstream::{CallContext, QuotaCaller},
 };
@@ -106,11 +106,14 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
             method: METHOD,
             base,
             audit: Some(audit),
-            start: move |scans: Scans, ctx: CallContext| async move { scans.start(&parsed, &ctx).await },
+            start: move |scans: Scans, ctx: CallContext, notice: WaitNotice| async move {
+                scans.start_with(&parsed, &ctx, notice).await
+            },
         };
-        let stream = stream(&self.scans, &self.metrics, call, |update| {
+        let stream = stream(&self.scans, &self.metrics, call, |update, reused| {
             pb::RunScanResponse {
                 update: Some(update),
+                reused,
             }
         });
         Ok(Response::new(stream))
@@ -135,9 +138,10 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
             .unary("StartScan", async {
                 let parsed = ScanRequest::try_from(&r)?;
                 let ctx = &base;
-                let action = self.scans.start(&parsed, ctx).await?;
+                let Started { action, reused } = self.scans.start(&parsed, ctx).await?;
                 Ok(pb::StartScanResponse {
                     action: Some(convert::action(action)),
+                    reused,
                 })
             })
             .await;
@@ -175,11 +179,16 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
             method: METHOD,
             base,
             audit: None,
-            start: move |scans: Scans, ctx: CallContext| async move {
-                scans.watch_start(&id, &ctx).await
+            start: move |scans: Scans, ctx: CallContext, _: WaitNotice| async move {
+                let action = scans.watch_start(&id, &ctx).await?;
+                // Watching names an existing action: nothing is started, nothing reused.
+                Ok(Started {
+                    action,
+                    reused: false,
+                })
             },
         };
-        let stream = stream(&self.scans, &self.metrics, call, |update| {
+        let stream = stream(&self.scans, &self.metrics, call, |update, _| {
             pb::WatchScanResponse {
                 update: Some(update),
             }

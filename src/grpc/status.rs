@@ -80,6 +80,27 @@ fn to_status(error: &Error) -> Status {
                     .collect(),
             ),
         ),
+        Error::ScanBlocked {
+            machine_id,
+            action_id,
+            scope,
+            status,
+            requested,
+        } => Status::with_error_details(
+            Code::FailedPrecondition,
+            message,
+            error_info(
+                "WEAKER_SCAN_RUNNING",
+                HashMap::from([
+                    ("machine_id".to_owned(), machine_id.clone()),
+                    ("action_id".to_owned(), action_id.clone()),
+                    ("scope".to_owned(), scope.clone()),
+                    ("status".to_owned(), status.clone()),
+                    ("requested_scan_type".to_owned(), (*requested).to_owned()),
+                ]),
+            ),
+        ),
+        Error::CallerLeft => Status::cancelled(message),
         Error::ShuttingDown => Status::unavailable(message),
         Error::StartInterrupted => Status::internal(message),
         Error::Unauthenticated(_) => Status::with_error_details(
@@ -303,6 +324,27 @@ mod tests {
                 reason.map(str::to_owned)
             );
         }
+    }
+
+    #[test]
+    fn a_weaker_running_scan_is_failed_precondition_naming_it() {
+        let status = Status::from(Error::ScanBlocked {
+            machine_id: "m-1".into(),
+            action_id: "a-1".into(),
+            scope: "Quick".into(),
+            status: "InProgress".into(),
+            requested: "Full",
+        });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.reason, "WEAKER_SCAN_RUNNING");
+        assert_eq!(
+            (
+                info.metadata["action_id"].as_str(),
+                info.metadata["scope"].as_str()
+            ),
+            ("a-1", "Quick")
+        );
     }
 
     #[test]

@@ -20,15 +20,14 @@ use tracing::Instrument;
 
 use super::{audit::AuditRecord, convert, pb, service::EventStream, status::code_of};
 use crate::{
-    domain::MachineAction,
     error::Error,
     grpc::metrics::{GrpcMetrics, OpenStream},
-    scans::{Follower, ScanEvent, Scans},
+    scans::{Follower, ScanEvent, Scans, Started, WaitNotice},
     upstream::{CallContext, QueueObserver},
 };
 
-/// `queued` events buffered while a start waits for quota; older ones are dropped when the
-/// caller is behind (the next one says more).
+/// `queued` (and `waiting`) events buffered while a start waits for quota (or for a running
+/// scan); older ones are dropped when the caller is behind (the next one says more).
 const QUEUED_BUFFER: usize = 4;
 
 /// What a stream call needs to start and follow its action.
@@ -59,7 +58,7 @@ impl Drop for Outcome {
 
 enum Phase {
     Starting {
-        start: JoinHandle<Result<MachineAction, Error>>,
+        start: JoinHandle<Result<Started, Error>>,
         queued: mpsc::Receiver<ScanEvent>,
     },
     Following(Follower),
@@ -71,6 +70,9 @@ struct State {
     scans: Scans,
     base: CallContext,
     outcome: Outcome,
+    /// Set when the start answered with a scan it did not create, until the first action
+    /// event carries it.
+    reused: bool,
 }
 
 impl State {
@@ -83,7 +85,8 @@ impl State {
                         biased;
                         Some(event) = queued.recv() => return Some(Ok(event)),
                         joined = start => match joined {
-                            Ok(Ok(action)) => {
+                            Ok(Ok(Started { action, reused })) => {
+                                self.reused = reused;
                                 self.phase = Phase::Following(self.scans.follow(action, &self.base));
                             }
                             Ok(Err(err)) => return Some(Err(self.fail(err))),
@@ -119,16 +122,17 @@ impl State {
 }
 
 /// The stream of `call`: `start` yields the first action (creating it if need be), then the
-/// stream follows it. `wrap` builds the RPC's response message.
+/// stream follows it. `wrap` builds the RPC's response message from an update and whether it
+/// is the first action of a scan the call did not create (`reused`).
 pub(super) fn stream<T, S, F>(
     scans: &Scans,
     metrics: &GrpcMetrics,
     call: StreamCall<S>,
-    wrap: fn(pb::ScanUpdate) -> T,
+    wrap: fn(pb::ScanUpdate, bool) -> T,
 ) -> EventStream<T>
 where
-    S: FnOnce(Scans, CallContext) -> F + Send + 'static,
-    F: Future<Output = Result<MachineAction, Error>> + Send + 'static,
+    S: FnOnce(Scans, CallContext, WaitNotice) -> F + Send + 'static,
+    F: Future<Output = Result<Started, Error>> + Send + 'static,
     T: Send + 'static,
 {
     let StreamCall {
@@ -148,6 +152,9 @@ where
     let otel = opentelemetry::Context::current();
 
     let (queued_tx, queued) = mpsc::channel(QUEUED_BUFFER);
+    // The stream's receiver goes with the caller: a start waiting for a running scan stops
+    // waiting when the caller leaves.
+    let notice = WaitNotice::new(queued_tx.clone());
     let utc = scans.clone();
     let observer = QueueObserver(Arc::new(move |position, at| {
         // Best effort: a full buffer means the caller is behind; the next event will do.
@@ -160,13 +167,15 @@ where
         observer: Some(observer),
         ..base.clone()
     };
-    let starting = start(scans.clone(), ctx);
+    let starting = start(scans.clone(), ctx, notice);
     let start = tokio::spawn(
         async move {
             let result = starting.await;
             if let Some(audit) = audit {
                 match &result {
-                    Ok(action) => audit.finish(Code::Ok, Some((&action.id, &action.machine_id))),
+                    Ok(Started { action, .. }) => {
+                        audit.finish(Code::Ok, Some((&action.id, &action.machine_id)));
+                    }
                     Err(err) => audit.finish(code_of(err), None),
                 }
             }
@@ -181,13 +190,19 @@ where
         scans: scans.clone(),
         base,
         outcome,
+        reused: false,
     };
     // Following makes no upstream call (the watcher does, with span links to this call), so
     // the steps need the call's span but not its trace context.
     Box::pin(stream::unfold(state, move |mut state| {
         async move {
             let message = state.step().await?;
-            Some((message.map(|event| wrap(convert::update(event))), state))
+            let reused =
+                matches!(message, Ok(ScanEvent::Action(_))) && std::mem::take(&mut state.reused);
+            Some((
+                message.map(|event| wrap(convert::update(event), reused)),
+                state,
+            ))
         }
         .instrument(span.clone())
     }))

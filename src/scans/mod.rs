@@ -6,6 +6,7 @@
 mod follow;
 mod known;
 mod metrics;
+mod running;
 mod start;
 #[cfg(test)]
 mod tests;
@@ -26,14 +27,17 @@ use crate::{
 
 pub use follow::Follower;
 pub use metrics::ScanMetrics;
+pub use running::WaitNotice;
 
 /// Settings of the scan service.
 #[derive(Debug, Clone)]
 pub struct ScansConfig {
     /// Longest a stream follows one action; then it ends with DEADLINE_EXCEEDED carrying the
-    /// last known status, and the caller resumes with `WatchScan`.
+    /// last known status, and the caller resumes with `WatchScan`. Also the longest a start
+    /// without a deadline waits for a less thorough running scan to end.
     pub max_watch: Duration,
-    /// A scan requested for a machine that is already scanning returns that scan (true), or
+    /// A scan requested for a machine that is already scanning returns that scan when it is at
+    /// least as thorough, else waits for its end (true), or Defender's "already in progress"
     /// fails with ALREADY_EXISTS (false).
     pub follow_running: bool,
 }
@@ -48,6 +52,18 @@ pub enum ScanEvent {
     },
     /// The action, sent once per observed status change.
     Action(Box<MachineAction>),
+    /// A less thorough scan (this action) runs on the machine: the requested scan starts
+    /// once it ends.
+    Waiting(Box<MachineAction>),
+}
+
+/// The scan a start answers with.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub action: MachineAction,
+    /// The scan was already running and this request did not create it (its comment and
+    /// requestor are someone else's); it is at least as thorough as the one requested.
+    pub reused: bool,
 }
 
 /// A page of actions and the offset of the next page, if any.

@@ -4,12 +4,15 @@
 
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use super::{Scans, malformed_id, not_found_as, outcome_unknown};
+use super::{
+    Scans, Started, malformed_id, not_found_as, outcome_unknown,
+    running::{Answer, MAX_WAITS, WaitNotice, blocked},
+};
 use crate::{
-    domain::{ActionId, MachineAction, MachineId, RequestId, ScanRequest},
+    domain::{ActionId, MachineAction, RequestId, ScanRequest},
     error::Error,
     idempotency::{Claim, KeyError, KeyHold},
     telemetry::AUDIT_TARGET,
@@ -21,16 +24,26 @@ use crate::{
 const LOOKUP_WITHIN: Duration = Duration::from_secs(30);
 
 impl Scans {
-    /// Starts a scan, or returns the scan already running on the machine. With a request id,
-    /// the same id returns the same action for 24 hours and concurrent requests with one id make
-    /// one upstream call.
-    pub async fn start(
+    /// Starts a scan, or returns the scan already running on the machine (marked `reused`)
+    /// when it is at least as thorough; a less thorough one is waited for within the caller's
+    /// deadline, then the requested scan started. With a request id, the same id returns the
+    /// same action for 24 hours and concurrent requests with one id make one upstream call.
+    pub async fn start(&self, request: &ScanRequest, ctx: &CallContext) -> Result<Started, Error> {
+        // No one to tell about a wait; the receiver, held as long as the caller waits, says
+        // when it has left.
+        let (events, _present) = mpsc::channel(1);
+        self.start_with(request, ctx, WaitNotice::new(events)).await
+    }
+
+    /// [`Scans::start`], telling `notice` about a wait for a running scan.
+    pub async fn start_with(
         &self,
         request: &ScanRequest,
         ctx: &CallContext,
-    ) -> Result<MachineAction, Error> {
+        notice: WaitNotice,
+    ) -> Result<Started, Error> {
         let Some(key) = &request.request_id else {
-            return self.start_upstream(request, ctx, None).await;
+            return self.start_upstream(request, ctx, None, &notice).await;
         };
         // Held until the start's outcome is known: a start that created nothing leaves no trace
         // of the key.
@@ -42,23 +55,36 @@ impl Scans {
         // returns that scan instead of starting a second.
         let (tell, cut) = oneshot::channel();
         let keyed = tokio::spawn({
-            let (scans, key, request, ctx) =
-                (self.clone(), key.clone(), request.clone(), ctx.clone());
-            async move { scans.start_keyed(hold, &key, &request, &ctx, tell).await }
-                .in_current_span()
+            let (scans, key, request, ctx, notice) = (
+                self.clone(),
+                key.clone(),
+                request.clone(),
+                ctx.clone(),
+                notice.clone(),
+            );
+            async move {
+                scans
+                    .start_keyed(hold, &key, &request, &ctx, tell, &notice)
+                    .await
+            }
+            .in_current_span()
         });
         let (id, created) = tokio::select! {
             joined = keyed => joined.map_err(|_| Error::StartInterrupted)??,
             Ok(err) = cut => return Err(err),
         };
         match created {
-            Some(action) => Ok(action),
-            None => self.get(&id, ctx).await,
+            Some(started) => Ok(started),
+            // The key's own scan, started by an earlier request with it.
+            None => self.get(&id, ctx).await.map(|action| Started {
+                action,
+                reused: false,
+            }),
         }
     }
 
-    /// The start of a keyed scan: the action the key names, and the action itself when this
-    /// request created it.
+    /// The start of a keyed scan: the action the key names, and the start itself when this
+    /// request made it.
     async fn start_keyed(
         &self,
         hold: KeyHold,
@@ -66,7 +92,8 @@ impl Scans {
         request: &ScanRequest,
         ctx: &CallContext,
         tell: oneshot::Sender<Error>,
-    ) -> Result<(ActionId, Option<MachineAction>), Error> {
+        notice: &WaitNotice,
+    ) -> Result<(ActionId, Option<Started>), Error> {
         let mut created = None;
         let id = hold
             .action
@@ -87,9 +114,9 @@ impl Scans {
                         }
                     }
                 }
-                let started = self.start_upstream(request, ctx, Some(tell)).await;
-                let action = match started {
-                    Ok(action) => action,
+                let started = self.start_upstream(request, ctx, Some(tell), notice).await;
+                let started = match started {
+                    Ok(started) => started,
                     Err(err) => {
                         if claimed && let Some(shared) = &self.0.shared_keys {
                             shared.release(owner, key).await;
@@ -97,11 +124,12 @@ impl Scans {
                         return Err(err);
                     }
                 };
-                let id = ActionId::parse("id", &action.id).map_err(|_| malformed_id(&action))?;
+                let action = &started.action;
+                let id = ActionId::parse("id", &action.id).map_err(|_| malformed_id(action))?;
                 if claimed && let Some(shared) = &self.0.shared_keys {
                     shared.record(owner, key, request, &id).await;
                 }
-                created = Some(action);
+                created = Some(started);
                 Ok::<_, Error>(id)
             })
             .await?
@@ -117,17 +145,47 @@ impl Scans {
     /// A POST cut at the caller's deadline is unknown too. With a key (`tell`: how to answer
     /// the caller now), it is looked up with time of its own ([`LOOKUP_WITHIN`]) after the
     /// caller is told; without one, no one could use the answer, and the caller has its own.
+    ///
+    /// A less thorough scan in the way is waited for (at most [`MAX_WAITS`] times, each
+    /// within the caller's deadline), then the scan is requested again.
     async fn start_upstream(
         &self,
         request: &ScanRequest,
         ctx: &CallContext,
-        tell: Option<oneshot::Sender<Error>>,
-    ) -> Result<MachineAction, Error> {
+        mut tell: Option<oneshot::Sender<Error>>,
+        notice: &WaitNotice,
+    ) -> Result<Started, Error> {
+        let until = self.wait_until(ctx);
+        let mut waits = 0;
+        loop {
+            match self.post_once(request, ctx, &mut tell).await? {
+                Answer::Started(started) => return Ok(started),
+                Answer::Blocked(running) if waits < MAX_WAITS => {
+                    waits += 1;
+                    self.wait_for_end(request, running, until, notice).await?;
+                }
+                Answer::Blocked(running) => return Err(blocked(request, &running)),
+            }
+        }
+    }
+
+    /// One scan request, and what it came to.
+    async fn post_once(
+        &self,
+        request: &ScanRequest,
+        ctx: &CallContext,
+        tell: &mut Option<oneshot::Sender<Error>>,
+    ) -> Result<Answer, Error> {
         let sent_at = self.0.clock.utc();
         let started = match self.post_scan(request, ctx).await {
-            Ok(action) => Ok(action),
+            Ok(action) if self.is_ours(request, sent_at, &action) => Ok(Answer::Started(Started {
+                action,
+                reused: false,
+            })),
+            // Defender answered with the scan already pending on the machine.
+            Ok(action) => Ok(Self::running_answer(request, action)),
             Err(err @ upstream::Error::DeadlineExceeded { sent: true, .. }) => {
-                let Some(tell) = tell else {
+                let Some(tell) = tell.take() else {
                     return Err(err.into());
                 };
                 let cut = upstream::Error::DeadlineExceeded {
@@ -142,7 +200,7 @@ impl Scans {
                     ..ctx.clone()
                 };
                 let resolved = self.resolve_unknown(request, sent_at, err, &lookup).await;
-                if let Ok(action) = &resolved {
+                if let Ok(Started { action, .. }) = &resolved {
                     // The call's own record says DEADLINE_EXCEEDED; this one names the action
                     // that call created.
                     tracing::info!(
@@ -157,14 +215,15 @@ impl Scans {
                         "scan created after the caller's deadline"
                     );
                 }
-                resolved
+                resolved.map(Answer::Started)
             }
-            Err(err) if outcome_unknown(&err) => {
-                self.resolve_unknown(request, sent_at, err, ctx).await
-            }
+            Err(err) if outcome_unknown(&err) => self
+                .resolve_unknown(request, sent_at, err, ctx)
+                .await
+                .map(Answer::Started),
             Err(upstream::Error::Api(api)) if api.is_already_in_progress() => {
                 if self.0.config.follow_running {
-                    self.running_scan(&request.machine_id, api, ctx).await
+                    self.running_scan(request, api, ctx).await
                 } else {
                     Err(Error::AlreadyExists {
                         machine_id: request.machine_id.to_string(),
@@ -174,7 +233,7 @@ impl Scans {
             }
             Err(err) => Err(not_found_as(err, "machine", request.machine_id.as_str())),
         };
-        if let Ok(action) = &started {
+        if let Ok(Answer::Started(Started { action, .. }) | Answer::Blocked(action)) = &started {
             self.0.known.insert(&action.id);
         }
         started
@@ -196,17 +255,41 @@ impl Scans {
             .await
     }
 
+    /// Whether `action`, Defender's answer to the POST sent at `sent_at`, is the scan that
+    /// POST created: Defender may instead return the scan already pending on the machine
+    /// (microsoft-365-docs#5907), with someone else's comment and requestor. A scan this
+    /// replica had seen before, or with another comment or type, or created well before the
+    /// POST, is not new.
+    fn is_ours(
+        &self,
+        request: &ScanRequest,
+        sent_at: time::OffsetDateTime,
+        action: &MachineAction,
+    ) -> bool {
+        let skew = time::Duration::seconds(30);
+        !self.0.known.contains(&action.id)
+            && action.requestor_comment.as_deref() == Some(request.comment.as_str())
+            && action
+                .scope
+                .as_deref()
+                .is_none_or(|scope| scope == request.scan_type.as_upstream())
+            && action
+                .creation_time
+                .is_none_or(|created| created >= sent_at - skew)
+    }
+
     /// The POST may or may not have created the scan: find the one it created (same comment
     /// and type, created since it was sent, allowing for clock skew) or, when following running
-    /// scans, any scan running on the machine. Nothing found: the original error, and the
-    /// caller may retry safely.
+    /// scans, any scan running on the machine that is at least as thorough. Nothing found: the
+    /// original error, and the caller may retry safely (a less thorough scan in the way is
+    /// not waited for here: whether this POST created something is still open).
     async fn resolve_unknown(
         &self,
         request: &ScanRequest,
         sent_at: time::OffsetDateTime,
         error: upstream::Error,
         ctx: &CallContext,
-    ) -> Result<MachineAction, Error> {
+    ) -> Result<Started, Error> {
         let query = ActionQuery {
             machine_id: Some(request.machine_id.clone()),
             action_type: Some(SCAN_ACTION_TYPE),
@@ -227,7 +310,7 @@ impl Scans {
                 && a.creation_time
                     .is_some_and(|created| created >= sent_at - skew)
         });
-        let found = ours.or_else(|| {
+        let found = ours.map(|action| (action, false)).or_else(|| {
             self.0
                 .config
                 .follow_running
@@ -235,26 +318,33 @@ impl Scans {
                     actions
                         .iter()
                         .filter(|a| !a.status.is_final())
+                        .filter(|a| request.scan_type.satisfied_by(a.scope.as_deref()))
                         .max_by_key(|a| a.creation_time)
                 })
                 .flatten()
+                .map(|action| (action, true))
         });
         match found {
-            Some(action) => {
-                tracing::warn!(action_id = %action.id, error = %error, "the answer to the scan request was lost; found the scan it created");
-                Ok(action.clone())
+            Some((action, reused)) => {
+                tracing::warn!(action_id = %action.id, error = %error, reused, "the answer to the scan request was lost; found the scan it created or a running one");
+                Ok(Started {
+                    action: action.clone(),
+                    reused,
+                })
             }
             None => Err(not_found_as(error, "machine", request.machine_id.as_str())),
         }
     }
 
-    /// Defender said a scan is already running: find that action, newest first.
+    /// Defender said a scan is already running: find that action, the newest running one at
+    /// least as thorough as requested, else the newest running one (which is in the way).
     async fn running_scan(
         &self,
-        machine_id: &MachineId,
+        request: &ScanRequest,
         refusal: ApiError,
         ctx: &CallContext,
-    ) -> Result<MachineAction, Error> {
+    ) -> Result<Answer, Error> {
+        let machine_id = &request.machine_id;
         let query = ActionQuery {
             machine_id: Some(machine_id.clone()),
             action_type: Some(SCAN_ACTION_TYPE),
@@ -262,14 +352,22 @@ impl Scans {
             ..ActionQuery::default()
         };
         let actions = self.0.client.list_actions(&query, ctx).await?;
-        let running = actions
+        let mut running: Vec<_> = actions
             .into_iter()
             .filter(|a| !a.status.is_final())
-            .max_by_key(|a| a.creation_time);
-        match running {
+            .collect();
+        running.sort_by_key(|a| std::cmp::Reverse(a.creation_time));
+        let thorough = running
+            .iter()
+            .position(|a| request.scan_type.satisfied_by(a.scope.as_deref()));
+        let chosen = match thorough {
+            Some(at) => Some(running.swap_remove(at)),
+            None => running.into_iter().next(),
+        };
+        match chosen {
             Some(action) => {
-                tracing::info!(action_id = %action.id, "a scan was already running; following it");
-                Ok(action)
+                tracing::info!(action_id = %action.id, "a scan was already running");
+                Ok(Self::running_answer(request, action))
             }
             None => Err(Error::AlreadyExists {
                 machine_id: machine_id.to_string(),

@@ -97,7 +97,8 @@ async fn already_in_progress_resolves_to_the_newest_running_action() {
     let action = scans
         .start(&request(None, ScanType::Quick), &CallContext::default())
         .await
-        .unwrap();
+        .unwrap()
+        .action;
     assert_eq!(action.id, "7f3c2a91-5d4e-4b8a-9c1f-2e6d8b0a4c37");
 }
 

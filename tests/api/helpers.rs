@@ -294,6 +294,6 @@ pub async fn run_to_end(
 pub fn action_of(update: Option<&pb::ScanUpdate>) -> Option<pb::MachineAction> {
     match update?.event.as_ref()? {
         pb::scan_update::Event::Action(action) => Some(action.clone()),
-        pb::scan_update::Event::Queued(_) => None,
+        pb::scan_update::Event::Queued(_) | pb::scan_update::Event::Waiting(_) => None,
     }
 }

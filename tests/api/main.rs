@@ -16,6 +16,7 @@ mod observability;
 mod pki;
 mod process;
 mod scan_only;
+mod scan_semantics;
 mod scan_service;
 mod security;
 mod tools;

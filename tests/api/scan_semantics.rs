@@ -1,0 +1,208 @@
+//! What a scan request means on a machine that is already scanning: a running scan answers
+//! a request only when it is at least as thorough, and the answer says it was reused.
+
+use std::time::Duration;
+
+use defender_simulator::DuplicateMode;
+use scan_gateway::grpc::pb::{self, ActionStatus};
+
+use crate::helpers::*;
+
+fn full(mut request: pb::StartScanRequest) -> pb::StartScanRequest {
+    request.scan_type = pb::ScanType::Full as i32;
+    request.comment = "someone else's full scan".into();
+    request
+}
+
+#[tokio::test]
+async fn a_quick_request_while_a_full_scan_runs_follows_the_full_one_marked_reused() {
+    // Defender answers a busy machine either way; both must come to the same.
+    for mode in [DuplicateMode::Error, DuplicateMode::ReturnExisting] {
+        let mut config = fast_simulator();
+        config.pending_duration = Duration::from_millis(500);
+        config.duplicate_mode = mode;
+        let mut app = spawn_gateway(spawn_simulator(config).await).await;
+        let machine = app.sim.machine(0);
+        let running = app
+            .client
+            .start_scan(full(start_request(&machine)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!running.reused, "{mode:?}: the caller's own scan");
+        let running = running.action.unwrap();
+
+        let quick = app
+            .client
+            .start_scan(start_request(&machine))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(quick.reused, "{mode:?}");
+        assert_eq!(quick.action.unwrap().id, running.id, "{mode:?}");
+
+        let (updates, end) = run_to_end(&mut app.client, &machine).await;
+        assert!(end.is_ok(), "{mode:?}: {end:?}");
+        let first = action_of(updates[0].update.as_ref()).unwrap();
+        assert_eq!(
+            (first.id.as_str(), first.scope.as_str()),
+            (running.id.as_str(), "Full")
+        );
+        assert!(updates[0].reused, "{mode:?}: the first event says so");
+        assert!(
+            updates[1..].iter().all(|u| !u.reused),
+            "{mode:?}: only the first"
+        );
+        assert_eq!(statuses(&updates).last(), Some(&ActionStatus::Succeeded));
+        assert_eq!(app.sim.handle.stats().actions_created, 1, "{mode:?}");
+    }
+}
+
+fn quick(mut request: pb::StartScanRequest) -> pb::StartScanRequest {
+    request.comment = "someone else's quick scan".into();
+    request
+}
+
+#[tokio::test]
+async fn a_full_run_while_a_quick_scan_runs_waits_for_it_then_starts_a_full_one() {
+    for mode in [DuplicateMode::Error, DuplicateMode::ReturnExisting] {
+        let mut config = fast_simulator();
+        config.pending_duration = Duration::from_millis(300);
+        config.duplicate_mode = mode;
+        let mut app = spawn_gateway(spawn_simulator(config).await).await;
+        let machine = app.sim.machine(0);
+        let running = app
+            .client
+            .start_scan(quick(start_request(&machine)))
+            .await
+            .unwrap()
+            .into_inner()
+            .action
+            .unwrap();
+
+        let mut request = run_request(&machine);
+        request.scan_type = pb::ScanType::Full as i32;
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(Duration::from_secs(20));
+        let stream = app.client.run_scan(request).await.unwrap().into_inner();
+        let (updates, end) = collect(stream).await;
+        assert!(end.is_ok(), "{mode:?}: {end:?}");
+
+        let Some(pb::scan_update::Event::Waiting(waiting)) =
+            updates[0].update.as_ref().and_then(|u| u.event.clone())
+        else {
+            panic!("{mode:?}: the stream first says what it waits for: {updates:?}");
+        };
+        let blocking = waiting.action.unwrap();
+        assert_eq!(
+            (blocking.id.as_str(), blocking.scope.as_str()),
+            (running.id.as_str(), "Quick")
+        );
+
+        let first = action_of(updates[1].update.as_ref()).unwrap();
+        assert_ne!(first.id, running.id, "{mode:?}: a second action");
+        assert_eq!(first.scope, "Full");
+        assert!(!updates[1].reused, "{mode:?}: created by this request");
+        assert_eq!(statuses(&updates).last(), Some(&ActionStatus::Succeeded));
+        assert_eq!(app.sim.handle.stats().actions_created, 2, "{mode:?}");
+        // Started only once the Quick scan had ended.
+        let quick_ended = app
+            .client
+            .get_scan(pb::GetScanRequest {
+                action_id: running.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .action
+            .unwrap();
+        assert_eq!(quick_ended.status(), ActionStatus::Succeeded);
+        assert!(
+            first.creation_time.unwrap().seconds * 1_000_000_000
+                + i64::from(first.creation_time.unwrap().nanos)
+                >= quick_ended.last_update_time.unwrap().seconds * 1_000_000_000
+                    + i64::from(quick_ended.last_update_time.unwrap().nanos),
+            "{mode:?}: the Full scan was created after the Quick one ended"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_full_start_while_a_quick_scan_runs_starts_it_once_the_quick_one_ends() {
+    let mut config = fast_simulator();
+    config.pending_duration = Duration::from_millis(300);
+    let mut app = spawn_gateway(spawn_simulator(config).await).await;
+    let machine = app.sim.machine(0);
+    let running = app
+        .client
+        .start_scan(quick(start_request(&machine)))
+        .await
+        .unwrap()
+        .into_inner()
+        .action
+        .unwrap();
+    let mut request = tonic::Request::new(full(start_request(&machine)));
+    request.set_timeout(Duration::from_secs(20));
+    let started = app.client.start_scan(request).await.unwrap().into_inner();
+    assert!(!started.reused);
+    let started = started.action.unwrap();
+    assert_ne!(started.id, running.id);
+    assert_eq!(started.scope, "Full");
+    assert_eq!(app.sim.handle.stats().actions_created, 2);
+}
+
+#[tokio::test]
+async fn a_full_start_with_a_short_deadline_while_a_quick_scan_runs_is_failed_precondition_naming_it()
+ {
+    let mut config = fast_simulator();
+    config.pending_duration = Duration::from_secs(60);
+    let mut app = spawn_gateway(spawn_simulator(config).await).await;
+    let machine = app.sim.machine(0);
+    let running = app
+        .client
+        .start_scan(quick(start_request(&machine)))
+        .await
+        .unwrap()
+        .into_inner()
+        .action
+        .unwrap();
+    let mut request = tonic::Request::new(full(start_request(&machine)));
+    request.set_timeout(Duration::from_millis(1500));
+    let status = app.client.start_scan(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
+    assert_eq!(info.reason, "WEAKER_SCAN_RUNNING");
+    assert_eq!(info.metadata["action_id"], running.id);
+    assert_eq!(info.metadata["scope"], "Quick");
+    assert_eq!(info.metadata["requested_scan_type"], "Full");
+    assert_eq!(
+        app.sim.handle.stats().actions_created,
+        1,
+        "nothing else started"
+    );
+}
+
+#[tokio::test]
+async fn a_caller_that_leaves_while_waiting_for_a_quick_scan_starts_nothing() {
+    let mut config = fast_simulator();
+    config.pending_duration = Duration::from_millis(400);
+    let mut app = spawn_gateway(spawn_simulator(config).await).await;
+    let machine = app.sim.machine(0);
+    app.client
+        .start_scan(quick(start_request(&machine)))
+        .await
+        .unwrap();
+    let mut request = run_request(&machine);
+    request.scan_type = pb::ScanType::Full as i32;
+    let mut stream = app.client.run_scan(request).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.update.and_then(|u| u.event),
+        Some(pb::scan_update::Event::Waiting(_))
+    ));
+    drop(stream);
+    // Well past the Quick scan's end: a waiting start that outlived its caller would have
+    // started the Full scan by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(app.sim.handle.stats().actions_created, 1);
+}
