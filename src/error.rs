@@ -61,6 +61,10 @@ pub enum Error {
     /// exist.
     #[error("the scan's start was interrupted; look it up with ListScans")]
     StartInterrupted,
+    /// Another request with the same `request_id` is still starting its scan (on another
+    /// replica), past this request's wait: retrying later finds the scan it started.
+    #[error("another request with this request_id is still starting its scan; retry to get it")]
+    KeyBusy,
     /// The gateway is shutting down; the caller should resume on another replica.
     #[error("the gateway is shutting down; resume with WatchScan on another replica")]
     ShuttingDown,

@@ -102,6 +102,11 @@ fn to_status(error: &Error) -> Status {
         ),
         Error::CallerLeft => Status::cancelled(message),
         Error::ShuttingDown => Status::unavailable(message),
+        Error::KeyBusy => {
+            let mut details = error_info("REQUEST_ID_IN_USE", HashMap::new());
+            details.set_retry_info(Some(std::time::Duration::from_secs(1)));
+            Status::with_error_details(Code::Aborted, message, details)
+        }
         Error::StartInterrupted => Status::internal(message),
         Error::Unauthenticated(_) => Status::with_error_details(
             Code::Unauthenticated,

@@ -2,17 +2,23 @@
 //! within 24 hours names the same action, and concurrent requests with one key make one
 //! upstream call.
 //!
-//! The first request claims the key (`SET NX` with a short expiry), starts the scan and records
-//! the action under the key for 24 hours; a failed start releases the claim (deletes the key)
-//! so a retry, for any scan, can try again. A request that finds the key claimed waits for the
-//! action (bounded by its deadline). The recorded key also names the machine and scan type, so
+//! The first request claims the key (`SET NX` with a short expiry and a token of its own),
+//! keeps the claim alive while its start runs (a start may wait minutes for quota), records
+//! the action under the key for 24 hours; a failed start releases the claim so a retry, for any
+//! scan, can try again. Renewing and releasing check the token, so a start whose claim expired
+//! never touches another's. A request that finds the key claimed waits for the action (bounded
+//! by its deadline) and is then refused as busy: it never starts a scan of its own. The recorded key also names the machine and scan type, so
 //! reusing it for another scan is refused; a claim alone binds nothing.
 //! Keys are per caller: the key's name holds the caller's identity after the deployment's
 //! prefix. If Redis cannot be reached, the replica's own keys still apply (logged).
 
-use std::time::Duration;
+use std::{
+    hash::{BuildHasher, RandomState},
+    sync::Arc,
+    time::Duration,
+};
 
-use redis::AsyncCommands;
+use redis::{AsyncCommands, Script};
 use secrecy::SecretString;
 use tokio::time::Instant;
 
@@ -25,17 +31,38 @@ use crate::{
 pub const TTL: Duration = Duration::from_secs(24 * 3600);
 /// How long a claim lasts without a recorded action (a crashed replica's claim expires).
 const CLAIM_TTL: Duration = Duration::from_secs(60);
+/// Time between two renewals of a claim whose start is still running.
+const RENEW_EVERY: Duration = Duration::from_secs(20);
 /// Time between two looks at a claimed key.
 const POLL: Duration = Duration::from_millis(50);
+
+/// Renews a claim, only if it is still ours: `KEYS[1]` the key, `ARGV[1]` our pending value,
+/// `ARGV[2]` the new expiry in milliseconds. Returns 1 when renewed.
+const RENEW_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0";
+/// Releases a claim, only if it is still ours: `KEYS[1]` the key, `ARGV[1]` our pending value.
+const RELEASE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
 
 /// What the shared key says.
 #[derive(Debug)]
 pub enum Claim {
-    /// This request claimed the key: start the scan, then [`SharedKeys::record`] it.
-    Mine,
+    /// This request claimed the key: start the scan (keeping the claim alive), then
+    /// [`SharedKeys::record`] it.
+    Mine(ClaimToken),
     /// Another request already started this scan.
     Existing(ActionId),
 }
+
+/// Proof that a claim is ours: the pending value written with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimToken(String);
 
 /// Why the shared key gave no answer.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +70,9 @@ pub enum KeyError {
     /// The key names another scan.
     #[error("{}", .0.description)]
     Mismatch(FieldViolation),
+    /// Another request with this key is still starting its scan, past this one's wait.
+    #[error("another request with this request_id is still starting its scan")]
+    Busy,
     /// Redis is unreachable or slow: the caller falls back to the replica's own keys.
     #[error("the shared idempotency keys are unavailable: {0}")]
     Unavailable(String),
@@ -79,6 +109,13 @@ impl SharedKeys {
     ) -> Result<Claim, KeyError> {
         let redis_key = self.key(caller, key);
         let scan = scan_of(request);
+        // The pending value carries a token of this claim's own (`pending|machine|type|token`).
+        let random = RandomState::new();
+        let token = format!(
+            "pending|{scan}|{:016x}{:016x}",
+            random.hash_one(1u8),
+            random.hash_one(2u8)
+        );
         loop {
             let mut connection = self.redis.connect().await?;
             let claimed: bool = self
@@ -86,7 +123,7 @@ impl SharedKeys {
                 .bounded(
                     redis::cmd("SET")
                         .arg(&redis_key)
-                        .arg(format!("pending|{scan}"))
+                        .arg(&token)
                         .arg("NX")
                         .arg("PX")
                         .arg(CLAIM_TTL.as_millis() as u64)
@@ -95,7 +132,7 @@ impl SharedKeys {
                 .await?
                 .is_some();
             if claimed {
-                return Ok(Claim::Mine);
+                return Ok(Claim::Mine(ClaimToken(token)));
             }
             let value: Option<String> = self.redis.bounded(connection.get(&redis_key)).await?;
             match value.as_deref().map(parse) {
@@ -119,9 +156,7 @@ impl SharedKeys {
                 None => continue,
             }
             if Instant::now() + POLL > until {
-                return Err(KeyError::Unavailable(
-                    "another request with this key is still starting its scan".into(),
-                ));
+                return Err(KeyError::Busy);
             }
             tokio::time::sleep(POLL).await;
         }
@@ -151,18 +186,75 @@ impl SharedKeys {
         }
     }
 
-    /// Gives a claim back after a failed start, so a retry may claim it.
-    pub async fn release(&self, caller: Option<&str>, key: &RequestId) {
-        let result = async {
-            let mut connection = self.redis.connect().await?;
-            self.redis
-                .bounded(connection.del::<_, ()>(self.key(caller, key)))
-                .await
-        }
-        .await;
-        if let Err(err) = result {
+    /// Gives a claim back after a failed start, so a retry may claim it; a claim that is no
+    /// longer ours (it expired and another request claimed the key) is left alone.
+    pub async fn release(&self, caller: Option<&str>, key: &RequestId, token: &ClaimToken) {
+        if let Err(err) = self
+            .run_owned(RELEASE_SCRIPT, caller, key, token, None)
+            .await
+        {
             tracing::warn!(error = %err, "could not release the idempotency key in Redis");
         }
+    }
+
+    /// Extends a claim that is still ours to a full [`CLAIM_TTL`]; false when it is not ours
+    /// any more (or Redis did not answer).
+    pub async fn renew(&self, caller: Option<&str>, key: &RequestId, token: &ClaimToken) -> bool {
+        let ttl = CLAIM_TTL.as_millis() as u64;
+        match self
+            .run_owned(RENEW_SCRIPT, caller, key, token, Some(ttl))
+            .await
+        {
+            Ok(renewed) => renewed == 1,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not renew the idempotency claim in Redis");
+                false
+            }
+        }
+    }
+
+    /// Keeps the claim alive until the returned guard is dropped (the start has an outcome):
+    /// a start may wait for quota far longer than a claim lasts.
+    pub fn keep_alive(
+        self: &Arc<Self>,
+        caller: Option<&str>,
+        key: &RequestId,
+        token: &ClaimToken,
+    ) -> KeepAlive {
+        let (keys, caller, key, token) = (
+            self.clone(),
+            caller.map(str::to_owned),
+            key.clone(),
+            token.clone(),
+        );
+        KeepAlive(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RENEW_EVERY).await;
+                if !keys.renew(caller.as_deref(), &key, &token).await {
+                    tracing::warn!("an idempotency claim could not be renewed");
+                }
+            }
+        }))
+    }
+
+    async fn run_owned(
+        &self,
+        script: &str,
+        caller: Option<&str>,
+        key: &RequestId,
+        token: &ClaimToken,
+        ttl_ms: Option<u64>,
+    ) -> Result<i64, LinkError> {
+        let mut connection = self.redis.connect().await?;
+        let script = Script::new(script);
+        let mut invocation = script.key(self.key(caller, key));
+        invocation.arg(&token.0);
+        if let Some(ttl) = ttl_ms {
+            invocation.arg(ttl);
+        }
+        self.redis
+            .bounded(invocation.invoke_async::<i64>(&mut connection))
+            .await
     }
 
     /// The deployment's prefix, the caller and the key: callers have keys of their own. The
@@ -170,6 +262,15 @@ impl SharedKeys {
     /// (`None`) cannot be spelled by a caller.
     fn key(&self, caller: Option<&str>, key: &RequestId) -> String {
         key_name(&self.prefix, caller, key.as_str())
+    }
+}
+
+/// Renews a claim while its start runs; dropping it stops the renewals.
+pub struct KeepAlive(tokio::task::JoinHandle<()>);
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -81,7 +81,7 @@ struct Inner {
     /// This replica's idempotency keys.
     keys: LocalKeys,
     /// The same keys for every replica, in Redis (when configured).
-    shared_keys: Option<SharedKeys>,
+    shared_keys: Option<Arc<SharedKeys>>,
     watcher: Watcher,
     /// Actions known to be scans: a cancel checks the type without a read.
     known: known::KnownScans,
@@ -109,7 +109,7 @@ impl Scans {
             config,
             metrics,
             keys,
-            shared_keys,
+            shared_keys: shared_keys.map(Arc::new),
             watcher,
             known: known::KnownScans::default(),
         }))

@@ -99,7 +99,7 @@ impl Scans {
             .action
             .get_or_try_init(|| async {
                 // Across replicas: another may already have started this scan.
-                let mut claimed = false;
+                let mut claimed = None;
                 let owner = ctx.key_owner.as_deref();
                 if let Some(shared) = &self.0.shared_keys {
                     let until = ctx
@@ -107,26 +107,34 @@ impl Scans {
                         .unwrap_or_else(|| self.0.clock.now() + Duration::from_secs(30));
                     match shared.claim(owner, key, request, until).await {
                         Ok(Claim::Existing(id)) => return Ok(id),
-                        Ok(Claim::Mine) => claimed = true,
+                        Ok(Claim::Mine(token)) => claimed = Some(token),
                         Err(KeyError::Mismatch(violation)) => return Err(violation.into()),
+                        // Never start beside a start still in flight on another replica.
+                        Err(KeyError::Busy) => return Err(Error::KeyBusy),
                         Err(KeyError::Unavailable(reason)) => {
                             tracing::warn!(%reason, "idempotency key kept by this replica only");
                         }
                     }
                 }
+                // A start may wait for quota far longer than a claim lasts.
+                let keep_alive = match (&self.0.shared_keys, &claimed) {
+                    (Some(shared), Some(token)) => Some(shared.keep_alive(owner, key, token)),
+                    _ => None,
+                };
                 let started = self.start_upstream(request, ctx, Some(tell), notice).await;
+                drop(keep_alive);
                 let started = match started {
                     Ok(started) => started,
                     Err(err) => {
-                        if claimed && let Some(shared) = &self.0.shared_keys {
-                            shared.release(owner, key).await;
+                        if let (Some(shared), Some(token)) = (&self.0.shared_keys, &claimed) {
+                            shared.release(owner, key, token).await;
                         }
                         return Err(err);
                     }
                 };
                 let action = &started.action;
                 let id = ActionId::parse("id", &action.id).map_err(|_| malformed_id(action))?;
-                if claimed && let Some(shared) = &self.0.shared_keys {
+                if let (Some(shared), Some(_)) = (&self.0.shared_keys, &claimed) {
                     shared.record(owner, key, request, &id).await;
                 }
                 created = Some(started);
