@@ -151,17 +151,7 @@ impl DefenderClient {
         query: &ActionQuery,
         ctx: &CallContext,
     ) -> Result<Vec<MachineAction>, Error> {
-        let query = query.to_query_string();
-        let list: model::WireActionList = self
-            .send(
-                Api::ListActions,
-                Method::GET,
-                "api/machineactions",
-                Some(&query),
-                None,
-                ctx,
-            )
-            .await?;
+        let list: model::WireActionList = self.list_page(query, ctx).await?;
         list.value
             .into_iter()
             .map(|wire| action(Api::ListActions, wire))
@@ -176,18 +166,26 @@ impl DefenderClient {
         query: &ActionQuery,
         ctx: &CallContext,
     ) -> Result<Vec<Result<MachineAction, SkippedAction>>, Error> {
-        let query = query.to_query_string();
-        let page: model::WireActionEntries = self
-            .send(
-                Api::ListActions,
-                Method::GET,
-                "api/machineactions",
-                Some(&query),
-                None,
-                ctx,
-            )
-            .await?;
+        let page: model::WireActionEntries = self.list_page(query, ctx).await?;
         Ok(page.value.into_iter().map(entry).collect())
+    }
+
+    /// One page of the list call, decoded as `T` (strictly, or entry by entry).
+    async fn list_page<T: DeserializeOwned>(
+        &self,
+        query: &ActionQuery,
+        ctx: &CallContext,
+    ) -> Result<T, Error> {
+        let query = query.to_query_string();
+        self.send(
+            Api::ListActions,
+            Method::GET,
+            "api/machineactions",
+            Some(&query),
+            None,
+            ctx,
+        )
+        .await
     }
 
     /// `POST /api/machineactions/{id}/cancel`
