@@ -13,18 +13,14 @@ use crate::helpers::*;
 /// Well formed, but no machine the simulator knows: Defender answers 404 and creates nothing.
 const UNKNOWN_MACHINE: &str = "0000000000000000000000000000000000000000";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_claimed_by_a_start_that_creates_nothing_then_starts_another_machine_elsewhere() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
+/// One simulator whose scan POSTs have `run_scan` faults, and two gateways sharing `redis`.
+async fn two_gateways(
+    redis: &RedisServer,
+    run_scan: EndpointFaults,
+) -> (Arc<TestSimulator>, TestGateway, TestGateway) {
     let sim = Arc::new(spawn_simulator(fast_simulator()).await);
-    // Slow POSTs: the first start still holds its claim when the second asks.
     sim.handle.set_faults(Faults {
-        run_scan: EndpointFaults {
-            latency: Duration::from_millis(500),
-            ..EndpointFaults::default()
-        },
+        run_scan,
         ..Faults::default()
     });
     let url = redis.url();
@@ -36,13 +32,11 @@ async fn a_key_claimed_by_a_start_that_creates_nothing_then_starts_another_machi
     };
     let a = gateway(sim.clone()).await;
     let b = gateway(sim.clone()).await;
-    let keyed = |machine: &str| pb::StartScanRequest {
-        request_id: "ticket-claimed".into(),
-        ..start_request(machine)
-    };
+    (sim, a, b)
+}
 
-    let mut first_client = a.client.clone();
-    let first = tokio::spawn(async move { first_client.start_scan(keyed(UNKNOWN_MACHINE)).await });
+/// Waits (at most 5 s) until the simulator has seen the first scan POST.
+async fn first_post_left(sim: &TestSimulator) {
     let until = tokio::time::Instant::now() + Duration::from_secs(5);
     while sim.handle.stats().run_scan == 0 {
         assert!(
@@ -51,6 +45,30 @@ async fn a_key_claimed_by_a_start_that_creates_nothing_then_starts_another_machi
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_claimed_by_a_start_that_creates_nothing_then_starts_another_machine_elsewhere() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // Slow POSTs: the first start still holds its claim when the second asks.
+    let (sim, a, b) = two_gateways(
+        &redis,
+        EndpointFaults {
+            latency: Duration::from_millis(500),
+            ..EndpointFaults::default()
+        },
+    )
+    .await;
+    let keyed = |machine: &str| pb::StartScanRequest {
+        request_id: "ticket-claimed".into(),
+        ..start_request(machine)
+    };
+
+    let mut first_client = a.client.clone();
+    let first = tokio::spawn(async move { first_client.start_scan(keyed(UNKNOWN_MACHINE)).await });
+    first_post_left(&sim).await;
     // The key is claimed in Redis for the unknown machine; the valid one waits, then starts.
     let machine = sim.machine(0);
     let second = b.client.clone().start_scan(keyed(&machine)).await;
@@ -72,25 +90,16 @@ async fn a_request_that_finds_its_key_busy_is_aborted_and_never_starts_a_scan() 
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let sim = Arc::new(spawn_simulator(fast_simulator()).await);
     // Defender creates the scan at once but answers 3 s later: the first start holds its
     // claim that long.
-    sim.handle.set_faults(Faults {
-        run_scan: EndpointFaults {
+    let (sim, a, b) = two_gateways(
+        &redis,
+        EndpointFaults {
             answer_latency: Duration::from_secs(3),
             ..EndpointFaults::default()
         },
-        ..Faults::default()
-    });
-    let url = redis.url();
-    let gateway = |sim: Arc<TestSimulator>| {
-        let mut args = settings_for(&sim);
-        args.redis_url = Some(secret(&url));
-        args.replicas = Some(2);
-        spawn_gateway_sharing(sim, args)
-    };
-    let a = gateway(sim.clone()).await;
-    let b = gateway(sim.clone()).await;
+    )
+    .await;
     let machine = sim.machine(0);
     let keyed = pb::StartScanRequest {
         request_id: "ticket-busy".into(),
@@ -100,14 +109,7 @@ async fn a_request_that_finds_its_key_busy_is_aborted_and_never_starts_a_scan() 
     let mut first_client = a.client.clone();
     let first_request = keyed.clone();
     let first = tokio::spawn(async move { first_client.start_scan(first_request).await });
-    let until = tokio::time::Instant::now() + Duration::from_secs(5);
-    while sim.handle.stats().run_scan == 0 {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "the first POST never left"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    first_post_left(&sim).await;
     // Another replica, the same key, a 1 s deadline: it waits, then is told the key is busy.
     let mut busy = tonic::Request::new(keyed.clone());
     busy.set_timeout(Duration::from_secs(1));
