@@ -8,6 +8,15 @@ use scan_gateway::grpc::pb::{self, ActionStatus};
 
 use crate::helpers::*;
 
+/// A gateway over a simulator whose scans stay pending for `pending` and that answers a
+/// second scan on a busy machine as `mode` says.
+async fn busy_machine_app(pending: Duration, mode: DuplicateMode) -> TestGateway {
+    let mut config = fast_simulator();
+    config.pending_duration = pending;
+    config.duplicate_mode = mode;
+    spawn_gateway(spawn_simulator(config).await).await
+}
+
 fn full(mut request: pb::StartScanRequest) -> pb::StartScanRequest {
     request.scan_type = pb::ScanType::Full as i32;
     request.comment = "someone else's full scan".into();
@@ -18,10 +27,7 @@ fn full(mut request: pb::StartScanRequest) -> pb::StartScanRequest {
 async fn a_quick_request_while_a_full_scan_runs_follows_the_full_one_marked_reused() {
     // Defender answers a busy machine either way; both must come to the same.
     for mode in [DuplicateMode::Error, DuplicateMode::ReturnExisting] {
-        let mut config = fast_simulator();
-        config.pending_duration = Duration::from_millis(500);
-        config.duplicate_mode = mode;
-        let mut app = spawn_gateway(spawn_simulator(config).await).await;
+        let mut app = busy_machine_app(Duration::from_millis(500), mode).await;
         let machine = app.sim.machine(0);
         let running = app
             .client
@@ -66,10 +72,7 @@ fn quick(mut request: pb::StartScanRequest) -> pb::StartScanRequest {
 #[tokio::test]
 async fn a_full_run_while_a_quick_scan_runs_waits_for_it_then_starts_a_full_one() {
     for mode in [DuplicateMode::Error, DuplicateMode::ReturnExisting] {
-        let mut config = fast_simulator();
-        config.pending_duration = Duration::from_millis(300);
-        config.duplicate_mode = mode;
-        let mut app = spawn_gateway(spawn_simulator(config).await).await;
+        let mut app = busy_machine_app(Duration::from_millis(300), mode).await;
         let machine = app.sim.machine(0);
         let running = app
             .client
@@ -129,9 +132,7 @@ async fn a_full_run_while_a_quick_scan_runs_waits_for_it_then_starts_a_full_one(
 
 #[tokio::test]
 async fn a_full_start_while_a_quick_scan_runs_starts_it_once_the_quick_one_ends() {
-    let mut config = fast_simulator();
-    config.pending_duration = Duration::from_millis(300);
-    let mut app = spawn_gateway(spawn_simulator(config).await).await;
+    let mut app = busy_machine_app(Duration::from_millis(300), DuplicateMode::Error).await;
     let machine = app.sim.machine(0);
     let running = app
         .client
@@ -154,9 +155,7 @@ async fn a_full_start_while_a_quick_scan_runs_starts_it_once_the_quick_one_ends(
 #[tokio::test]
 async fn a_full_start_with_a_short_deadline_while_a_quick_scan_runs_is_failed_precondition_naming_it()
  {
-    let mut config = fast_simulator();
-    config.pending_duration = Duration::from_secs(60);
-    let mut app = spawn_gateway(spawn_simulator(config).await).await;
+    let mut app = busy_machine_app(Duration::from_secs(60), DuplicateMode::Error).await;
     let machine = app.sim.machine(0);
     let running = app
         .client
@@ -184,9 +183,7 @@ async fn a_full_start_with_a_short_deadline_while_a_quick_scan_runs_is_failed_pr
 
 #[tokio::test]
 async fn a_caller_that_leaves_while_waiting_for_a_quick_scan_starts_nothing() {
-    let mut config = fast_simulator();
-    config.pending_duration = Duration::from_millis(400);
-    let mut app = spawn_gateway(spawn_simulator(config).await).await;
+    let mut app = busy_machine_app(Duration::from_millis(400), DuplicateMode::Error).await;
     let machine = app.sim.machine(0);
     app.client
         .start_scan(quick(start_request(&machine)))
