@@ -13,6 +13,7 @@ scripts/check-chart.sh; needs PyYAML, which the chart-tools venv has).
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -407,7 +408,10 @@ def rendered(path: str) -> int:
     if "httpGet" in readiness and readiness["httpGet"]["path"] != "/readyz":
         errors.append("HTTP readiness probe is not /readyz")
 
-    # Replicas, HPA, quota share.
+    # Replicas, HPA, quota share. With Redis SCAN_GATEWAY_REPLICAS is the replicas (the HPA's
+    # maxReplicas); without Redis one pod keeps the whole quota, or the pods split it
+    # (gateway.quotaSharePerPod) counting the rolling update's surge too: old and new pods run
+    # together. More than one pod without Redis must split.
     hpas = by_kind.get("HorizontalPodAutoscaler", [])
     replicas_env = int(env["SCAN_GATEWAY_REPLICAS"]["value"])
     if hpas:
@@ -416,10 +420,26 @@ def rendered(path: str) -> int:
             errors.append("Deployment sets replicas although an HPA manages them")
         if hpa["spec"]["scaleTargetRef"]["name"] != deploy["metadata"]["name"]:
             errors.append("HPA does not target the Deployment")
-        if replicas_env != hpa["spec"]["maxReplicas"]:
-            errors.append("SCAN_GATEWAY_REPLICAS is not the HPA's maxReplicas")
-    elif replicas_env != deploy["spec"].get("replicas"):
-        errors.append("SCAN_GATEWAY_REPLICAS differs from the Deployment's replicas")
+        replicas = hpa["spec"]["maxReplicas"]
+    else:
+        replicas = deploy["spec"].get("replicas")
+    max_surge = strategy["rollingUpdate"]["maxSurge"]
+    if isinstance(max_surge, str):
+        surge = math.ceil(replicas * int(max_surge.rstrip("%")) / 100)
+    else:
+        surge = int(max_surge)
+    surge = min(surge, replicas)
+    if "SCAN_GATEWAY_REDIS_URL" in env:
+        if replicas_env != replicas:
+            errors.append(f"SCAN_GATEWAY_REPLICAS {replicas_env} is not the replicas ({replicas}: "
+                          "replicaCount, or the HPA's maxReplicas) although Redis is set")
+    elif hpas or replicas > 1:
+        if replicas_env != replicas + surge:
+            errors.append(f"SCAN_GATEWAY_REPLICAS {replicas_env} without Redis is not replicas + "
+                          f"surge ({replicas} + {surge}): pods running together would exceed the quota")
+    elif replicas_env not in (1, 1 + surge):
+        errors.append(f"SCAN_GATEWAY_REPLICAS {replicas_env} for one pod without Redis is neither 1 "
+                      f"nor 1 + surge ({1 + surge})")
 
     # Services, PDB, NetworkPolicy, ServiceMonitor, Certificate.
     services = by_kind.get("Service", [])

@@ -105,12 +105,45 @@ true
 {{- end }}
 {{- end }}
 
-{{/* Replica count the gateway divides its fallback quota by. */}}
-{{- define "scan-gateway.replicasForQuota" -}}
+{{/* Pods the Deployment normally runs: replicaCount, or autoscaling.maxReplicas with the HPA. */}}
+{{- define "scan-gateway.replicas" -}}
 {{- if .Values.autoscaling.enabled }}
 {{- .Values.autoscaling.maxReplicas }}
 {{- else }}
 {{- .Values.replicaCount }}
+{{- end }}
+{{- end }}
+
+{{/*
+Extra pods a rolling update runs next to the old ones: updateStrategy.maxSurge, a percentage
+rounded up as Kubernetes does, and never more than the replicas (the new ReplicaSet stops at the
+desired count, the old one only shrinks).
+*/}}
+{{- define "scan-gateway.surgePods" -}}
+{{- $replicas := int (include "scan-gateway.replicas" .) }}
+{{- $surge := .Values.updateStrategy.maxSurge }}
+{{- $pods := 0 }}
+{{- if kindIs "string" $surge }}
+{{- $pods = div (add (mul $replicas (int (trimSuffix "%" $surge))) 99) 100 }}
+{{- else }}
+{{- $pods = int $surge }}
+{{- end }}
+{{- min $pods $replicas }}
+{{- end }}
+
+{{/*
+SCAN_GATEWAY_REPLICAS: the count the gateway divides each limit by for a pod's share (without
+Redis always, with Redis only while Redis is unreachable). With Redis: the replicas (the shared
+script holds back the shares of missing replicas, so a larger count would waste quota). Without
+Redis and gateway.quotaSharePerPod: replicas + rolling-update surge, every pod that can run at
+once. Without Redis otherwise: 1 (the chart allows one pod only, see validateValues).
+*/}}
+{{- define "scan-gateway.replicasForQuota" -}}
+{{- $replicas := int (include "scan-gateway.replicas" .) }}
+{{- if and (not (include "scan-gateway.redisEnabled" .)) .Values.gateway.quotaSharePerPod }}
+{{- add $replicas (int (include "scan-gateway.surgePods" .)) }}
+{{- else }}
+{{- $replicas }}
 {{- end }}
 {{- end }}
 
@@ -169,6 +202,27 @@ Checks across values that the JSON schema cannot express; a broken combination f
 {{- end }}
 {{- if and .Values.redis.url .Values.redis.existingSecret }}
 {{- fail "set redis.url or redis.existingSecret, not both" }}
+{{- end }}
+{{- $redis := include "scan-gateway.redisEnabled" . }}
+{{- $sharePerPod := .Values.gateway.quotaSharePerPod }}
+{{- if and $redis $sharePerPod }}
+{{- fail "gateway.quotaSharePerPod applies only without Redis: with redis.url or redis.existingSecret the pods share the whole quota (set gateway.quotaSharePerPod: false)" }}
+{{- end }}
+{{- if and (not $redis) (not $sharePerPod) (or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1)) }}
+{{- $what := printf "replicaCount %d" (int .Values.replicaCount) }}
+{{- if .Values.autoscaling.enabled }}{{ $what = "autoscaling.enabled" }}{{ end }}
+{{- fail (printf "%s without Redis: each pod would count the Defender quota (%s) on its own. Set redis.url or redis.existingSecret so the pods share it, or gateway.quotaSharePerPod: true so each pod keeps to quota / %d (SCAN_GATEWAY_REPLICAS: replicas + updateStrategy.maxSurge), or run one pod (replicaCount: 1, autoscaling.enabled: false)" $what .Values.gateway.quota (add (int (include "scan-gateway.replicas" .)) (int (include "scan-gateway.surgePods" .)))) }}
+{{- end }}
+{{- $divisor := int (include "scan-gateway.replicasForQuota" .) }}
+{{- range $name, $spec := dict "gateway.quota" .Values.gateway.quota "gateway.quotaTotal" .Values.gateway.quotaTotal }}
+{{- range $pair := splitList "," $spec }}
+{{- if trim $pair }}
+{{- $calls := int (trim (first (splitList "/" $pair))) }}
+{{- if lt $calls $divisor }}
+{{- fail (printf "%s %s allows fewer calls than SCAN_GATEWAY_REPLICAS (%d): each pod's share (calls / replicas, rounded down) would be raised to one call, more than the limit in all (raise the limit or run fewer pods)" $name (trim $pair) $divisor) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- $needed := add .Values.preStopSleepSeconds .Values.gateway.shutdownGraceSeconds 5 }}
 {{- if lt (int .Values.terminationGracePeriodSeconds) (int $needed) }}
