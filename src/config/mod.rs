@@ -139,6 +139,23 @@ impl Settings {
                 prefix: "scan-gateway:quota".to_owned(),
                 timeout: v.redis_timeout,
             });
+        // Without Redis each replica keeps to its share alone: a share of nothing would refuse
+        // every call on that API for good.
+        if redis.is_none()
+            && let Some((api, limit)) = quota.share(v.replicas).first_empty()
+        {
+            let whole = quota::whole_limit(&quota, api, limit.window);
+            return Err(ConfigError::invalid(
+                "replicas",
+                format!(
+                    "{whole} calls per {} of {} split over {} replicas leaves each replica none; \
+                     share the quota through Redis (SCAN_GATEWAY_REDIS_URL) or run fewer replicas",
+                    humantime::format_duration(limit.window - v.quota_margin),
+                    api.map_or("all APIs together", |api| api.as_str()),
+                    v.replicas
+                ),
+            ));
+        }
         let limits = InboundLimits {
             max_message_bytes: v.max_message_bytes,
             max_streams_per_connection: v.max_streams_per_connection,
@@ -204,6 +221,30 @@ mod tests {
         let err = Settings::load(&args).unwrap_err().to_string();
         assert!(!err.contains("hunter2"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_share_of_no_calls_is_refused_without_redis_only() {
+        // 2 per 5 s over 3 replicas: rounded up, the shares would sum to 3.
+        let args = ConfigArgs {
+            quota: Some("100/1m,2/5s".into()),
+            replicas: Some(3),
+            ..ConfigArgs::default()
+        };
+        let err = Settings::load(&args).unwrap_err().to_string();
+        assert!(
+            err.starts_with("invalid SCAN_GATEWAY_REPLICAS: 2 calls per 5s"),
+            "{err}"
+        );
+        assert!(err.contains("SCAN_GATEWAY_REDIS_URL"), "{err}");
+        // With Redis the share only applies while Redis is away: it may be nothing.
+        let shared = ConfigArgs {
+            redis_url: Some("redis://127.0.0.1:6379/0".to_owned().into()),
+            ..args
+        };
+        let settings = Settings::load(&shared).expect("a shared quota may leave no fallback share");
+        let share = settings.quota.share(3);
+        assert_eq!(share.first_empty().map(|(_, l)| l.calls), Some(0));
     }
 
     #[test]

@@ -57,6 +57,19 @@ pub(super) fn limits(v: &Values) -> Result<Limits, ConfigError> {
     Ok(limits)
 }
 
+/// The calls of the limit with `window` of `api`'s bucket (`None`: the overall cap).
+pub(super) fn whole_limit(limits: &Limits, api: Option<Api>, window: std::time::Duration) -> u32 {
+    let bucket = match api {
+        Some(api) => limits.per_api.get(&api),
+        None => limits.total.as_ref(),
+    };
+    bucket
+        .into_iter()
+        .flatten()
+        .find(|l| l.window == window)
+        .map_or(0, |l| l.calls)
+}
+
 /// Parses `100/1m,1500/1h`: calls per window, comma-separated; windows in humantime.
 pub fn parse_quota(raw: &str) -> Result<Vec<Limit>, String> {
     let limits = raw

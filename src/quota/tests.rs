@@ -395,38 +395,66 @@ async fn a_caller_with_a_share_fills_only_its_share_of_the_queue() {
 // The shared store without Redis; its liveness rules are tested in shared/fallback.rs, the
 // scripts against a real redis-server in tests/shared_quota.
 
-#[tokio::test]
-async fn a_replica_that_never_reached_redis_falls_back_to_its_share_at_once() {
+/// A store of `replicas` sharing 4 calls a minute through a Redis that refuses every connection.
+fn cut_off_store(replicas: u32) -> SharedStore {
     // A loopback port nobody listens on: every connection is refused.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port");
-    let store = SharedStore::new(
+    SharedStore::new(
         SharedConfig {
             url: format!("redis://127.0.0.1:{port}/0").into(),
-            replicas: 2,
+            replicas,
             prefix: "unit".into(),
             timeout: Duration::from_millis(200),
         },
         Limits::uniform(limits(&[(4, 60_000)])),
         SharedMetrics::default(),
     )
-    .expect("a valid URL");
+    .expect("a valid URL")
+}
+
+#[tokio::test]
+async fn a_replica_that_never_reached_redis_admits_nothing_alone_before_its_window_has_passed() {
+    // The others never knew of it, so they kept no share for it and may have used the whole
+    // quota: nothing is provably free until a window has passed.
+    let store = cut_off_store(2);
     let now = Instant::now();
-    // It was never counted present, so nobody could have spent its share: no quarantine,
-    // and its share (4 / 2) at once.
-    assert_eq!(
-        store.try_admit(Api::GetAction, now).await,
-        Admission::Admitted
-    );
+    let Admission::NotBefore(at) = store.try_admit(Api::GetAction, now).await else {
+        panic!("a replica unknown to the others admitted alone");
+    };
     assert!(store.in_fallback());
-    assert_eq!(
-        store.try_admit(Api::GetAction, now).await,
-        Admission::Admitted
-    );
+    assert!(at >= now + Duration::from_secs(60), "{:?}", at - now);
+    // Alone by configuration, there are no others: its whole share at once.
+    let alone = cut_off_store(1);
+    for _ in 0..4 {
+        assert_eq!(
+            alone.try_admit(Api::GetAction, now).await,
+            Admission::Admitted
+        );
+    }
     assert!(matches!(
-        store.try_admit(Api::GetAction, now).await,
+        alone.try_admit(Api::GetAction, now).await,
         Admission::NotBefore(_)
+    ));
+}
+
+#[test]
+fn shares_never_sum_above_a_limit_and_a_share_of_nothing_admits_nothing() {
+    let whole = Limits::uniform(limits(&[(2, 5_000), (100, 60_000)]));
+    let share = whole.share(3);
+    assert_eq!(
+        share.per_api[&Api::RunScan]
+            .iter()
+            .map(|l| l.calls)
+            .collect::<Vec<_>>(),
+        [0, 33]
+    );
+    let store = LocalStore::new(&share);
+    let now = Instant::now();
+    assert!(matches!(
+        store.try_admit(Api::RunScan, now),
+        Admission::NotBefore(at) if at >= now + Duration::from_secs(5)
     ));
 }

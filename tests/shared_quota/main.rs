@@ -8,6 +8,7 @@
 //! sensitive tests do not share the two cores with the rest of the suite.
 
 // The helpers serve the whole API suite; this binary uses a few of them.
+mod epochs;
 mod estimate;
 #[allow(dead_code)]
 #[path = "../api/helpers.rs"]
@@ -143,6 +144,21 @@ fn one_of_two(url: &str, prefix: &str) -> Arc<SharedStore> {
     )
 }
 
+/// Joins `stores` to a fresh epoch and waits out its gathering: a fresh epoch admits nothing
+/// until every replica that was present can have joined.
+async fn settle(stores: &[&SharedStore]) {
+    for store in stores {
+        assert!(
+            matches!(
+                store.try_admit(Api::GetAction, Instant::now()).await,
+                Admission::NotBefore(_)
+            ),
+            "a fresh epoch admitted a call before its gathering ended"
+        );
+    }
+    tokio::time::sleep(shared::GATHERING + Duration::from_millis(100)).await;
+}
+
 #[tokio::test]
 async fn the_shared_store_decides_like_the_in_process_one_for_the_same_arrivals() {
     let Some(redis) = RedisServer::start() else {
@@ -160,6 +176,7 @@ async fn the_shared_store_decides_like_the_in_process_one_for_the_same_arrivals(
         SharedMetrics::default(),
     )
     .unwrap();
+    settle(&[&shared]).await;
     let local = LocalStore::new(&limits);
     let start = Instant::now();
     // Arrivals at 0, 0, 0, 0, then each at the instant the store names.
@@ -277,6 +294,14 @@ async fn two_gateways_sharing_redis_never_exceed_the_quota_even_through_a_redis_
     };
     let a = gateway(sim.clone()).await;
     let b = gateway(sim.clone()).await;
+    // One call each waits out the fresh epoch's gathering.
+    for app in [&a, &b] {
+        let mut client = app.client.clone();
+        client
+            .list_scans(pb::ListScansRequest::default())
+            .await
+            .expect("the first call is admitted once the epoch has gathered");
+    }
 
     // Shared: together they use the quota.
     let until = Instant::now() + Duration::from_millis(2500);
@@ -494,6 +519,7 @@ async fn a_replica_cut_off_from_redis_never_spends_its_share_while_the_other_may
     // A reaches Redis directly, B through the proxy.
     let a = store(redis.url());
     let b = store(proxy.url());
+    settle(&[&a, &b]).await;
     let log = Arc::new(Mutex::new(Vec::new()));
     let phase = |millis: u64| {
         let until = Instant::now() + Duration::from_millis(millis);
@@ -554,6 +580,7 @@ async fn an_idle_replica_stays_present_and_a_stopped_one_has_its_share_held_back
     };
     let store = || one_of_two(&redis.url(), "test-liveness");
     let (a, b) = (store(), store());
+    settle(&[&a, &b]).await;
     // B joins the epoch with one call, then stays idle.
     assert_eq!(
         b.try_admit(Api::GetAction, Instant::now()).await,
@@ -605,6 +632,7 @@ async fn a_replica_that_leaves_cleanly_hands_its_share_back_for_good() {
     };
     let store = || one_of_two(&redis.url(), "test-leave");
     let (a, b) = (store(), store());
+    settle(&[&a, &b]).await;
     for replica in [&a, &b] {
         assert_eq!(
             replica.try_admit(Api::GetAction, Instant::now()).await,
@@ -640,6 +668,7 @@ async fn a_return_to_shared_mode_abandoned_midway_leaves_the_replica_free_to_ret
     };
     let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], redis.port))).await;
     let store = one_of_two(&proxy.url(), "test-abandoned-return");
+    settle(&[&store]).await;
     assert_eq!(
         store.try_admit(Api::GetAction, Instant::now()).await,
         Admission::Admitted

@@ -218,8 +218,8 @@ Checks across values that the JSON schema cannot express; a broken combination f
 {{- range $pair := splitList "," $spec }}
 {{- if trim $pair }}
 {{- $calls := int (trim (first (splitList "/" $pair))) }}
-{{- if lt $calls $divisor }}
-{{- fail (printf "%s %s allows fewer calls than SCAN_GATEWAY_REPLICAS (%d): each pod's share (calls / replicas, rounded down) would be raised to one call, more than the limit in all (raise the limit or run fewer pods)" $name (trim $pair) $divisor) }}
+{{- if and (not $redis) (lt $calls $divisor) }}
+{{- fail (printf "%s %s allows fewer calls than SCAN_GATEWAY_REPLICAS (%d): without Redis each pod's share (calls / replicas, rounded down) would be no call, and the gateway refuses to start (share the quota through Redis, raise the limit or run fewer pods)" $name (trim $pair) $divisor) }}
 {{- end }}
 {{- end }}
 {{- end }}

@@ -40,13 +40,14 @@ impl Limits {
         }
     }
 
-    /// Each limit divided by `replicas` (at least one call): a replica's share.
+    /// Each limit divided by `replicas`, rounded down: a replica's share. It may be 0 calls
+    /// (2 per window over 3 replicas): rounding up would let the shares sum above the limit.
     pub fn share(&self, replicas: u32) -> Self {
         let divide = |limits: &Vec<Limit>| -> Vec<Limit> {
             limits
                 .iter()
                 .map(|l| Limit {
-                    calls: (l.calls / replicas.max(1)).max(1),
+                    calls: l.calls / replicas.max(1),
                     window: l.window,
                 })
                 .collect()
@@ -59,6 +60,16 @@ impl Limits {
                 .collect(),
             total: self.total.as_ref().map(divide),
         }
+    }
+
+    /// The first limit (with its API, `None` for the overall cap) that is 0 calls.
+    pub fn first_empty(&self) -> Option<(Option<Api>, Limit)> {
+        let empty = |limits: &Vec<Limit>| limits.iter().copied().find(|l| l.calls == 0);
+        let mut apis: Vec<_> = self.per_api.iter().collect();
+        apis.sort_by_key(|(api, _)| api.as_str());
+        apis.into_iter()
+            .find_map(|(api, limits)| empty(limits).map(|l| (Some(*api), l)))
+            .or_else(|| self.total.as_ref().and_then(empty).map(|l| (None, l)))
     }
 }
 

@@ -32,11 +32,15 @@ impl Window {
     ///
     /// For a limit of `n` calls per `w`, a call at `t` fits when fewer than `n` admissions lie
     /// in `(t - w, t]`, that is, when the n-th most recent admission is at or before `t - w`.
+    /// A limit of 0 calls (a share rounded down to nothing) never fits: the answer is a window
+    /// away, and again a window away when asked then.
     pub fn next_free(&self, now: Instant) -> Instant {
         let mut at = now;
         for limit in &self.limits {
             let calls = limit.calls as usize;
-            if calls > 0 && self.admitted.len() >= calls {
+            if calls == 0 {
+                at = at.max(now + limit.window);
+            } else if self.admitted.len() >= calls {
                 at = at.max(self.admitted[self.admitted.len() - calls] + limit.window);
             }
         }
@@ -143,6 +147,16 @@ mod tests {
         assert_eq!(w.remaining(t0 + Duration::from_secs(4)), [0]);
         assert_eq!(w.remaining(t0 + Duration::from_secs(10)), [1]);
         assert_eq!(w.remaining(t0 + Duration::from_secs(13)), [2]);
+    }
+
+    #[test]
+    fn a_limit_of_no_calls_admits_nothing_ever() {
+        let t0 = Instant::now();
+        let w = Window::new(limits(&[(0, 10), (5, 100)]));
+        assert_eq!(w.next_free(t0), t0 + Duration::from_secs(10));
+        let later = t0 + Duration::from_secs(1000);
+        assert_eq!(w.next_free(later), later + Duration::from_secs(10));
+        assert_eq!(w.remaining(t0), [0, 5]);
     }
 
     #[test]

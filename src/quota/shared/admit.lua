@@ -2,15 +2,19 @@
 -- and refreshes the calling replica's alive key.
 -- KEYS: bucket zsets..., pause key, epoch key.
 -- ARGV: known epoch, dry_run, member, replica count, longest window µs, bucket count, alive
--- key prefix, replica id, alive TTL ms, gap µs, member-set lifetime ms, then per bucket: pair
--- count, then (calls, window µs) pairs.
+-- key prefix, replica id, alive TTL ms, gap µs, member-set lifetime ms, gathering µs, then per
+-- bucket: pair count, then (calls, window µs) pairs.
 -- Returns {1, 0, then per pair of the first bucket: remaining, recent} when admitted, {0,
 -- wait µs, the same pairs} when not (no pairs while paused), {-1} when the epoch differs
 -- (Redis lost its data, a replica came back from a fallback, or this replica is new).
--- The share of each replica that is not present (a member of the epoch with a live alive
--- key) is held back: it may be deciding on its own. A member that is not alive is held back
--- for as long as it stays so (it may have lost Redis); a replica that never joined only
--- during the epoch's first longest window, and never more than the configured count allows.
+-- Membership comes from the replicas that joined (epoch.lua): a replica that has never joined
+-- has decided nothing through Redis, and one that never reached Redis admits nothing alone
+-- before its windows have passed (fallback.rs), so neither needs a share held back. Held back
+-- is the share of each member whose alive key is gone (it may be deciding alone), and, during
+-- the epoch's first longest window, of each expected member that is not alive. In a fresh
+-- epoch, a window admits nothing during its first ARGV[12] µs (every present replica joins
+-- within that time), nor while a pending member has not joined: the calls Redis lost may
+-- still count in it.
 local b = tonumber(ARGV[6])
 local alive = ARGV[7]
 redis.call('SET', alive .. ARGV[8], '1', 'PX', ARGV[9])
@@ -25,19 +29,29 @@ local replicas = tonumber(ARGV[4])
 local set = KEYS[b + 2] .. ':' .. epoch
 redis.call('SADD', set, ARGV[8])
 redis.call('PEXPIRE', set, ARGV[11])
-local members = redis.call('SMEMBERS', set)
-local present = 0
-for _, m in ipairs(members) do
-  if redis.call('EXISTS', alive .. m) == 1 then present = present + 1 end
+local since = tonumber(string.match(epoch, '@(%d+)')) or 0
+local first_window = now - since < tonumber(ARGV[5])
+local joined = {}
+local missing = 0
+for _, m in ipairs(redis.call('SMEMBERS', set)) do
+  joined[m] = true
+  if redis.call('EXISTS', alive .. m) == 0 then missing = missing + 1 end
 end
-local missing = math.max(0, replicas - present)
-local since = tonumber(string.match(epoch, '@(%d+)$')) or 0
-if now - since >= tonumber(ARGV[5]) then
-  missing = math.min(missing, #members - present)
+local pending = false
+local expected = redis.call('HGETALL', set .. ':expected')
+for k = 1, #expected - 1, 2 do
+  local m = expected[k]
+  if not joined[m] then
+    if expected[k + 1] == '1' then pending = true end
+    if first_window and redis.call('EXISTS', alive .. m) == 0 then missing = missing + 1 end
+  end
 end
+missing = math.max(0, math.min(missing, replicas - 1))
+local fresh = string.sub(epoch, -2) == '@f'
+local gather = tonumber(ARGV[12])
 local gap = tonumber(ARGV[10])
 local wait = 0
-local idx = 12
+local idx = 13
 local longest = {}
 local remaining = {}
 local recent = {}
@@ -50,7 +64,16 @@ for i = 1, b do
     local allowed = limit - missing * math.max(1, math.floor(limit / replicas))
     local since_w = string.format('(%d', now - window)
     local count = redis.call('ZCOUNT', KEYS[i], since_w, '+inf')
-    if allowed < 1 then
+    -- Lost calls may still be in this window: nothing is provably free.
+    local hold = 0
+    if fresh then hold = since + math.min(gather, window) - now end
+    if pending and since + window - now > hold then
+      -- A pending member joins within a heartbeat: ask again soon.
+      hold = math.min(since + window - now, 100000)
+    end
+    if hold > 0 then
+      if hold > wait then wait = hold end
+    elseif allowed < 1 then
       if wait < 200000 then wait = 200000 end
     elseif count >= allowed then
       local e = redis.call('ZRANGEBYSCORE', KEYS[i], since_w, '+inf', 'WITHSCORES', 'LIMIT', count - allowed, 1)

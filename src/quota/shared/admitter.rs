@@ -16,6 +16,11 @@ use crate::{
 /// key (KEYS, ARGV and replies are described in the script).
 pub(super) const ADMIT: &str = include_str!("admit.lua");
 
+/// How long a fresh epoch (Redis lost its data, or the first start) admits nothing: every
+/// replica that was present beats (and so joins, naming the replicas it knew) within an alive
+/// key's lifetime.
+pub const GATHERING: Duration = ALIVE_TTL;
+
 /// What the admission script said.
 pub(super) enum Reply {
     /// With the remaining calls per limit of the API, and its recent calls.
@@ -66,7 +71,8 @@ impl Admitter {
             .arg(&self.replica_id)
             .arg(ALIVE_TTL.as_millis() as u64)
             .arg(u64::try_from(self.gap.as_micros()).unwrap_or(u64::MAX))
-            .arg(members_lifetime_ms(self.horizon));
+            .arg(members_lifetime_ms(self.horizon))
+            .arg(u64::try_from(GATHERING.as_micros()).unwrap_or(u64::MAX));
         for (_, limits) in &buckets {
             invocation.arg(limits.len());
             for limit in *limits {
@@ -82,15 +88,17 @@ impl Admitter {
     pub(super) fn buckets(&self, api: Api) -> Vec<(String, &[Limit])> {
         let mut buckets = Vec::with_capacity(2);
         if let Some(limits) = self.limits.per_api.get(&api) {
-            buckets.push((
-                format!("{}:{}", self.prefix, api.as_str()),
-                limits.as_slice(),
-            ));
+            buckets.push((self.api_bucket(api), limits.as_slice()));
         }
         if let Some(total) = &self.limits.total {
             buckets.push((format!("{}:total", self.prefix), total.as_slice()));
         }
         buckets
+    }
+
+    /// The bucket of `api`'s own limits.
+    pub(super) fn api_bucket(&self, api: Api) -> String {
+        format!("{}:{}", self.prefix, api.as_str())
     }
 
     pub(super) fn pause_key(&self, api: Api) -> String {

@@ -114,8 +114,8 @@ impl SharedStore {
         }
         let admission = self.fallback.try_admit(api, now);
         if admission == Admission::Admitted {
-            let member = self.next_member();
-            self.remember_own(api, now, member);
+            let member = self.replay.next_member();
+            self.replay.remember_own(api, now, member);
         }
         admission
     }
@@ -166,9 +166,10 @@ impl SharedStore {
     /// last answered, plus what they can have made since ([`others_since`]), and by the
     /// limit. This replica's share is reduced by what that exceeds their shares, recorded as
     /// calls made now, so it counts until every call the others made meanwhile has left the
-    /// window. An API Redis never answered about
-    /// counts as fully used if this replica was ever present (the others may have spent its
-    /// share); a replica that never reached Redis was never counted, so it only has its share.
+    /// window. An API Redis never answered about counts as fully used: the others may have
+    /// spent this replica's share (it was present), or never knew of it (it never reached
+    /// Redis, so they held nothing back for it). Alone by configuration (one replica), a replica
+    /// that never reached Redis has its whole share.
     fn count_others_excess(&self, now: Instant, quiet_until: Instant) {
         let replicas = self.config.replicas.max(1);
         let last_seen = lock(&self.last_seen).clone();
@@ -179,14 +180,16 @@ impl SharedStore {
                 let span = quiet_until.saturating_duration_since(seen.at);
                 others_since(limits, &seen.recent, span, self.gap)
             });
-            let own = lock(&self.own);
+            let own = lock(&self.replay.own);
             let excess = limits
                 .iter()
                 .enumerate()
                 .map(|(j, limit)| {
-                    let others_share = limit.calls - (limit.calls / replicas).max(1);
+                    let others_share = limit.calls - limit.calls / replicas;
+                    // Nothing known: the others may have used all of it. A replica that never
+                    // reached Redis is no member of theirs, so no share was kept for it either.
                     let Some(seen) = seen else {
-                        return if was_present {
+                        return if was_present || replicas > 1 {
                             limit.calls - others_share
                         } else {
                             0

@@ -16,6 +16,7 @@ use super::{
     admitter::{Admitter, Reply, members_lifetime_ms, parse_reply},
     fallback::{Seen, note_seen},
     lock,
+    replay::Replay,
 };
 use crate::{call::Api, redis_link::RedisLink};
 
@@ -66,6 +67,7 @@ pub(super) struct Heartbeat {
     pub(super) admitter: Arc<Admitter>,
     pub(super) last_seen: Arc<Mutex<HashMap<Api, Seen>>>,
     pub(super) live: Arc<Liveness>,
+    pub(super) replay: Arc<Replay>,
 }
 
 // === impl Heartbeat ===
@@ -97,20 +99,48 @@ impl Heartbeat {
                 continue;
             }
             let epoch = lock(&self.live.epoch).clone().unwrap_or_default();
+            let mirrored: Vec<Api> = Api::ALL
+                .into_iter()
+                .filter(|api| self.admitter.limits.per_api.contains_key(api))
+                .collect();
             let mut invocation = script.key(&self.key);
+            invocation.key(self.admitter.epoch_key());
+            for api in &mirrored {
+                invocation.key(self.admitter.api_bucket(*api));
+            }
             invocation
-                .key(self.admitter.epoch_key())
                 .arg(ALIVE_TTL.as_millis() as u64)
                 .arg(&epoch)
                 .arg(&self.admitter.replica_id)
-                .arg(members_lifetime_ms(self.admitter.horizon));
+                .arg(members_lifetime_ms(self.admitter.horizon))
+                .arg(format!("{}:alive:", self.admitter.prefix));
+            {
+                let mirror = lock(&self.replay.mirror);
+                for api in &mirrored {
+                    invocation.arg(mirror.fetched_until(*api));
+                }
+            }
             let beat = self
                 .redis
-                .bounded(invocation.invoke_async::<i64>(&mut connection))
+                .bounded(invocation.invoke_async::<Vec<String>>(&mut connection))
                 .await;
-            if beat.is_ok() && !epoch.is_empty() {
-                self.refresh_counts(&mut connection, &epoch).await;
-            }
+            let beat = match beat {
+                Ok(reply) if reply.first().is_some_and(|r| r == "1") => {
+                    // Redis's clock is taken to be at `now` as the answer arrives: the latest
+                    // it can be, so the mirror's calls never look older than they are.
+                    self.mirror(&reply, &mirrored, Instant::now());
+                    self.refresh_counts(&mut connection, &epoch).await;
+                    Ok(())
+                }
+                // Redis has another epoch, or none (it lost its data): join it now, writing
+                // back what this replica knows, even while idle.
+                Ok(_) => self
+                    .replay
+                    .sync(&self.redis, Instant::now())
+                    .await
+                    .map_err(|_| ()),
+                Err(_) => Err(()),
+            };
             match beat {
                 Ok(_) if failing => {
                     failing = false;
@@ -119,6 +149,24 @@ impl Heartbeat {
                 Ok(_) => {}
                 Err(_) => failing = self.failed(failing),
             }
+        }
+    }
+
+    /// Takes in a heartbeat's reply: the epoch's members and the shared log's new entries.
+    fn mirror(&self, reply: &[String], mirrored: &[Api], answered: Instant) {
+        let Some(parsed) = parse_beat(reply, mirrored.len()) else {
+            tracing::debug!("unexpected reply from the quota heartbeat");
+            return;
+        };
+        let mut mirror = lock(&self.replay.mirror);
+        let others = parsed
+            .members
+            .into_iter()
+            .filter(|(m, _)| *m != self.admitter.replica_id)
+            .collect();
+        mirror.beat(parsed.redis_now, answered, others);
+        for (api, entries) in mirrored.iter().zip(parsed.entries) {
+            mirror.extend(*api, entries, self.admitter.horizon);
         }
     }
 
@@ -200,11 +248,11 @@ impl SharedStore {
         };
         let mut invocation = self
             .leave
-            .key(alive_key(&self.config.prefix, &self.replica_id));
+            .key(alive_key(&self.config.prefix, &self.admitter.replica_id));
         invocation
-            .key(self.epoch_key())
+            .key(self.admitter.epoch_key())
             .arg(epoch)
-            .arg(&self.replica_id);
+            .arg(&self.admitter.replica_id);
         match self
             .redis
             .bounded(invocation.invoke_async::<i64>(&mut connection))
@@ -216,6 +264,44 @@ impl SharedStore {
             }
         }
     }
+}
+
+/// A heartbeat's reply, read.
+struct Beat {
+    redis_now: i64,
+    members: Vec<(String, bool)>,
+    entries: Vec<Vec<(String, i64)>>,
+}
+
+/// Reads `{'1', now, member count, (member, alive)..., per bucket: count, (member, time)...}`.
+fn parse_beat(reply: &[String], buckets: usize) -> Option<Beat> {
+    let mut fields = reply.iter().skip(1);
+    let number = |fields: &mut dyn Iterator<Item = &String>| -> Option<i64> {
+        // Scores come back as doubles' text; times in µs fit one exactly.
+        fields.next()?.parse::<f64>().ok().map(|v| v as i64)
+    };
+    let redis_now = number(&mut fields)?;
+    let count = usize::try_from(number(&mut fields)?).ok()?;
+    let mut members = Vec::with_capacity(count);
+    for _ in 0..count {
+        let member = fields.next()?.clone();
+        members.push((member, fields.next()? == "1"));
+    }
+    let mut entries = Vec::with_capacity(buckets);
+    for _ in 0..buckets {
+        let count = usize::try_from(number(&mut fields)?).ok()?;
+        let mut bucket = Vec::with_capacity(count);
+        for _ in 0..count {
+            let member = fields.next()?.clone();
+            bucket.push((member, number(&mut fields)?));
+        }
+        entries.push(bucket);
+    }
+    Some(Beat {
+        redis_now,
+        members,
+        entries,
+    })
 }
 
 /// `<prefix>:alive:<replica id>`: exists while the replica is present.

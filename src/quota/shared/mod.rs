@@ -25,12 +25,12 @@
 //! spending that share on its own. So each replica keeps a key `<prefix>:alive:<replica id>`
 //! that lives [`ALIVE_TTL`]; every admission script refreshes it, and so does a heartbeat task
 //! (every third of the TTL, only while this replica is in shared mode) so an idle replica
-//! stays alive. The heartbeat also keeps the replica in the epoch's member set and asks (dry
-//! runs) how full every API is, so a fallback knows the others' recent use of every API. The
-//! admission script counts as present only the epoch's members whose alive key exists and holds
-//! back the share of every replica that is not present: always for a member that is not alive, and,
-//! for a replica that has not joined the epoch, during the epoch's first longest window (after that
-//! it is taken to be gone, e.g. replaced).
+//! stays alive. The heartbeat also keeps the replica in the epoch's member set, asks (dry
+//! runs) how full every API is, so a fallback knows the others' recent use of every API, and
+//! mirrors the shared log (see [`replay`]). The admission script holds back the share of every
+//! member that is not alive, and, during the epoch's first longest window, of every expected
+//! member (one of the epoch before) that is not alive; a replica that never joined has made no
+//! call through Redis and is not counted (see `admit.lua`).
 //!
 //! *Quarantine.* A replica that loses Redis admits nothing on its own until its alive key
 //! has surely expired (one TTL after the last refresh it sent could have reached Redis): until
@@ -40,7 +40,8 @@
 //! with shared mode.
 //!
 //! The parts: [`admitter`] asks Redis for one admission (the `admit.lua` script); [`replay`]
-//! keeps this replica's own admissions and writes them into Redis again when joining an epoch;
+//! keeps this replica's own admissions and its mirror of everyone's, and writes them into Redis
+//! again when joining an epoch (after a fallback, or when Redis has lost its data);
 //! [`fallback`] decides alone while Redis is unreachable (quarantine, the others' excess);
 //! [`heartbeat`] keeps this replica present (alive key, heartbeat, clean leave).
 
@@ -51,12 +52,9 @@ mod metrics;
 mod replay;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     hash::{BuildHasher, RandomState},
-    sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU64},
-    },
+    sync::{Arc, Mutex, MutexGuard, atomic::AtomicBool},
     time::Duration,
 };
 
@@ -67,14 +65,15 @@ use self::{
     admitter::{ADMIT, Admitter, Reply},
     fallback::{QUIET_SLACK, Seen, note_seen},
     heartbeat::{HEARTBEAT, Heartbeat, LEAVE, Liveness, alive_key},
-    replay::{EPOCH, Own, RECORD},
+    replay::Replay,
 };
-use super::limits::{Admission, Limit, Limits, LocalStore};
+use super::limits::{Admission, Limits, LocalStore};
 use crate::{
     call::Api,
     redis_link::{LinkError, RedisLink},
 };
 
+pub use admitter::GATHERING;
 pub use heartbeat::ALIVE_TTL;
 pub use metrics::SharedMetrics;
 
@@ -119,11 +118,8 @@ pub struct SharedStore {
     /// quarantine ends (they may have spent more until then).
     excess_pending: AtomicBool,
     heartbeat: Option<AbortHandle>,
-    own: Mutex<VecDeque<Own>>,
-    /// The longest window of any limit: how long the own log is kept.
-    horizon: Duration,
-    replica_id: String,
-    sequence: AtomicU64,
+    /// This replica's own calls and its mirror of everyone's, written back when joining.
+    replay: Arc<Replay>,
     remaining: Mutex<HashMap<Api, Vec<(Duration, u32)>>>,
     /// Per API: what Redis last said (from an admission or a heartbeat).
     last_seen: Arc<Mutex<HashMap<Api, Seen>>>,
@@ -131,8 +127,6 @@ pub struct SharedStore {
     /// calls the others made in between are bounded by the `recent` counts (see [`Seen`]).
     gap: Duration,
     admitter: Arc<Admitter>,
-    record: Script,
-    epoch_script: Script,
     pause: Script,
     leave: Script,
     metrics: SharedMetrics,
@@ -188,6 +182,7 @@ impl SharedStore {
             script: Script::new(ADMIT),
         });
         let last_seen = Arc::new(Mutex::new(HashMap::new()));
+        let replay = Arc::new(Replay::new(admitter.clone(), live.clone(), horizon));
         let heartbeat = Heartbeat {
             // Its own connection, so a heartbeat never queues behind admissions (or they behind it).
             redis: RedisLink::new(&config.url, config.timeout)?,
@@ -195,26 +190,32 @@ impl SharedStore {
             admitter: admitter.clone(),
             last_seen: last_seen.clone(),
             live: live.clone(),
+            replay: replay.clone(),
         }
         .spawn();
+        let share = limits.share(config.replicas);
+        if let Some((api, limit)) = share.first_empty() {
+            tracing::warn!(
+                api = api.map_or("all", |api| api.as_str()),
+                window_ms = u64::try_from(limit.window.as_millis()).unwrap_or(u64::MAX),
+                replicas = config.replicas,
+                "a limit split over the replicas leaves each no call of its own: while Redis \
+                 is unreachable this API admits nothing"
+            );
+        }
         Ok(Self {
             redis,
-            fallback: LocalStore::new(&limits.share(config.replicas)),
+            fallback: LocalStore::new(&share),
             limits,
             config,
             live,
             excess_pending: AtomicBool::new(false),
             heartbeat,
-            own: Mutex::new(VecDeque::new()),
-            horizon,
-            replica_id,
-            sequence: AtomicU64::new(0),
+            replay,
             remaining: Mutex::new(HashMap::new()),
             last_seen,
             gap,
             admitter,
-            record: Script::new(RECORD),
-            epoch_script: Script::new(EPOCH),
             pause: Script::new(PAUSE),
             leave: Script::new(LEAVE),
             metrics,
@@ -225,7 +226,7 @@ impl SharedStore {
         let Some(_returning) = self.redis_due(now) else {
             return self.fallback_admit(api, now);
         };
-        let member = self.next_member();
+        let member = self.replay.next_member();
         // At most two resyncs per decision: two replicas returning at once each start an
         // epoch, and the second reset joins the other's; a third means something is wrong.
         for _ in 0..3 {
@@ -268,7 +269,7 @@ impl SharedStore {
                     self.back_to_shared();
                     return Admission::NotBefore(now + wait);
                 }
-                Ok(Reply::Reset) => match self.sync(now).await {
+                Ok(Reply::Reset) => match self.replay.sync(&self.redis, now).await {
                     // Joined: a second reset (another replica returning) joins its epoch.
                     Ok(()) => self.back_to_shared(),
                     Err(err) => {
@@ -355,12 +356,10 @@ impl SharedStore {
         self.admitter.pause_key(api)
     }
 
-    fn epoch_key(&self) -> String {
-        self.admitter.epoch_key()
-    }
-
-    fn buckets(&self, api: Api) -> Vec<(String, &[Limit])> {
-        self.admitter.buckets(api)
+    /// Records a shared admission in the own log and in the fallback's windows.
+    fn remember(&self, api: Api, at: Instant, member: String) {
+        self.fallback.record(api, at);
+        self.replay.remember_own(api, at, member);
     }
 }
 
