@@ -96,6 +96,11 @@ impl TokenCache {
         self.fetch().await
     }
 
+    /// The cached token if it is valid now, without waiting for anything.
+    pub fn valid_now(&self) -> Option<SecretString> {
+        self.valid()
+    }
+
     /// Forgets `rejected` if it is still the cached token (a newer one is kept).
     pub fn invalidate(&self, rejected: &SecretString) {
         let mut state = self.lock();

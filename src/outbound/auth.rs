@@ -1,5 +1,6 @@
-//! Adds `Authorization: Bearer <token>` to every upstream request, from the token cache
-//! ([`TokenCache`]). A 401 answer makes the cache forget the token the request carried (the
+//! Adds `Authorization: Bearer <token>` to every upstream request: the cache's token if it is
+//! valid now, else the one the request got before its quota slot ([`super::ready`]), never
+//! waiting for a fetch once the slot is taken; only a stack without that step fetches here. A 401 answer makes the cache forget the token the request carried (the
 //! tenant may have revoked it early); whether to send again is the retry policy's call
 //! ([`super::retry`]).
 
@@ -9,7 +10,10 @@ use http::{HeaderValue, StatusCode, header::AUTHORIZATION};
 use secrecy::{ExposeSecret, SecretString};
 use tower::{Layer, Service, ServiceExt};
 
-use super::step::{self, Step, Stepped};
+use super::{
+    ready::ReadyToken,
+    step::{self, Step, Stepped},
+};
 use crate::{
     call::{Request, Response},
     credentials::{TokenCache, TokenError},
@@ -29,12 +33,16 @@ impl Authorize {
 }
 
 impl Step for Authorize {
-    async fn call<S>(self, request: Request, next: S) -> Result<Response, Error>
+    async fn call<S>(self, mut request: Request, next: S) -> Result<Response, Error>
     where
         S: Service<Request, Response = Response, Error = Error> + Clone + Send + 'static,
         S::Future: Send + 'static,
     {
-        let token = self.tokens.token().await?;
+        let ready = request.extensions_mut().remove::<ReadyToken>();
+        let token = match (self.tokens.valid_now(), ready) {
+            (Some(token), _) | (None, Some(ReadyToken(token))) => token,
+            (None, None) => self.tokens.token().await?,
+        };
         let response = next.oneshot(authorize(request, &token)?).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
             tracing::info!("the Defender API refused the access token; forgetting it");

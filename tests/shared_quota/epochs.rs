@@ -2,8 +2,6 @@
 //! much of it a replica gets when fewer replicas run than the configured count.
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -36,15 +34,6 @@ fn store(
         )
         .unwrap(),
     )
-}
-
-/// Redis loses every key, as a restart without persistence does.
-fn flush_all(redis: &RedisServer) {
-    let mut stream = TcpStream::connect(("127.0.0.1", redis.port)).expect("redis answers");
-    stream.write_all(b"FLUSHALL\r\n").unwrap();
-    let mut reply = [0u8; 5];
-    stream.read_exact(&mut reply).unwrap();
-    assert_eq!(&reply, b"+OK\r\n");
 }
 
 /// Admits `n` calls through `store`, as fast as it allows.
@@ -83,7 +72,7 @@ async fn after_redis_loses_its_data_nothing_is_admitted_that_the_lost_calls_may_
     let (a, b, full) = a_full_window_then_lost(&redis, "test-flush-both").await;
     // A heartbeat later, both have seen the window; then Redis restarts empty.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    flush_all(&redis);
+    redis.flush_all();
     // B stays idle; A asks. Until the window that holds the 20 calls has passed, none fits:
     // B, though idle, writes its 19 back (its heartbeat finds the epoch gone), and A waits for
     // it, having seen B alive; A writes back its 1 and its mirror of B's.
@@ -106,7 +95,7 @@ async fn the_calls_of_a_replica_gone_before_redis_lost_its_data_still_count() {
     // the shared log now knows B's 19 calls when Redis restarts empty.
     drop(b);
     tokio::time::sleep(shared::ALIVE_TTL + Duration::from_millis(1000)).await;
-    flush_all(&redis);
+    redis.flush_all();
     let log = Arc::new(Mutex::new(Vec::new()));
     let by_a = keep_asking(a.clone(), full + Duration::from_secs(8), log.clone()).await;
     assert_eq!(

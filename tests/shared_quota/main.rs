@@ -14,6 +14,7 @@ mod estimate;
 #[path = "../api/helpers.rs"]
 mod helpers;
 mod idempotency;
+mod schedules;
 
 use std::{
     io::{Read, Write},
@@ -97,6 +98,15 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("redis-server did not answer PING within 5 s");
+    }
+
+    /// Redis loses every key, as a restart without persistence does (the connections stay).
+    fn flush_all(&self) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("redis answers");
+        stream.write_all(b"FLUSHALL\r\n").unwrap();
+        let mut reply = [0u8; 5];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"+OK\r\n");
     }
 
     fn ping(&self) -> bool {

@@ -12,9 +12,9 @@
 -- before its windows have passed (fallback.rs), so neither needs a share held back. Held back
 -- is the share of each member whose alive key is gone (it may be deciding alone), and, during
 -- the epoch's first longest window, of each expected member that is not alive. In a fresh
--- epoch, a window admits nothing during its first ARGV[12] µs (every present replica joins
--- within that time), nor while a pending member has not joined: the calls Redis lost may
--- still count in it.
+-- epoch, a window admits nothing during the first ARGV[12] µs after the loss (every present
+-- replica joins within that time), nor while a pending member has not joined: the calls Redis
+-- lost may still count in it.
 local b = tonumber(ARGV[6])
 local alive = ARGV[7]
 redis.call('SET', alive .. ARGV[8], '1', 'PX', ARGV[9])
@@ -47,7 +47,8 @@ for k = 1, #expected - 1, 2 do
   end
 end
 missing = math.max(0, math.min(missing, replicas - 1))
-local fresh = string.sub(epoch, -2) == '@f'
+-- Since when the data Redis lost may still count (a fresh epoch only).
+local lost = tonumber(string.match(epoch, '@f(%d+)$'))
 local gather = tonumber(ARGV[12])
 local gap = tonumber(ARGV[10])
 local wait = 0
@@ -66,10 +67,12 @@ for i = 1, b do
     local count = redis.call('ZCOUNT', KEYS[i], since_w, '+inf')
     -- Lost calls may still be in this window: nothing is provably free.
     local hold = 0
-    if fresh then hold = since + math.min(gather, window) - now end
-    if pending and since + window - now > hold then
-      -- A pending member joins within a heartbeat: ask again soon.
-      hold = math.min(since + window - now, 100000)
+    if lost then
+      hold = lost + math.min(gather, window) - now
+      if pending and lost + window - now > hold then
+        -- A pending member joins within a heartbeat: ask again soon.
+        hold = math.min(lost + window - now, 100000)
+      end
     end
     if hold > 0 then
       if hold > wait then wait = hold end
