@@ -118,7 +118,8 @@ struct Outcomes {
 }
 
 /// Calls ListScans until stopped: random gaps, random deadlines, and one call in five dropped
-/// by the caller itself at a random moment (the gateway sees a cancelled stream).
+/// by the caller itself at a random moment (the gateway sees a cancelled stream). A steady
+/// caller (seed 0) always waits up to 5 s and never lets go: demand that saturates the quota.
 fn caller(
     app: &TestGateway,
     stop: Arc<AtomicBool>,
@@ -128,7 +129,20 @@ fn caller(
     let mut client = app.client.clone();
     tokio::spawn(async move {
         let mut rng = Rng(seed | 1);
+        let steady = seed == 0;
         while !stop.load(Ordering::Acquire) {
+            if steady {
+                let mut request = tonic::Request::new(scan_gateway::grpc::pb::ListScansRequest {
+                    page_size: 1,
+                    ..Default::default()
+                });
+                request.set_timeout(Duration::from_secs(5));
+                match client.list_scans(request).await {
+                    Ok(_) => seen.ok.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => seen.refused.fetch_add(1, Ordering::Relaxed),
+                };
+                continue;
+            }
             let deadline = Duration::from_millis(50 + rng.below(2000));
             let mut request = tonic::Request::new(scan_gateway::grpc::pb::ListScansRequest {
                 page_size: 1,
@@ -185,8 +199,9 @@ async fn join(
     let stop = Arc::new(AtomicBool::new(false));
     let callers = (0..schedule.callers)
         .map(|c| {
-            let seed =
-                schedule.seed ^ ((index * 31 + c) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let seed = (schedule.seed
+                ^ ((index * 31 + c) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .max(1);
             caller(&app, stop.clone(), seed, seen.clone())
         })
         .collect();
@@ -275,6 +290,10 @@ async fn run(schedule: Schedule) -> Result<(), TestCaseError> {
     }
     proxy.set_cut(false);
     sim.handle.set_faults(Faults::default());
+    for gateway in &mut running {
+        let steady = caller(&gateway.app, gateway.stop.clone(), 0, seen.clone());
+        gateway.callers.push(steady);
+    }
     let (calls, window) = LIMITS[1];
     let counted = window + MARGIN;
     tokio::time::sleep(counted * 2).await;

@@ -6,6 +6,11 @@
 //! passes in seconds and the code paths are the production ones; only the socket is replaced
 //! by an in-process call into the simulator's router.
 //!
+//! Then the quota shared through Redis (a private `redis-server` on a loopback port), in real
+//! time since Redis decides on its own clock, compressed 60 times (100/s and 1,500/min for
+//! 100/min and 1,500/h): one replica, side by side with four that join and leave as an HPA's
+//! would, through one Redis flush (a restart without persistence).
+//!
 //! Run: `cargo bench --bench quota`
 
 use std::{
@@ -26,6 +31,8 @@ use scan_gateway::{
     upstream::{ActionQuery, CallContext, DefenderClient, Error, Request, Response},
 };
 use tokio::time::Instant;
+
+mod replicas;
 use tower::{ServiceExt, service_fn, util::BoxCloneSyncService};
 
 const CALLERS: usize = 50;
@@ -214,4 +221,5 @@ fn main() {
         );
     }
     println!("(both runs took {:.1?} of real time)", started.elapsed());
+    replicas::compare();
 }
