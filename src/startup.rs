@@ -111,6 +111,7 @@ impl Gateway {
             limits: settings.quota.clone(),
             max_wait: settings.max_quota_wait,
             max_queue: settings.max_queue,
+            margin: settings.quota_margin,
         };
         let quota_metrics = QuotaMetrics::register(&mut registry);
         let store = match &settings.redis {

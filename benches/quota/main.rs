@@ -155,6 +155,7 @@ async fn run(reactive: bool) -> Outcome {
             limits,
             max_wait: 2 * HOUR,
             max_queue: 10_000,
+            margin: Duration::from_millis(250),
         };
         let quota = Arc::new(Quota::local(
             &config,

@@ -130,6 +130,7 @@ fn replica(
         limits,
         max_wait: Duration::from_secs(5),
         max_queue: 10_000,
+        margin: MARGIN,
     };
     let quota = Arc::new(Quota::new(
         &config,

@@ -41,6 +41,8 @@ pub struct Settings {
     pub admin_listen: SocketAddr,
     pub quota: Limits,
     pub max_quota_wait: Duration,
+    /// The part of each quota window that covers a call's way to Defender.
+    pub quota_margin: Duration,
     pub max_queue: usize,
     /// Shared quota in Redis; `None` keeps it in this process.
     pub redis: Option<SharedConfig>,
@@ -182,6 +184,7 @@ impl Settings {
             redis,
             replicas: v.replicas,
             max_quota_wait: v.max_quota_wait,
+            quota_margin: v.quota_margin,
             max_queue: v.max_queue.max(1),
             max_watch: v.max_watch,
             follow_running_scans: v.follow_running_scans,

@@ -8,11 +8,12 @@
 
 use std::sync::Arc;
 
+use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 use super::step::{self, Step, Stepped};
 use crate::{
-    call::{Deadline, QueueObserver, QuotaCaller, Request, Response, api_of},
+    call::{Api, Deadline, QueueObserver, QuotaCaller, Request, Response, api_of},
     quota::Quota,
     upstream::Error,
 };
@@ -37,14 +38,126 @@ impl Step for Admit {
     {
         let extensions = request.extensions();
         let deadline = extensions.get::<Deadline>().map(|d| d.0);
-        self.quota
+        let api = api_of(&request);
+        let admitted = self
+            .quota
             .acquire(
-                api_of(&request),
+                api,
                 extensions.get::<QuotaCaller>(),
                 deadline,
                 extensions.get::<QueueObserver>(),
             )
             .await?;
-        next.oneshot(request).await
+        let answer = Answer {
+            quota: Some(self.quota.clone()),
+            api,
+            admitted,
+        };
+        let response = next.oneshot(request).await;
+        answer.arrived().await;
+        response
+    }
+}
+
+/// Tells the quota when the call was answered, also if the caller lets go midway (a
+/// cancelled call may still reach Defender late): then from a task of its own.
+struct Answer {
+    quota: Option<Arc<Quota>>,
+    api: Api,
+    admitted: Instant,
+}
+
+impl Answer {
+    async fn arrived(mut self) {
+        if let Some(quota) = self.quota.take() {
+            let now = quota.clock().now();
+            quota.answered(self.api, self.admitted, now).await;
+        }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        let Some(quota) = self.quota.take() else {
+            return;
+        };
+        let (api, admitted) = (self.api, self.admitted);
+        let at = quota.clock().now();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { quota.answered(api, admitted, at).await });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use bytes::Bytes;
+    use tokio::time::Instant;
+    use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+    use super::*;
+    use crate::{
+        clock::Clock,
+        quota::{Limit, Limits, QuotaConfig, QuotaMetrics},
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_reaches_upstream_late_counts_from_when_it_could_have_arrived() {
+        // 10 calls per 5 s with a 250 ms margin; the first connection takes 2 s to open, so
+        // the first ten reach upstream at 2 s. Counted from their admission (0 s), the next ten
+        // would go at 5.25 s: twenty within one window of upstream's own clock.
+        let window = Duration::from_secs(5) + Duration::from_millis(250);
+        let quota = Arc::new(Quota::local(
+            &QuotaConfig {
+                limits: Limits::uniform(vec![Limit { calls: 10, window }]),
+                max_wait: Duration::from_secs(60),
+                max_queue: 100,
+                margin: Duration::from_millis(250),
+            },
+            Clock::system(),
+            QuotaMetrics::default(),
+        ));
+        let start = Instant::now();
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let log = arrivals.clone();
+        let http = service_fn(move |_request: Request| {
+            let log = log.clone();
+            async move {
+                tokio::time::sleep_until(start + Duration::from_secs(2)).await;
+                log.lock().unwrap().push(Instant::now());
+                Ok::<_, Error>(http::Response::new(Bytes::new()))
+            }
+        });
+        let stack = ServiceBuilder::new()
+            .layer(Admit::layer(quota))
+            .service(http);
+        let calls: Vec<_> = (0..20)
+            .map(|_| {
+                let mut request = http::Request::new(Bytes::new());
+                request.extensions_mut().insert(Api::RunScan);
+                tokio::spawn(stack.clone().oneshot(request))
+            })
+            .collect();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        let mut arrivals = arrivals.lock().unwrap().clone();
+        arrivals.sort();
+        let upstream_window = Duration::from_secs(5);
+        let busiest = (0..arrivals.len())
+            .map(|i| {
+                arrivals[i..]
+                    .iter()
+                    .take_while(|&&t| t < arrivals[i] + upstream_window)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        assert_eq!(busiest, 10, "arrivals at {arrivals:?}");
     }
 }

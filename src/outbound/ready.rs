@@ -89,6 +89,7 @@ mod tests {
                 limits: Limits::uniform(vec![Limit { calls: 10, window }]),
                 max_wait: Duration::from_secs(60),
                 max_queue: 100,
+                margin: Duration::ZERO,
             },
             Clock::system(),
             QuotaMetrics::default(),

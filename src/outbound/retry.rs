@@ -158,6 +158,7 @@ mod tests {
             limits: Limits::uniform(vec![Limit { calls, window }]),
             max_wait: Duration::from_secs(3600),
             max_queue: 100,
+            margin: Duration::ZERO,
         };
         Arc::new(Quota::local(
             &config,

@@ -42,6 +42,9 @@ pub struct QuotaMetrics {
     queue_length: Family<ApiLabel, Gauge>,
     wait: Family<ApiLabel, Histogram>,
     remaining: Family<QuotaWindowLabels, Gauge>,
+    /// From admission to the upstream's answer: the most the margin must cover.
+    answered: Family<ApiLabel, Histogram>,
+    late: Family<ApiLabel, Counter>,
     /// Registered with the others whatever the store, so a gateway without Redis shows 0.
     shared: SharedMetrics,
 }
@@ -77,6 +80,19 @@ impl QuotaMetrics {
             "Calls left in each quota window at the last admission, by API and window length",
             metrics.remaining.clone(),
         );
+        registry.register_with_unit(
+            "quota_admission_to_answer",
+            "Time from a call's admission to the upstream's answer (an upper bound on when the \
+             call reached Defender, which the quota margin must cover), by API",
+            Unit::Seconds,
+            metrics.answered.clone(),
+        );
+        registry.register(
+            "quota_late_answers",
+            "Calls answered later than the quota margin after their admission, counted again in \
+             the quota from their answer, by API",
+            metrics.late.clone(),
+        );
         // The shared store's family, registered here whatever the store.
         Self {
             shared: SharedMetrics::register(registry),
@@ -87,6 +103,15 @@ impl QuotaMetrics {
     /// The shared store's part: a [`super::SharedStore`] takes it.
     pub fn shared(&self) -> SharedMetrics {
         self.shared.clone()
+    }
+
+    pub fn record_quota_answered(&self, api: &'static str, seconds: f64, late: bool) {
+        self.answered
+            .get_or_create(&ApiLabel { api })
+            .observe(seconds);
+        if late {
+            self.late.get_or_create(&ApiLabel { api }).inc();
+        }
     }
 
     pub fn record_quota_admitted(&self, api: &'static str, waited_seconds: f64) {
@@ -129,6 +154,11 @@ impl Default for QuotaMetrics {
                 Histogram::new(exponential_buckets(0.001, 4.0, 12))
             }),
             remaining: Family::default(),
+            // 1 ms to about 65 s.
+            answered: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 17))
+            }),
+            late: Family::default(),
             shared: SharedMetrics::default(),
         }
     }

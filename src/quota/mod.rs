@@ -54,6 +54,11 @@ pub struct QuotaConfig {
     pub max_wait: Duration,
     /// Most calls waiting per API; beyond, calls are refused at once.
     pub max_queue: usize,
+    /// The part of each window (already in `limits`) that covers a call's way from admission to
+    /// Defender. A call answered later than this after its admission (a token that expired in
+    /// the queue, a new connection, a slow network) may have arrived as late as its answer: it
+    /// is counted again from then, so the windows still hold it.
+    pub margin: Duration,
 }
 
 /// Where admissions are decided: in this process, or in Redis for all replicas.
@@ -84,6 +89,14 @@ impl Store {
         }
     }
 
+    /// Counts the call admitted at `admitted` from `by` instead.
+    async fn restamp(&self, api: Api, admitted: Instant, by: Instant) {
+        match self {
+            Store::Local(store) => store.restamp(api, admitted, by),
+            Store::Shared(store) => store.restamp(api, admitted, by).await,
+        }
+    }
+
     fn remaining(&self, api: Api, now: Instant) -> Vec<(Duration, u32)> {
         match self {
             Store::Local(store) => store.remaining(api, now),
@@ -105,6 +118,7 @@ pub struct Quota {
     limits: Limits,
     lanes: lanes::Lanes,
     max_wait: Duration,
+    margin: Duration,
     max_queue: usize,
     queues: HashMap<Api, Queue>,
     store: Store,
@@ -118,6 +132,7 @@ impl Quota {
             limits: config.limits.clone(),
             lanes: lanes::Lanes::default(),
             max_wait: config.max_wait,
+            margin: config.margin,
             max_queue: config.max_queue,
             queues: Api::ALL
                 .into_iter()
@@ -139,14 +154,15 @@ impl Quota {
     }
 
     /// Waits for a slot in `api`'s quota and takes it for `caller` (the gateway itself when
-    /// `None`), or refuses with the time after which a call would fit.
+    /// `None`), or refuses with the time after which a call would fit. Returns when the slot
+    /// was taken, for [`Self::answered`].
     pub async fn acquire(
         &self,
         api: Api,
         caller: Option<&QuotaCaller>,
         deadline: Option<Instant>,
         observer: Option<&QueueObserver>,
-    ) -> Result<(), Error> {
+    ) -> Result<Instant, Error> {
         let queue = &self.queues[&api];
         let arrived = self.clock.now();
         let latest = deadline.map_or(arrived + self.max_wait, |d| d.min(arrived + self.max_wait));
@@ -227,7 +243,7 @@ impl Quota {
         lane: &lanes::Lane,
         arrived: Instant,
         latest: Instant,
-    ) -> Result<(), Error> {
+    ) -> Result<Instant, Error> {
         // First the caller's own turn, then its share, then the API's turn: the API's queue
         // holds one call per caller, so callers alternate.
         let Ok(_own_turn) = tokio::time::timeout_at(latest, lane.turn.lock()).await else {
@@ -259,7 +275,7 @@ impl Quota {
                     self.metrics
                         .record_quota_admitted(api.as_str(), (now - arrived).as_secs_f64());
                     self.record_remaining(api, now);
-                    return Ok(());
+                    return Ok(now);
                 }
                 // A pause (429) or another replica took the slot while we waited.
                 Admission::NotBefore(at) if at > latest => {
@@ -267,6 +283,19 @@ impl Quota {
                 }
                 Admission::NotBefore(at) => self.clock.sleep_until(at).await,
             }
+        }
+    }
+
+    /// The call admitted at `admitted` was answered (or given up) at `at`: measured, and, if
+    /// later than the margin, counted again from `at`, the latest it can have reached Defender.
+    pub async fn answered(&self, api: Api, admitted: Instant, at: Instant) {
+        let took = at.saturating_duration_since(admitted);
+        let late = took > self.margin;
+        self.metrics
+            .record_quota_answered(api.as_str(), took.as_secs_f64(), late);
+        if late {
+            tracing::debug!(%api, took_ms = took.as_millis() as u64, "a call was answered after the quota margin; counted again from its answer");
+            self.store.restamp(api, admitted, at).await;
         }
     }
 

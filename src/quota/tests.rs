@@ -26,6 +26,7 @@ fn quota_with(limits: Limits, max_queue: usize) -> Arc<Quota> {
         limits,
         max_wait: Duration::from_secs(100_000),
         max_queue,
+        margin: Duration::ZERO,
     };
     Arc::new(Quota::local(
         &config,

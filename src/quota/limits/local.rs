@@ -54,6 +54,18 @@ impl LocalStore {
         Admission::Admitted
     }
 
+    /// Counts the call admitted at `admitted` from `by` instead (it may have reached Defender
+    /// that late).
+    pub fn restamp(&self, api: Api, admitted: Instant, by: Instant) {
+        let mut state = self.lock();
+        if let Some(window) = state.apis.get_mut(&api) {
+            window.restamp(admitted, by);
+        }
+        if let Some(total) = state.total.as_mut() {
+            total.restamp(admitted, by);
+        }
+    }
+
     /// Records an admission decided elsewhere (the shared store mirrors its own calls here).
     pub fn record(&self, api: Api, at: Instant) {
         self.lock().admit(api, at);

@@ -62,6 +62,27 @@ impl Window {
         }
     }
 
+    /// Moves the admission at `from` to `to` (later): the call counts from then. An admission
+    /// already dropped (older than the largest limit needs) is counted anew.
+    pub fn restamp(&mut self, from: Instant, to: Instant) {
+        let at = self.admitted.partition_point(|&t| t < from);
+        if self.admitted.get(at) == Some(&from) {
+            self.admitted.remove(at);
+        }
+        let to = to.max(from);
+        let at = self.admitted.partition_point(|&t| t <= to);
+        self.admitted.insert(at, to);
+        let keep = self
+            .limits
+            .iter()
+            .map(|l| l.calls as usize)
+            .max()
+            .unwrap_or(0);
+        while self.admitted.len() > keep {
+            self.admitted.pop_front();
+        }
+    }
+
     /// Calls still allowed now, per limit (same order as the limits).
     pub fn remaining(&self, now: Instant) -> Vec<u32> {
         self.limits
@@ -157,6 +178,21 @@ mod tests {
         let later = t0 + Duration::from_secs(1000);
         assert_eq!(w.next_free(later), later + Duration::from_secs(10));
         assert_eq!(w.remaining(t0), [0, 5]);
+    }
+
+    #[test]
+    fn a_restamped_admission_counts_from_its_new_time() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        let mut w = Window::new(limits(&[(2, 10)]));
+        w.admit(t0);
+        w.admit(t0 + secs(1));
+        assert_eq!(w.next_free(t0 + secs(2)), t0 + secs(10));
+        // The first call reached upstream only at 4 s: the window frees at 11 s, then 14 s.
+        w.restamp(t0, t0 + secs(4));
+        assert_eq!(w.next_free(t0 + secs(5)), t0 + secs(11));
+        assert_eq!(w.remaining(t0 + secs(12)), [1]);
+        assert_eq!(w.remaining(t0 + secs(14)), [2]);
     }
 
     #[test]

@@ -340,6 +340,21 @@ impl SharedStore {
         }
     }
 
+    /// Counts the call admitted at `admitted` from `by` instead: in the own log (a replay writes
+    /// the later time), in the fallback's windows, and in Redis while shared.
+    pub async fn restamp(&self, api: Api, admitted: Instant, by: Instant) {
+        self.fallback.restamp(api, admitted, by);
+        let Some(member) = self.replay.restamp_own(api, admitted, by) else {
+            return;
+        };
+        if !matches!(*lock(&self.live.mode), Mode::Shared) {
+            return;
+        }
+        if let Err(err) = self.replay.rewrite(&self.redis, api, member, by).await {
+            tracing::warn!(error = %err, "could not count a late call again in Redis");
+        }
+    }
+
     /// True while this replica decides on its own (or is writing its calls back into Redis).
     pub fn in_fallback(&self) -> bool {
         !matches!(*lock(&self.live.mode), Mode::Shared)

@@ -177,6 +177,57 @@ impl Replay {
         entries
     }
 
+    /// Writes `entries` (age in µs, member) of `api` into its buckets, idempotently.
+    async fn record(
+        &self,
+        redis: &RedisLink,
+        connection: &mut redis::aio::ConnectionManager,
+        api: Api,
+        entries: &[(u64, String)],
+    ) -> Result<(), SharedError> {
+        let buckets = self.admitter.buckets(api);
+        let mut invocation = self.record.prepare_invoke();
+        for (key, _) in &buckets {
+            invocation.key(key);
+        }
+        invocation.arg(buckets.len());
+        for (_, limits) in &buckets {
+            let longest = limits.iter().map(|l| l.window).max().unwrap_or_default();
+            invocation.arg(u64::try_from(longest.as_micros()).unwrap_or(u64::MAX));
+        }
+        for (age, member) in entries {
+            invocation.arg(*age).arg(member);
+        }
+        redis
+            .bounded(invocation.invoke_async::<i64>(connection))
+            .await?;
+        Ok(())
+    }
+
+    /// Moves this replica's call of `api` admitted at `admitted` to `by` in the own log, and
+    /// returns its member; `None` if the log does not hold it (any more).
+    pub(super) fn restamp_own(&self, api: Api, admitted: Instant, by: Instant) -> Option<String> {
+        let mut own = lock(&self.own);
+        let entry = own.iter_mut().find(|o| o.api == api && o.at == admitted)?;
+        entry.at = by;
+        Some(entry.member.clone())
+    }
+
+    /// Rewrites `member`'s time in Redis to `by` (as Redis's clock tells it now).
+    pub(super) async fn rewrite(
+        &self,
+        redis: &RedisLink,
+        api: Api,
+        member: String,
+        by: Instant,
+    ) -> Result<(), SharedError> {
+        let mut connection = redis.connect().await?;
+        let age = Instant::now().saturating_duration_since(by);
+        let age = u64::try_from(age.as_micros()).unwrap_or(u64::MAX);
+        self.record(redis, &mut connection, api, &[(age, member)])
+            .await
+    }
+
     /// Writes this replica's recent admissions, and its mirror of everyone's, into Redis
     /// (idempotently), then joins Redis's epoch: a new one after a fallback, so the others write
     /// theirs in again too. Joining a fresh epoch (Redis lost its data), it names the members it
@@ -186,22 +237,7 @@ impl Replay {
         let entries = self.entries(now);
         let written: usize = entries.values().map(Vec::len).sum();
         for (api, entries) in entries {
-            let buckets = self.admitter.buckets(api);
-            let mut invocation = self.record.prepare_invoke();
-            for (key, _) in &buckets {
-                invocation.key(key);
-            }
-            invocation.arg(buckets.len());
-            for (_, limits) in &buckets {
-                let longest = limits.iter().map(|l| l.window).max().unwrap_or_default();
-                invocation.arg(u64::try_from(longest.as_micros()).unwrap_or(u64::MAX));
-            }
-            for (age, member) in entries {
-                invocation.arg(age).arg(member);
-            }
-            redis
-                .bounded(invocation.invoke_async::<i64>(&mut connection))
-                .await?;
+            self.record(redis, &mut connection, api, &entries).await?;
         }
         let candidate = format!("{}-{}", self.admitter.replica_id, self.next_member());
         let mut invocation = self.epoch.key(self.admitter.epoch_key());
