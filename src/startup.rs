@@ -153,7 +153,7 @@ impl Gateway {
             Some(shared) => Some(
                 SharedKeys::new(
                     &shared.url,
-                    "scan-gateway:idempotency".to_owned(),
+                    format!("{}:idempotency", settings.redis_prefix),
                     shared.timeout,
                 )
                 .map_err(|_| StartupError::Redis)?,

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 
 use secrecy::SecretString;
 
-use super::layer::{at_least, not_blank, positive, settings};
+use super::layer::{at_least, not_blank, positive, redis_prefix, settings};
 use crate::security::Rule;
 
 pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
@@ -99,6 +99,10 @@ settings! {
         /// quota is kept in this process.
         #[arg(long, env = "SCAN_GATEWAY_REDIS_URL", hide_env_values = true, value_parser = secret_value)]
         pub redis_url: Option<SecretString>,
+        /// Prefix of every Redis key (the quota, the request_id claims): deployments that share
+        /// one Redis (tenants, staging beside production) must each have their own.
+        #[arg(long, env = "SCAN_GATEWAY_REDIS_PREFIX")]
+        pub redis_prefix: Option<String> = "scan-gateway", check = redis_prefix,
         /// Replicas sharing the quota: without Redis, or while it is unreachable, each replica keeps
         /// to its share (each limit divided by this).
         #[arg(long, env = "SCAN_GATEWAY_REPLICAS")]

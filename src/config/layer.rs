@@ -180,6 +180,18 @@ pub fn at_least<T: PartialOrd + std::fmt::Display>(min: T) -> impl Fn(&T) -> Res
     }
 }
 
+/// A Redis key prefix: letters, digits and `-_:.`, not empty.
+pub fn redis_prefix(value: &str) -> Result<(), String> {
+    if value.is_empty()
+        || !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c))
+    {
+        return Err("must be letters, digits and - _ : . only, not empty".into());
+    }
+    Ok(())
+}
+
 pub fn not_blank(value: &str) -> Result<(), String> {
     if value.trim().is_empty() {
         return Err("must not be empty".into());

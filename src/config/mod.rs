@@ -46,6 +46,8 @@ pub struct Settings {
     pub max_queue: usize,
     /// Shared quota in Redis; `None` keeps it in this process.
     pub redis: Option<SharedConfig>,
+    /// Prefix of every Redis key this deployment writes.
+    pub redis_prefix: String,
     /// Replicas sharing the quota (`SCAN_GATEWAY_REPLICAS`). Without Redis each replica keeps
     /// to its share; with Redis the share applies only while Redis is unreachable.
     pub replicas: u32,
@@ -138,7 +140,7 @@ impl Settings {
             .map(|url| SharedConfig {
                 url,
                 replicas: v.replicas,
-                prefix: "scan-gateway:quota".to_owned(),
+                prefix: format!("{}:quota", v.redis_prefix),
                 timeout: v.redis_timeout,
             });
         // Without Redis each replica keeps to its share alone: a share of nothing would refuse
@@ -185,6 +187,7 @@ impl Settings {
             replicas: v.replicas,
             max_quota_wait: v.max_quota_wait,
             quota_margin: v.quota_margin,
+            redis_prefix: v.redis_prefix.clone(),
             max_queue: v.max_queue.max(1),
             max_watch: v.max_watch,
             follow_running_scans: v.follow_running_scans,
@@ -248,6 +251,27 @@ mod tests {
         let settings = Settings::load(&shared).expect("a shared quota may leave no fallback share");
         let share = settings.quota.share(3);
         assert_eq!(share.first_empty().map(|(_, l)| l.calls), Some(0));
+    }
+
+    #[test]
+    fn every_redis_key_carries_the_deployment_prefix() {
+        let args = ConfigArgs {
+            redis_url: Some("redis://127.0.0.1:6379/0".to_owned().into()),
+            redis_prefix: Some("contoso-prod".into()),
+            ..ConfigArgs::default()
+        };
+        let settings = Settings::load(&args).unwrap();
+        assert_eq!(settings.redis_prefix, "contoso-prod");
+        assert_eq!(settings.redis.unwrap().prefix, "contoso-prod:quota");
+        let bad = ConfigArgs {
+            redis_prefix: Some("two words".into()),
+            ..args
+        };
+        let err = Settings::load(&bad).unwrap_err().to_string();
+        assert!(
+            err.starts_with("invalid SCAN_GATEWAY_REDIS_PREFIX"),
+            "{err}"
+        );
     }
 
     #[test]

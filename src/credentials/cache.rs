@@ -117,6 +117,14 @@ impl TokenCache {
     }
 
     async fn refresh_in_background(&self) {
+        // Even if the refresh panics, a later call may start another.
+        struct Done<'a>(&'a TokenCache);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.lock().refreshing = false;
+            }
+        }
+        let _done = Done(self);
         {
             let _flight = self.flight.lock().await;
             let still_due = self
@@ -128,7 +136,6 @@ impl TokenCache {
                 tracing::warn!(error = %err, "refreshing the access token failed; the current token is still valid");
             }
         }
-        self.lock().refreshing = false;
     }
 
     /// Fetches a token; the caller holds the flight.

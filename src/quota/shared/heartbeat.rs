@@ -11,6 +11,7 @@ use std::{
 use redis::{Script, aio::ConnectionManager};
 use tokio::{task::AbortHandle, time::Instant};
 
+use super::SharedMetrics;
 use super::{
     Mode, SharedStore,
     admitter::{Admitter, Reply, members_lifetime_ms, parse_reply},
@@ -18,7 +19,7 @@ use super::{
     lock,
     replay::Replay,
 };
-use crate::{call::Api, redis_link::RedisLink};
+use crate::{call::Api, redis_link::RedisLink, supervisor::supervise};
 
 /// How long a replica counts as present without refreshing its alive key. It bounds how long
 /// a replica that lost Redis waits before spending its share alone (the quarantine), so it is
@@ -75,12 +76,24 @@ pub(super) struct Heartbeat {
 impl Heartbeat {
     /// Runs on the current runtime; without one (no async context) there is no heartbeat and
     /// the admissions alone refresh the key.
-    pub(super) fn spawn(self) -> Option<AbortHandle> {
+    /// Supervised: a panic is logged, counted and the loop started again (the mode, the epoch
+    /// and the mirror live outside it, so a restart keeps them).
+    pub(super) fn spawn(self, metrics: SharedMetrics) -> Option<AbortHandle> {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
-        Some(runtime.spawn(self.run()).abort_handle())
+        let heartbeat = Arc::new(self);
+        let supervised = async move {
+            supervise(
+                "quota heartbeat",
+                HEARTBEAT,
+                || metrics.record_heartbeat_panic(),
+                || heartbeat.clone().run(),
+            )
+            .await;
+        };
+        Some(runtime.spawn(supervised).abort_handle())
     }
 
-    async fn run(self) {
+    async fn run(self: Arc<Self>) {
         let mut ticks = tokio::time::interval(HEARTBEAT);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;

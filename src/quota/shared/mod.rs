@@ -192,7 +192,7 @@ impl SharedStore {
             live: live.clone(),
             replay: replay.clone(),
         }
-        .spawn();
+        .spawn(metrics.clone());
         let share = limits.share(config.replicas);
         if let Some((api, limit)) = share.first_empty() {
             tracing::warn!(
