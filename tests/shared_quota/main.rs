@@ -14,6 +14,7 @@ mod estimate;
 #[path = "../api/helpers.rs"]
 mod helpers;
 mod idempotency;
+mod key_schedules;
 mod schedules;
 
 use std::{
