@@ -49,43 +49,28 @@ impl Step for Admit {
             )
             .await?;
         let answer = Answer {
-            quota: Some(self.quota.clone()),
+            quota: &self.quota,
             api,
             admitted,
         };
         let response = next.oneshot(request).await;
-        answer.arrived().await;
+        drop(answer);
         response
     }
 }
 
-/// Tells the quota when the call was answered, also if the caller lets go midway (a
-/// cancelled call may still reach Defender late): then from a task of its own.
-struct Answer {
-    quota: Option<Arc<Quota>>,
+/// Tells the quota when the call was answered when dropped: after the answer, or when the
+/// caller lets go midway (the cut is then the latest moment known).
+struct Answer<'a> {
+    quota: &'a Quota,
     api: Api,
     admitted: Instant,
 }
 
-impl Answer {
-    async fn arrived(mut self) {
-        if let Some(quota) = self.quota.take() {
-            let now = quota.clock().now();
-            quota.answered(self.api, self.admitted, now).await;
-        }
-    }
-}
-
-impl Drop for Answer {
+impl Drop for Answer<'_> {
     fn drop(&mut self) {
-        let Some(quota) = self.quota.take() else {
-            return;
-        };
-        let (api, admitted) = (self.api, self.admitted);
-        let at = quota.clock().now();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { quota.answered(api, admitted, at).await });
-        }
+        let now = self.quota.clock().now();
+        self.quota.answered(self.api, self.admitted, now);
     }
 }
 

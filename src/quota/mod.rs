@@ -90,10 +90,10 @@ impl Store {
     }
 
     /// Counts the call admitted at `admitted` from `by` instead.
-    async fn restamp(&self, api: Api, admitted: Instant, by: Instant) {
+    fn restamp(&self, api: Api, admitted: Instant, by: Instant) {
         match self {
             Store::Local(store) => store.restamp(api, admitted, by),
-            Store::Shared(store) => store.restamp(api, admitted, by).await,
+            Store::Shared(store) => store.restamp(api, admitted, by),
         }
     }
 
@@ -288,14 +288,14 @@ impl Quota {
 
     /// The call admitted at `admitted` was answered (or given up) at `at`: measured, and, if
     /// later than the margin, counted again from `at`, the latest it can have reached Defender.
-    pub async fn answered(&self, api: Api, admitted: Instant, at: Instant) {
+    pub fn answered(&self, api: Api, admitted: Instant, at: Instant) {
         let took = at.saturating_duration_since(admitted);
         let late = took > self.margin;
         self.metrics
             .record_quota_answered(api.as_str(), took.as_secs_f64(), late);
         if late {
             tracing::debug!(%api, took_ms = took.as_millis() as u64, "a call was answered after the quota margin; counted again from its answer");
-            self.store.restamp(api, admitted, at).await;
+            self.store.restamp(api, admitted, at);
         }
     }
 

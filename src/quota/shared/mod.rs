@@ -108,7 +108,7 @@ enum Mode {
 
 /// Admissions decided in Redis for all replicas.
 pub struct SharedStore {
-    redis: RedisLink,
+    redis: Arc<RedisLink>,
     config: SharedConfig,
     limits: Limits,
     /// This replica's share, counting every call it made: the fallback's decisions.
@@ -151,7 +151,7 @@ impl SharedStore {
         limits: Limits,
         metrics: SharedMetrics,
     ) -> redis::RedisResult<Self> {
-        let redis = RedisLink::new(&config.url, config.timeout)?;
+        let redis = Arc::new(RedisLink::new(&config.url, config.timeout)?);
         let live = Arc::new(Liveness {
             mode: Mutex::new(Mode::Shared),
             epoch: Mutex::new(None),
@@ -341,8 +341,9 @@ impl SharedStore {
     }
 
     /// Counts the call admitted at `admitted` from `by` instead: in the own log (a replay writes
-    /// the later time), in the fallback's windows, and in Redis while shared.
-    pub async fn restamp(&self, api: Api, admitted: Instant, by: Instant) {
+    /// the later time) and the fallback's windows now, and in Redis (while shared) from a task
+    /// of its own, so the caller never waits for Redis.
+    pub fn restamp(&self, api: Api, admitted: Instant, by: Instant) {
         self.fallback.restamp(api, admitted, by);
         let Some(member) = self.replay.restamp_own(api, admitted, by) else {
             return;
@@ -350,9 +351,15 @@ impl SharedStore {
         if !matches!(*lock(&self.live.mode), Mode::Shared) {
             return;
         }
-        if let Err(err) = self.replay.rewrite(&self.redis, api, member, by).await {
-            tracing::warn!(error = %err, "could not count a late call again in Redis");
-        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (replay, redis) = (self.replay.clone(), self.redis.clone());
+        runtime.spawn(async move {
+            if let Err(err) = replay.rewrite(&redis, api, member, by).await {
+                tracing::warn!(error = %err, "could not count a late call again in Redis");
+            }
+        });
     }
 
     /// True while this replica decides on its own (or is writing its calls back into Redis).
