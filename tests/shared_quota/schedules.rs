@@ -238,10 +238,15 @@ fn caller(
                 Ok(_) => {
                     seen.ok.fetch_add(1, Ordering::Relaxed);
                 }
+                // UNAVAILABLE: a dropped API connection took a call with it (an upstream 429
+                // would be UNAVAILABLE too, but the simulator counts those itself).
                 Err(status)
                     if matches!(
                         status.code(),
-                        Code::ResourceExhausted | Code::DeadlineExceeded | Code::Cancelled
+                        Code::ResourceExhausted
+                            | Code::DeadlineExceeded
+                            | Code::Cancelled
+                            | Code::Unavailable
                     ) =>
                 {
                     seen.refused.fetch_add(1, Ordering::Relaxed);
