@@ -10,6 +10,8 @@ use scan_gateway::{
     quota::{Admission, Limits, SharedConfig, SharedMetrics, SharedStore, shared},
     upstream::Api,
 };
+
+use super::Proxy;
 use tokio::time::Instant;
 
 use super::{RedisServer, busiest_window, keep_asking, limits, settle};
@@ -146,4 +148,51 @@ async fn fewer_replicas_than_configured_use_the_whole_quota() {
     eprintln!("busiest second of 12: one replica of six {alone}, two of six {two}");
     assert!((11..=12).contains(&alone), "one replica of six: {alone}");
     assert!((11..=12).contains(&two), "two replicas of six: {two}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_replica_in_fallback_comes_back_so_a_flushed_redis_does_not_hold_the_windows() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // An hourly window: a pending replica that never came back would hold it for an hour.
+    let quota = [(20, 10_000), (1000, 3_600_000)];
+    let a = store(&redis, "test-idle-return", 2, &quota);
+    // B reaches Redis through a proxy the test cuts.
+    let proxy = Proxy::start(([127, 0, 0, 1], redis.port).into()).await;
+    let b = Arc::new(
+        SharedStore::new(
+            SharedConfig {
+                url: secret(&proxy.url()),
+                replicas: 2,
+                prefix: "test-idle-return".into(),
+                timeout: Duration::from_millis(300),
+            },
+            Limits::uniform(limits(&quota)),
+            SharedMetrics::default(),
+        )
+        .unwrap(),
+    );
+    settle(&[&a, &b]).await;
+    admit(&a, 1).await;
+    admit(&b, 1).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // B loses Redis during a call and falls back, then stays idle. Before its alive key has
+    // lapsed, Redis loses its data: A starts a fresh epoch naming B pending.
+    proxy.set_cut(true);
+    let _ = b.try_admit(Api::GetAction, Instant::now()).await;
+    assert!(b.in_fallback());
+    redis.flush_all();
+    let _ = a.try_admit(Api::GetAction, Instant::now()).await;
+    proxy.set_cut(false);
+    // B must come back on its own (no call of its own will bring it), or A's windows stay
+    // held for B's calls until the hour has passed.
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let by_a = keep_asking(a.clone(), Instant::now() + Duration::from_secs(8), log).await;
+    eprintln!("admitted by A within 8 s of the flush: {by_a}");
+    assert!(by_a > 0, "A's windows stayed held for the idle replica B");
+    assert!(
+        !b.in_fallback(),
+        "the idle replica came back to the shared quota"
+    );
 }

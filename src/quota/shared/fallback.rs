@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// Time between two attempts to reach Redis while in fallback.
-const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+pub(super) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// How soon a call retries while this replica writes its log back into Redis.
 const RETURNING_RETRY: Duration = Duration::from_millis(20);
 /// Slack on the quarantine for Redis's and this host's clocks running at slightly different
@@ -67,28 +67,25 @@ impl SharedStore {
     /// The guard it returns, when the decision goes to Redis, must live until that decision
     /// is made: it undoes a return to shared mode that its caller abandoned.
     pub(super) fn redis_due(&self, now: Instant) -> Option<ReturnGuard<'_>> {
-        let mut mode = lock(&self.live.mode);
-        match &*mode {
-            Mode::Shared => Some(ReturnGuard {
+        if matches!(*lock(&self.live.mode), Mode::Shared) {
+            return Some(ReturnGuard {
                 store: self,
                 abandoned: None,
-            }),
-            Mode::Returning => None,
-            Mode::Fallback { next_probe, .. } if now < *next_probe => None,
-            Mode::Fallback { quiet_until, .. } => {
-                let quiet_until = *quiet_until;
-                *mode = Mode::Returning;
-                // Force a resync: the calls made in fallback must reach Redis first.
-                *lock(&self.live.epoch) = None;
-                Some(ReturnGuard {
-                    store: self,
-                    abandoned: Some(Mode::Fallback {
-                        next_probe: now,
-                        quiet_until,
-                    }),
-                })
-            }
+            });
         }
+        // Returning (another call is at it), or in fallback between probes: decide alone.
+        let restore = self.live.begin_return(now)?;
+        Some(ReturnGuard {
+            store: self,
+            // Abandoned, the probe is due again at once.
+            abandoned: Some(match restore {
+                Mode::Fallback { quiet_until, .. } => Mode::Fallback {
+                    next_probe: now,
+                    quiet_until,
+                },
+                other => other,
+            }),
+        })
     }
 
     pub(super) fn fallback_admit(&self, api: Api, now: Instant) -> Admission {
@@ -105,7 +102,7 @@ impl SharedStore {
                 }
                 // Counted under the lock, so no call is admitted before the excess is in.
                 Mode::Fallback { quiet_until, .. }
-                    if self.excess_pending.swap(false, Ordering::AcqRel) =>
+                    if self.live.excess_pending.swap(false, Ordering::AcqRel) =>
                 {
                     self.count_others_excess(now, *quiet_until);
                 }
@@ -132,7 +129,7 @@ impl SharedStore {
     pub(super) fn enter_fallback(&self, now: Instant, err: &SharedError) {
         let mut mode = lock(&self.live.mode);
         let sent = *lock(&self.live.alive_sent);
-        let mut quiet = quiet_until(sent, self.config.timeout, now);
+        let mut quiet = quiet_after(sent, self.config.timeout, now);
         if let Mode::Fallback { quiet_until, .. } = &*mode {
             quiet = quiet.max(*quiet_until);
         }
@@ -144,7 +141,7 @@ impl SharedStore {
             },
         );
         if matches!(was, Mode::Shared) {
-            self.excess_pending.store(true, Ordering::Release);
+            self.live.excess_pending.store(true, Ordering::Release);
             drop(mode);
             self.metrics.set_quota_fallback(true);
             tracing::warn!(
@@ -224,14 +221,7 @@ impl SharedStore {
     }
 
     pub(super) fn back_to_shared(&self) {
-        let mut mode = lock(&self.live.mode);
-        if !matches!(*mode, Mode::Shared) {
-            *mode = Mode::Shared;
-            self.excess_pending.store(false, Ordering::Release);
-            drop(mode);
-            self.metrics.set_quota_fallback(false);
-            tracing::info!("Redis is reachable again; the quota is shared again");
-        }
+        self.live.back_to_shared(&self.metrics);
     }
 }
 
@@ -271,7 +261,7 @@ fn others_since(limits: &[Limit], recent: &[u32], span: Duration, gap: Duration)
 /// When an alive key last refreshed by a request sent at `sent` has surely expired: that
 /// request may reach Redis up to the timeout later, and the key then lives [`ALIVE_TTL`].
 /// With nothing ever sent there is no key to wait for.
-fn quiet_until(sent: Option<Instant>, timeout: Duration, now: Instant) -> Instant {
+pub(super) fn quiet_after(sent: Option<Instant>, timeout: Duration, now: Instant) -> Instant {
     sent.map_or(now, |sent| {
         (sent + timeout + ALIVE_TTL + QUIET_SLACK).max(now)
     })
@@ -302,14 +292,14 @@ mod tests {
         let now = Instant::now();
         let timeout = Duration::from_millis(250);
         // Never sent: no alive key to wait for.
-        assert_eq!(quiet_until(None, timeout, now), now);
+        assert_eq!(quiet_after(None, timeout, now), now);
         // Sent just now: it may reach Redis a timeout later and then live a whole TTL.
-        let quiet = quiet_until(Some(now), timeout, now);
+        let quiet = quiet_after(Some(now), timeout, now);
         assert!(quiet >= now + timeout + ALIVE_TTL, "{:?}", quiet - now);
         assert!(quiet <= now + timeout + ALIVE_TTL + Duration::from_millis(500));
         // Sent long ago: expired already.
         let later = now + ALIVE_TTL * 10;
-        assert_eq!(quiet_until(Some(now), timeout, later), later);
+        assert_eq!(quiet_after(Some(now), timeout, later), later);
     }
 
     #[test]

@@ -4,20 +4,26 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
 use redis::{Script, aio::ConnectionManager};
 use tokio::{task::AbortHandle, time::Instant};
 
-use super::SharedMetrics;
 use super::{
     Mode, SharedStore,
     admitter::{Admitter, Reply, members_lifetime_ms, parse_reply},
     fallback::{Seen, note_seen},
     lock,
     replay::Replay,
+};
+use super::{
+    SharedMetrics,
+    fallback::{PROBE_INTERVAL, quiet_after},
 };
 use crate::{call::Api, redis_link::RedisLink, supervisor::supervise};
 
@@ -44,11 +50,57 @@ pub(super) struct Liveness {
     /// it. Written only while holding `mode`, so a heartbeat cannot slip in after a fallback
     /// has computed its quarantine.
     pub(super) alive_sent: Mutex<Option<Instant>>,
+    /// Set on entering a fallback from shared mode: the others' excess is counted once the
+    /// quarantine ends (they may have spent more until then).
+    pub(super) excess_pending: AtomicBool,
 }
 
 // === impl Liveness ===
 
 impl Liveness {
+    /// From a fallback whose probe is due, starts a return (mode `Returning`, the epoch
+    /// forgotten so the calls made alone are written back first); returns the fallback to
+    /// restore if the return is abandoned. `None` when no return is due.
+    pub(super) fn begin_return(&self, now: Instant) -> Option<Mode> {
+        let mut mode = lock(&self.mode);
+        let Mode::Fallback {
+            next_probe,
+            quiet_until,
+        } = &*mode
+        else {
+            return None;
+        };
+        if now < *next_probe {
+            return None;
+        }
+        let restore = Mode::Fallback {
+            next_probe: now + PROBE_INTERVAL,
+            quiet_until: *quiet_until,
+        };
+        *mode = Mode::Returning;
+        *lock(&self.epoch) = None;
+        Some(restore)
+    }
+
+    /// Puts the fallback back after a return that failed or was given up.
+    pub(super) fn abandon_return(&self, restore: Mode) {
+        let mut mode = lock(&self.mode);
+        if matches!(*mode, Mode::Returning) {
+            *mode = restore;
+        }
+    }
+
+    pub(super) fn back_to_shared(&self, metrics: &SharedMetrics) {
+        let mut mode = lock(&self.mode);
+        if !matches!(*mode, Mode::Shared) {
+            *mode = Mode::Shared;
+            self.excess_pending.store(false, Ordering::Release);
+            drop(mode);
+            metrics.set_quota_fallback(false);
+            tracing::info!("Redis is reachable again; the quota is shared again");
+        }
+    }
+
     /// Notes that a request refreshing the alive key goes out now; with `shared_only`, only
     /// in shared mode (false, nothing noted, otherwise): in fallback the alive key must lapse.
     pub(super) fn sending(&self, shared_only: bool) -> bool {
@@ -69,6 +121,9 @@ pub(super) struct Heartbeat {
     pub(super) last_seen: Arc<Mutex<HashMap<Api, Seen>>>,
     pub(super) live: Arc<Liveness>,
     pub(super) replay: Arc<Replay>,
+    pub(super) metrics: SharedMetrics,
+    /// Redis's answer timeout (the quarantine after a failed return counts it).
+    pub(super) timeout: Duration,
 }
 
 // === impl Heartbeat ===
@@ -78,8 +133,9 @@ impl Heartbeat {
     /// the admissions alone refresh the key.
     /// Supervised: a panic is logged, counted and the loop started again (the mode, the epoch
     /// and the mirror live outside it, so a restart keeps them).
-    pub(super) fn spawn(self, metrics: SharedMetrics) -> Option<AbortHandle> {
+    pub(super) fn spawn(self) -> Option<AbortHandle> {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let metrics = self.metrics.clone();
         let heartbeat = Arc::new(self);
         let supervised = async move {
             supervise(
@@ -100,8 +156,11 @@ impl Heartbeat {
         let script = Script::new(HEARTBEAT_SCRIPT);
         loop {
             ticks.tick().await;
-            // Probing and returning are the admissions' job: in fallback, stay silent.
+            // In fallback, stay silent (the alive key must lapse) until a probe is due; then
+            // try to return, as an admission would: an idle replica must come back too, or the
+            // others wait for it to write its calls back after Redis lost its data.
             if !matches!(*lock(&self.live.mode), Mode::Shared) {
+                self.try_return().await;
                 continue;
             }
             let Ok(mut connection) = self.redis.connect().await else {
@@ -162,6 +221,39 @@ impl Heartbeat {
                 Ok(_) => {}
                 Err(_) => failing = self.failed(failing),
             }
+        }
+    }
+
+    /// Returns this replica to shared mode if a probe is due: writes its calls back and joins.
+    async fn try_return(&self) {
+        let now = Instant::now();
+        let Some(restore) = self.live.begin_return(now) else {
+            return;
+        };
+        // Put the fallback back however this ends short of shared mode (an error, a panic
+        // that the supervisor restarts from, the task aborted), with its quarantine extended:
+        // the attempt may have refreshed the alive key, so the others may count this replica
+        // present again for a while.
+        struct Abandon<'a>(&'a Liveness, Option<Mode>, Duration);
+        impl Drop for Abandon<'_> {
+            fn drop(&mut self) {
+                let Some(mut restore) = self.1.take() else {
+                    return;
+                };
+                if let Mode::Fallback { quiet_until, .. } = &mut restore {
+                    let sent = *lock(&self.0.alive_sent);
+                    *quiet_until = (*quiet_until).max(quiet_after(sent, self.2, Instant::now()));
+                }
+                self.0.abandon_return(restore);
+            }
+        }
+        let mut abandon = Abandon(&self.live, Some(restore), self.timeout);
+        match self.replay.sync(&self.redis, now).await {
+            Ok(()) => {
+                abandon.1 = None;
+                self.live.back_to_shared(&self.metrics);
+            }
+            Err(_) => self.redis.forget(),
         }
     }
 

@@ -114,9 +114,6 @@ pub struct SharedStore {
     /// This replica's share, counting every call it made: the fallback's decisions.
     fallback: LocalStore,
     live: Arc<Liveness>,
-    /// Set on entering a fallback from shared mode: the others' excess is counted once the
-    /// quarantine ends (they may have spent more until then).
-    excess_pending: AtomicBool,
     heartbeat: Option<AbortHandle>,
     /// This replica's own calls and its mirror of everyone's, written back when joining.
     replay: Arc<Replay>,
@@ -156,6 +153,7 @@ impl SharedStore {
             mode: Mutex::new(Mode::Shared),
             epoch: Mutex::new(None),
             alive_sent: Mutex::new(None),
+            excess_pending: AtomicBool::new(false),
         });
         let replica_id = format!("{:016x}", RandomState::new().hash_one(std::process::id()));
         metrics.set_quota_fallback(false);
@@ -191,8 +189,10 @@ impl SharedStore {
             last_seen: last_seen.clone(),
             live: live.clone(),
             replay: replay.clone(),
+            metrics: metrics.clone(),
+            timeout: config.timeout,
         }
-        .spawn(metrics.clone());
+        .spawn();
         let share = limits.share(config.replicas);
         if let Some((api, limit)) = share.first_empty() {
             tracing::warn!(
@@ -209,7 +209,6 @@ impl SharedStore {
             limits,
             config,
             live,
-            excess_pending: AtomicBool::new(false),
             heartbeat,
             replay,
             remaining: Mutex::new(HashMap::new()),
