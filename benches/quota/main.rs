@@ -175,7 +175,15 @@ async fn run(reactive: bool) -> Outcome {
         reactive,
     )
     .await;
-    let stats = stats_router
+    Outcome {
+        admitted,
+        throttled: throttled(stats_router).await,
+    }
+}
+
+/// The simulator's count of calls it refused over its quota (429).
+async fn throttled(router: Router) -> u64 {
+    let stats = router
         .oneshot(
             http::Request::get("/simulator/stats")
                 .body(axum::body::Body::empty())
@@ -187,10 +195,7 @@ async fn run(reactive: bool) -> Outcome {
         .await
         .expect("a body");
     let stats: serde_json::Value = serde_json::from_slice(&body).expect("stats");
-    Outcome {
-        admitted,
-        throttled: stats["throttled"].as_u64().unwrap_or(0),
-    }
+    stats["throttled"].as_u64().unwrap_or(0)
 }
 
 fn main() {

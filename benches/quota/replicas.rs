@@ -23,9 +23,9 @@ use scan_gateway::{
     upstream::{ActionQuery, CallContext, DefenderClient},
 };
 use tokio::{task::JoinHandle, time::Instant};
-use tower::{ServiceExt, util::BoxCloneSyncService};
+use tower::util::BoxCloneSyncService;
 
-use super::{token, upstream};
+use super::{throttled, token, upstream};
 
 /// One simulated hour, compressed: 100/min and 1,500/h become these.
 const SHORT: Duration = Duration::from_secs(1);
@@ -222,21 +222,9 @@ async fn run(redis: &Redis, prefix: &str, start: usize, events: &[(u64, Event)])
     for gone in running {
         leave(gone).await;
     }
-    let stats = router
-        .oneshot(
-            http::Request::get("/simulator/stats")
-                .body(axum::body::Body::empty())
-                .expect("a request"),
-        )
-        .await
-        .expect("infallible");
-    let body = axum::body::to_bytes(stats.into_body(), usize::MAX)
-        .await
-        .expect("a body");
-    let stats: serde_json::Value = serde_json::from_slice(&body).expect("stats");
     Outcome {
         served,
-        throttled: stats["throttled"].as_u64().unwrap_or(0),
+        throttled: throttled(router).await,
     }
 }
 

@@ -23,7 +23,7 @@ use defender_simulator::{EndpointFaults, Faults};
 use proptest::{prelude::*, test_runner::TestCaseError};
 use scan_gateway::grpc::pb;
 
-use super::{Proxy, RedisServer};
+use super::{Proxy, RedisServer, real_time_cases, real_time_runtime};
 use crate::helpers::*;
 
 #[derive(Debug, Clone)]
@@ -267,20 +267,10 @@ fn rand_suffix() -> u64 {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("KEY_SCHEDULES").ok().and_then(|n| n.parse().ok()).unwrap_or(2),
-        max_shrink_iters: 0,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(real_time_cases("KEY_SCHEDULES", 2))]
 
     #[test]
     fn no_schedule_starts_two_scans_for_one_key(schedule in schedule()) {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(run(schedule))?;
+        real_time_runtime().block_on(run(schedule))?;
     }
 }

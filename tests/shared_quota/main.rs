@@ -155,6 +155,30 @@ fn one_of_two(url: &str, prefix: &str) -> Arc<SharedStore> {
     )
 }
 
+/// Proptest settings for cases that run in real time (seconds each): `env` cases (else
+/// `default`); no shrinking, which would take hours (a failing case prints its schedule), and
+/// nothing persisted.
+fn real_time_cases(env: &str, default: u32) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases: std::env::var(env)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(default),
+        max_shrink_iters: 0,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}
+
+/// A runtime for one real-time case, as the gateways run: two worker threads.
+fn real_time_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Joins `stores` to a fresh epoch and waits out its gathering: a fresh epoch admits nothing
 /// until every replica that was present can have joined.
 async fn settle(stores: &[&SharedStore]) {

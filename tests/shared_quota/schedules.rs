@@ -26,7 +26,7 @@ use proptest::{prelude::*, test_runner::TestCaseError};
 use tokio::task::JoinHandle;
 use tonic::Code;
 
-use super::{Proxy, RedisServer};
+use super::{Proxy, RedisServer, real_time_cases, real_time_runtime};
 use crate::helpers::*;
 
 /// The list API's quota in these tests, and the gateways' margin.
@@ -423,22 +423,11 @@ async fn run(schedule: Schedule) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("QUOTA_SCHEDULES").ok().and_then(|n| n.parse().ok()).unwrap_or(3),
-        // A case takes 20 s of real time: shrinking would take hours; the schedule is printed.
-        max_shrink_iters: 0,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(real_time_cases("QUOTA_SCHEDULES", 3))]
 
     #[test]
     fn no_schedule_exceeds_the_quota_and_saturating_demand_uses_it(schedule in schedule()) {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(run(schedule))?;
+        real_time_runtime().block_on(run(schedule))?;
     }
 }
 
@@ -476,11 +465,7 @@ fn the_schedules_found_failing_hold_the_quota() {
             seed: 7088637134637676156,
         },
     ];
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = real_time_runtime();
     for schedule in found {
         runtime.block_on(run(schedule)).unwrap();
     }

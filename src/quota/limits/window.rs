@@ -51,15 +51,7 @@ impl Window {
     pub fn admit(&mut self, at: Instant) {
         let at = self.admitted.back().map_or(at, |&last| at.max(last));
         self.admitted.push_back(at);
-        let keep = self
-            .limits
-            .iter()
-            .map(|l| l.calls as usize)
-            .max()
-            .unwrap_or(0);
-        while self.admitted.len() > keep {
-            self.admitted.pop_front();
-        }
+        self.trim();
     }
 
     /// Moves the admission at `from` to `to` (later): the call counts from then. An admission
@@ -72,6 +64,11 @@ impl Window {
         let to = to.max(from);
         let at = self.admitted.partition_point(|&t| t <= to);
         self.admitted.insert(at, to);
+        self.trim();
+    }
+
+    /// Keeps only as many admissions as the largest limit needs.
+    fn trim(&mut self) {
         let keep = self
             .limits
             .iter()

@@ -10,7 +10,11 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::{Mode, SharedError, SharedStore, heartbeat::ALIVE_TTL, lock};
+use super::{
+    Mode, SharedError, SharedStore,
+    heartbeat::{ALIVE_TTL, Liveness},
+    lock,
+};
 use crate::{
     call::Api,
     quota::limits::{Admission, Limit},
@@ -29,9 +33,11 @@ pub(super) const QUIET_SLACK: Duration = Duration::from_millis(100);
 /// and nothing else would move it on, every later call would wait, and the heartbeat would
 /// stay silent. Dropped that way, the guard puts the fallback back, due for a probe at once.
 pub(super) struct ReturnGuard<'a> {
-    store: &'a SharedStore,
+    pub(super) live: &'a Liveness,
     /// The mode to restore if the return is abandoned; `None` when already shared.
-    abandoned: Option<Mode>,
+    pub(super) abandoned: Option<Mode>,
+    /// Log an abandoned return (a caller that left); the heartbeat's failed probes are quiet.
+    pub(super) announce: bool,
 }
 
 impl Drop for ReturnGuard<'_> {
@@ -39,9 +45,7 @@ impl Drop for ReturnGuard<'_> {
         let Some(fallback) = self.abandoned.take() else {
             return;
         };
-        let mut mode = lock(&self.store.live.mode);
-        if matches!(*mode, Mode::Returning) {
-            *mode = fallback;
+        if self.live.abandon_return(fallback) && self.announce {
             tracing::info!(
                 "a return to the shared quota was abandoned midway; probing Redis again"
             );
@@ -69,14 +73,16 @@ impl SharedStore {
     pub(super) fn redis_due(&self, now: Instant) -> Option<ReturnGuard<'_>> {
         if matches!(*lock(&self.live.mode), Mode::Shared) {
             return Some(ReturnGuard {
-                store: self,
+                live: &self.live,
                 abandoned: None,
+                announce: true,
             });
         }
         // Returning (another call is at it), or in fallback between probes: decide alone.
         let restore = self.live.begin_return(now)?;
         Some(ReturnGuard {
-            store: self,
+            live: &self.live,
+            announce: true,
             // Abandoned, the probe is due again at once.
             abandoned: Some(match restore {
                 Mode::Fallback { quiet_until, .. } => Mode::Fallback {

@@ -23,7 +23,7 @@ use super::{
 };
 use super::{
     SharedMetrics,
-    fallback::{PROBE_INTERVAL, quiet_after},
+    fallback::{PROBE_INTERVAL, ReturnGuard, quiet_after},
 };
 use crate::{call::Api, redis_link::RedisLink, supervisor::supervise};
 
@@ -53,6 +53,8 @@ pub(super) struct Liveness {
     /// Set on entering a fallback from shared mode: the others' excess is counted once the
     /// quarantine ends (they may have spent more until then).
     pub(super) excess_pending: AtomicBool,
+    /// Redis's answer timeout: a quarantine counts it.
+    pub(super) timeout: Duration,
 }
 
 // === impl Liveness ===
@@ -82,12 +84,20 @@ impl Liveness {
         Some(restore)
     }
 
-    /// Puts the fallback back after a return that failed or was given up.
-    pub(super) fn abandon_return(&self, restore: Mode) {
+    /// Puts the fallback back after a return that failed or was given up (true if it did),
+    /// with its quarantine extended: the attempt may have refreshed the alive key, so the
+    /// others may count this replica present again for a while.
+    pub(super) fn abandon_return(&self, mut restore: Mode) -> bool {
         let mut mode = lock(&self.mode);
-        if matches!(*mode, Mode::Returning) {
-            *mode = restore;
+        if !matches!(*mode, Mode::Returning) {
+            return false;
         }
+        if let Mode::Fallback { quiet_until, .. } = &mut restore {
+            let sent = *lock(&self.alive_sent);
+            *quiet_until = (*quiet_until).max(quiet_after(sent, self.timeout, Instant::now()));
+        }
+        *mode = restore;
+        true
     }
 
     pub(super) fn back_to_shared(&self, metrics: &SharedMetrics) {
@@ -122,8 +132,6 @@ pub(super) struct Heartbeat {
     pub(super) live: Arc<Liveness>,
     pub(super) replay: Arc<Replay>,
     pub(super) metrics: SharedMetrics,
-    /// Redis's answer timeout (the quarantine after a failed return counts it).
-    pub(super) timeout: Duration,
 }
 
 // === impl Heartbeat ===
@@ -154,6 +162,11 @@ impl Heartbeat {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
         let script = Script::new(HEARTBEAT_SCRIPT);
+        // The APIs with limits of their own: the buckets the mirror follows.
+        let mirrored: Vec<Api> = Api::ALL
+            .into_iter()
+            .filter(|api| self.admitter.limits.per_api.contains_key(api))
+            .collect();
         loop {
             ticks.tick().await;
             // In fallback, stay silent (the alive key must lapse) until a probe is due; then
@@ -171,10 +184,6 @@ impl Heartbeat {
                 continue;
             }
             let epoch = lock(&self.live.epoch).clone().unwrap_or_default();
-            let mirrored: Vec<Api> = Api::ALL
-                .into_iter()
-                .filter(|api| self.admitter.limits.per_api.contains_key(api))
-                .collect();
             let mut invocation = script.key(&self.key);
             invocation.key(self.admitter.epoch_key());
             for api in &mirrored {
@@ -230,29 +239,15 @@ impl Heartbeat {
         let Some(restore) = self.live.begin_return(now) else {
             return;
         };
-        // Put the fallback back however this ends short of shared mode (an error, a panic
-        // that the supervisor restarts from, the task aborted), with its quarantine extended:
-        // the attempt may have refreshed the alive key, so the others may count this replica
-        // present again for a while.
-        struct Abandon<'a>(&'a Liveness, Option<Mode>, Duration);
-        impl Drop for Abandon<'_> {
-            fn drop(&mut self) {
-                let Some(mut restore) = self.1.take() else {
-                    return;
-                };
-                if let Mode::Fallback { quiet_until, .. } = &mut restore {
-                    let sent = *lock(&self.0.alive_sent);
-                    *quiet_until = (*quiet_until).max(quiet_after(sent, self.2, Instant::now()));
-                }
-                self.0.abandon_return(restore);
-            }
-        }
-        let mut abandon = Abandon(&self.live, Some(restore), self.timeout);
+        // However this ends short of shared mode (an error, a panic that the supervisor
+        // restarts from, the task aborted), the fallback is put back.
+        let _returning = ReturnGuard {
+            live: &self.live,
+            abandoned: Some(restore),
+            announce: false,
+        };
         match self.replay.sync(&self.redis, now).await {
-            Ok(()) => {
-                abandon.1 = None;
-                self.live.back_to_shared(&self.metrics);
-            }
+            Ok(()) => self.live.back_to_shared(&self.metrics),
             Err(_) => self.redis.forget(),
         }
     }

@@ -154,6 +154,7 @@ impl SharedStore {
             epoch: Mutex::new(None),
             alive_sent: Mutex::new(None),
             excess_pending: AtomicBool::new(false),
+            timeout: config.timeout,
         });
         let replica_id = format!("{:016x}", RandomState::new().hash_one(std::process::id()));
         metrics.set_quota_fallback(false);
@@ -190,7 +191,6 @@ impl SharedStore {
             live: live.clone(),
             replay: replay.clone(),
             metrics: metrics.clone(),
-            timeout: config.timeout,
         }
         .spawn();
         let share = limits.share(config.replicas);
