@@ -65,6 +65,13 @@ pub enum Error {
     /// replica), past this request's wait: retrying later finds the scan it started.
     #[error("another request with this request_id is still starting its scan; retry to get it")]
     KeyBusy,
+    /// The shared `request_id` keys cannot be read (Redis is unreachable, or lost its data a
+    /// moment ago and the replicas are writing their keys back) and another replica may have
+    /// used this key: starting now could start a second scan.
+    #[error(
+        "the request_id cannot be checked across replicas right now (the shared keys are unavailable); retry shortly"
+    )]
+    KeysUnavailable,
     /// The gateway is shutting down; the caller should resume on another replica.
     #[error("the gateway is shutting down; resume with WatchScan on another replica")]
     ShuttingDown,

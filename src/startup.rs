@@ -14,7 +14,7 @@ use crate::{
     config::Settings,
     credentials::{Credential, TokenCache, TokenEndpoint, TokenMetrics},
     grpc::{GrpcMetrics, ScanServiceImpl, pb},
-    idempotency::{KeyMetrics, LocalKeys, SharedKeys},
+    idempotency::{KeyMetrics, LocalKeys, SharedKeys, spawn_restorer},
     inbound::{self, Authenticator, InboundMetrics, Limiter},
     metrics::{self, Metrics},
     outbound::{self, UpstreamMetrics},
@@ -138,6 +138,7 @@ impl Gateway {
         let client = DefenderClient::new(settings.api_base_url.clone(), stack, clock);
 
         let (stopping, stopped) = watch::channel(false);
+        let key_metrics = KeyMetrics::register(&mut registry);
         // The list API's sustainable spacing: its tightest window / calls.
         let list_call_spacing = settings
             .quota
@@ -148,16 +149,28 @@ impl Gateway {
             .map(|limit| limit.window / limit.calls.max(1))
             .max()
             .unwrap_or_default();
+        let keys = LocalKeys::new(key_metrics.clone());
         let shared_keys = match &settings.redis {
             None => None,
-            Some(shared) => Some(
-                SharedKeys::new(
-                    &shared.url,
-                    format!("{}:idempotency", settings.redis_prefix),
-                    shared.timeout,
-                )
-                .map_err(|_| StartupError::Redis)?,
-            ),
+            Some(shared) => {
+                let shared_keys = Arc::new(
+                    SharedKeys::new(
+                        &shared.url,
+                        format!("{}:idempotency", settings.redis_prefix),
+                        shared.timeout,
+                        settings.replicas <= 1,
+                    )
+                    .map_err(|_| StartupError::Redis)?,
+                );
+                spawn_restorer(
+                    shared_keys.clone(),
+                    keys.clone(),
+                    clock,
+                    key_metrics,
+                    stopped.clone(),
+                );
+                Some(shared_keys)
+            }
         };
         let watcher = Watcher::start(
             client.clone(),
@@ -179,7 +192,7 @@ impl Gateway {
             },
             ScanMetrics::register(&mut registry),
             watcher,
-            LocalKeys::new(KeyMetrics::register(&mut registry)),
+            keys,
             shared_keys,
         );
         Ok(Self {

@@ -107,6 +107,11 @@ fn to_status(error: &Error) -> Status {
             details.set_retry_info(Some(std::time::Duration::from_secs(1)));
             Status::with_error_details(Code::Aborted, message, details)
         }
+        Error::KeysUnavailable => {
+            let mut details = error_info("REQUEST_ID_UNCHECKED", HashMap::new());
+            details.set_retry_info(Some(std::time::Duration::from_secs(1)));
+            Status::with_error_details(Code::Unavailable, message, details)
+        }
         Error::StartInterrupted => Status::internal(message),
         Error::Unauthenticated(_) => Status::with_error_details(
             Code::Unauthenticated,

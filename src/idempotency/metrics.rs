@@ -1,11 +1,16 @@
-//! The idempotency keys' metric: how many keys this replica keeps.
+//! The idempotency keys' metrics: how many keys this replica keeps, and how many it wrote back
+//! to Redis after Redis lost its data.
 
-use prometheus_client::{metrics::gauge::Gauge, registry::Registry};
+use prometheus_client::{
+    metrics::{counter::Counter, gauge::Gauge},
+    registry::Registry,
+};
 
 /// The keys' family. Cheap to clone; clones share it.
 #[derive(Clone, Debug, Default)]
 pub struct KeyMetrics {
     keys: Gauge,
+    restored: Counter,
 }
 
 // === impl KeyMetrics ===
@@ -18,7 +23,16 @@ impl KeyMetrics {
             "Idempotency keys this replica keeps (bounded; the oldest are evicted first)",
             metrics.keys.clone(),
         );
+        registry.register(
+            "idempotency_keys_restored",
+            "Idempotency keys this replica wrote back to Redis after Redis lost its data",
+            metrics.restored.clone(),
+        );
         metrics
+    }
+
+    pub fn record_restored(&self, count: usize) {
+        self.restored.inc_by(count as u64);
     }
 
     pub fn set_keys(&self, count: usize) {

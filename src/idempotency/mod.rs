@@ -12,6 +12,7 @@
 //! or in Redis, so the key may then start any scan.
 
 mod metrics;
+mod restore;
 mod shared;
 
 use std::{
@@ -27,6 +28,7 @@ use crate::{
 };
 
 pub use metrics::KeyMetrics;
+pub use restore::spawn_restorer;
 pub use shared::{Claim, KeyError, SharedKeys, TTL};
 
 /// Most keys a replica keeps (a few hundred bytes each: tens of MiB at worst). Beyond, the oldest key is forgotten (logged
@@ -75,9 +77,22 @@ struct Keys {
 }
 
 /// This replica's keys, dropped after [`TTL`] and beyond [`MAX_KEYS`] oldest first; a key that
-/// names no action is dropped with the last request holding it.
-#[derive(Default)]
+/// names no action is dropped with the last request holding it. Clones share the keys.
+#[derive(Default, Clone)]
 pub struct LocalKeys(Arc<Mutex<Keys>>);
+
+/// A key that names an action, as this replica knows it: what it writes back to Redis after
+/// Redis lost its data.
+#[derive(Debug, Clone)]
+pub struct BoundKey {
+    pub caller: Option<Arc<str>>,
+    pub key: RequestId,
+    pub machine_id: MachineId,
+    pub scan_type: ScanType,
+    pub action: ActionId,
+    /// How long the key has been bound (it lives [`TTL`] from its first use).
+    pub age: std::time::Duration,
+}
 
 /// A request's hold on its key ([`LocalKeys::hold`]). When the last hold of a key that names no
 /// action goes (its start created nothing, failed or was abandoned), the key is forgotten: it
@@ -138,6 +153,25 @@ impl LocalKeys {
             key: scoped,
             keyed,
         })
+    }
+
+    /// Every key that names an action, unexpired at `now`.
+    pub fn bound(&self, now: Instant) -> Vec<BoundKey> {
+        let mut keys = lock(&self.0);
+        keys.expire(now);
+        keys.map
+            .iter()
+            .filter_map(|(scoped, keyed)| {
+                Some(BoundKey {
+                    caller: scoped.caller.clone(),
+                    key: scoped.key.clone(),
+                    machine_id: keyed.machine_id.clone(),
+                    scan_type: keyed.scan_type,
+                    action: keyed.action.get()?.clone(),
+                    age: now.duration_since(keyed.created),
+                })
+            })
+            .collect()
     }
 }
 

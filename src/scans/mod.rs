@@ -101,7 +101,7 @@ impl Scans {
         metrics: ScanMetrics,
         watcher: Watcher,
         keys: LocalKeys,
-        shared_keys: Option<SharedKeys>,
+        shared_keys: Option<Arc<SharedKeys>>,
     ) -> Self {
         Self(Arc::new(Inner {
             client,
@@ -109,7 +109,7 @@ impl Scans {
             config,
             metrics,
             keys,
-            shared_keys: shared_keys.map(Arc::new),
+            shared_keys,
             watcher,
             known: known::KnownScans::default(),
         }))

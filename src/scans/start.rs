@@ -111,8 +111,14 @@ impl Scans {
                         Err(KeyError::Mismatch(violation)) => return Err(violation.into()),
                         // Never start beside a start still in flight on another replica.
                         Err(KeyError::Busy) => return Err(Error::KeyBusy),
-                        Err(KeyError::Unavailable(reason)) => {
+                        // Alone, this replica's keys are all the keys.
+                        Err(KeyError::Unavailable(reason)) if shared.sole_replica() => {
                             tracing::warn!(%reason, "idempotency key kept by this replica only");
+                        }
+                        // Another replica may have used the key: never start without knowing.
+                        Err(err @ (KeyError::Unavailable(_) | KeyError::Restoring)) => {
+                            tracing::warn!(reason = %err, "refusing a keyed start: the shared keys cannot be read");
+                            return Err(Error::KeysUnavailable);
                         }
                     }
                 }
@@ -122,10 +128,10 @@ impl Scans {
                     _ => None,
                 };
                 let started = self.start_upstream(request, ctx, Some(tell), notice).await;
-                drop(keep_alive);
                 let started = match started {
                     Ok(started) => started,
                     Err(err) => {
+                        drop(keep_alive);
                         if let (Some(shared), Some(token)) = (&self.0.shared_keys, &claimed) {
                             shared.release(owner, key, token).await;
                         }
@@ -134,8 +140,9 @@ impl Scans {
                 };
                 let action = &started.action;
                 let id = ActionId::parse("id", &action.id).map_err(|_| malformed_id(action))?;
-                if let (Some(shared), Some(_)) = (&self.0.shared_keys, &claimed) {
-                    shared.record(owner, key, request, &id).await;
+                if let (Some(shared), Some(keep_alive)) = (&self.0.shared_keys, keep_alive) {
+                    // The claim stays alive until the key is recorded.
+                    shared.record(owner, key, request, &id, keep_alive).await;
                 }
                 created = Some(started);
                 Ok::<_, Error>(id)

@@ -1,5 +1,7 @@
 //! `request_id` keys shared through Redis: a claim alone binds nothing, so a key whose first
-//! start creates nothing is free for another machine on any gateway.
+//! start creates nothing is free for another machine on any gateway; a key survives Redis
+//! losing its data (the replicas write theirs back) and Redis being unreachable (a key no
+//! replica knows is refused, never started twice).
 
 use std::{sync::Arc, time::Duration};
 
@@ -7,7 +9,7 @@ use defender_simulator::{EndpointFaults, Faults};
 use scan_gateway::grpc::pb;
 use tonic::Code;
 
-use super::RedisServer;
+use super::{Proxy, RedisServer};
 use crate::helpers::*;
 
 /// Well formed, but no machine the simulator knows: Defender answers 404 and creates nothing.
@@ -158,6 +160,7 @@ async fn a_claim_is_renewed_and_released_only_by_its_owner() {
         &secret(&redis.url()),
         "test-owned".into(),
         Duration::from_millis(500),
+        false,
     )
     .unwrap();
     let key = RequestId::parse_optional("request_id", "ticket-owned")
@@ -170,7 +173,8 @@ async fn a_claim_is_renewed_and_released_only_by_its_owner() {
         comment: Comment::parse("comment", "owned").unwrap(),
         request_id: Some(key.clone()),
     };
-    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    // A new Redis begins an epoch that lets no claim in while replicas write keys back.
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
     let Claim::Mine(token) = keys.claim(None, &key, &request, until).await.unwrap() else {
         panic!("a fresh key is ours");
     };
@@ -194,4 +198,183 @@ async fn a_claim_is_renewed_and_released_only_by_its_owner() {
     keys.release(None, &key, &token).await;
     let value: Option<String> = connection.get(name).await.unwrap();
     assert_eq!(value.as_deref(), Some("pending|other|Quick|someone-else"));
+}
+
+/// Past the new epoch's gathering (keys) and the fresh quota epoch's: the first keyed start
+/// would otherwise wait for them.
+async fn past_gathering() {
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+}
+
+/// Starts `request` on `gateway` and returns its action's id.
+async fn started(gateway: &TestGateway, request: pb::StartScanRequest) -> String {
+    gateway
+        .client
+        .clone()
+        .start_scan(request)
+        .await
+        .expect("the scan starts")
+        .into_inner()
+        .action
+        .expect("an action")
+        .id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_survives_redis_losing_its_data() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (sim, a, b) = two_gateways(&redis, EndpointFaults::default()).await;
+    past_gathering().await;
+    let keyed = pb::StartScanRequest {
+        request_id: "ticket-lost".into(),
+        ..start_request(&sim.machine(0))
+    };
+    let first = started(&a, keyed.clone()).await;
+
+    // Redis loses every key; the retry reaches the other replica at once. It waits while the
+    // new epoch gathers, finds the key that replica A wrote back, and answers A's scan.
+    redis.flush_all();
+    let retried = started(&b, keyed.clone()).await;
+    assert_eq!(retried, first);
+    let stats = sim.handle.stats();
+    assert_eq!((stats.run_scan, stats.actions_created), (1, 1));
+    let metrics = a.metrics().await;
+    let restored = metrics
+        .lines()
+        .find(|l| l.starts_with("scan_gateway_idempotency_keys_restored_total "))
+        .and_then(|l| l.split_whitespace().nth(1));
+    assert_eq!(restored, Some("1"), "replica A wrote its one key back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_unreachable_a_key_no_replica_knows_is_refused_and_a_known_one_answered() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let proxy = Proxy::start(([127, 0, 0, 1], redis.port).into()).await;
+    let sim = Arc::new(spawn_simulator(fast_simulator()).await);
+    let mut gateways = Vec::new();
+    for _ in 0..2 {
+        let mut args = settings_for(&sim);
+        args.redis_url = Some(secret(&proxy.url()));
+        args.replicas = Some(2);
+        gateways.push(spawn_gateway_sharing(sim.clone(), args).await);
+    }
+    let (a, b) = (&gateways[0], &gateways[1]);
+    past_gathering().await;
+    let keyed = |key: &str, machine: usize| pb::StartScanRequest {
+        request_id: key.into(),
+        ..start_request(&sim.machine(machine))
+    };
+    let first = started(a, keyed("ticket-known", 0)).await;
+
+    proxy.set_cut(true);
+    // The other replica cannot tell whether the key was used: it refuses, with RetryInfo.
+    for (gateway, key, machine) in [(b, "ticket-known", 0), (a, "ticket-new", 1)] {
+        let status = gateway
+            .client
+            .clone()
+            .start_scan(keyed(key, machine))
+            .await
+            .expect_err("unchecked keys are refused");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        let details = tonic_types::StatusExt::get_error_details(&status);
+        assert_eq!(
+            details.error_info().map(|info| info.reason.as_str()),
+            Some("REQUEST_ID_UNCHECKED")
+        );
+        assert!(details.retry_info().is_some(), "{status:?}");
+    }
+    assert_eq!(sim.handle.stats().run_scan, 1, "no POST while unchecked");
+    // The replica that started it knows the key without Redis.
+    let mut known = tonic::Request::new(keyed("ticket-known", 0));
+    known.set_timeout(Duration::from_secs(10));
+    let again = a.client.clone().start_scan(known).await;
+    // Its answer reads the action upstream, and the quota may hold calls while Redis is cut.
+    match again {
+        Ok(answer) => assert_eq!(
+            answer.into_inner().action.map(|a| a.id),
+            Some(first.clone())
+        ),
+        Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+    }
+
+    proxy.set_cut(false);
+    let retried = started(b, keyed("ticket-known", 0)).await;
+    assert_eq!(retried, first);
+    assert_eq!(sim.handle.stats().run_scan, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sole_replica_keeps_its_own_keys_while_redis_is_unreachable() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let proxy = Proxy::start(([127, 0, 0, 1], redis.port).into()).await;
+    proxy.set_cut(true);
+    let sim = Arc::new(spawn_simulator(fast_simulator()).await);
+    let mut args = settings_for(&sim);
+    args.redis_url = Some(secret(&proxy.url()));
+    args.replicas = Some(1);
+    let gateway = spawn_gateway_sharing(sim.clone(), args).await;
+    let keyed = pb::StartScanRequest {
+        request_id: "ticket-alone".into(),
+        ..start_request(&sim.machine(0))
+    };
+    // Alone, its own keys are all the keys: it starts (once its quota admits the call).
+    let first = started(&gateway, keyed.clone()).await;
+    let again = started(&gateway, keyed).await;
+    assert_eq!(again, first);
+    assert_eq!(sim.handle.stats().run_scan, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_recorded_while_redis_is_cut_is_recorded_when_it_returns() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let proxy = Proxy::start(([127, 0, 0, 1], redis.port).into()).await;
+    let sim = Arc::new(spawn_simulator(fast_simulator()).await);
+    // The scan exists at once; its answer leaves 1 s later, while Redis is cut.
+    sim.handle.set_faults(Faults {
+        run_scan: EndpointFaults {
+            answer_latency: Duration::from_secs(1),
+            ..EndpointFaults::default()
+        },
+        ..Faults::default()
+    });
+    let mut gateways = Vec::new();
+    for _ in 0..2 {
+        let mut args = settings_for(&sim);
+        args.redis_url = Some(secret(&proxy.url()));
+        args.replicas = Some(2);
+        gateways.push(spawn_gateway_sharing(sim.clone(), args).await);
+    }
+    past_gathering().await;
+    let keyed = pb::StartScanRequest {
+        request_id: "ticket-unrecorded".into(),
+        ..start_request(&sim.machine(0))
+    };
+    let mut first_client = gateways[0].client.clone();
+    let first_request = keyed.clone();
+    let first = tokio::spawn(async move { first_client.start_scan(first_request).await });
+    first_post_left(&sim).await;
+    proxy.set_cut(true);
+    let first = first
+        .await
+        .unwrap()
+        .expect("the start succeeds; its key is not recorded yet")
+        .into_inner()
+        .action
+        .expect("an action")
+        .id;
+    // Redis returns after the claim it holds would have been renewed by no one else; the
+    // record, retried in the background, lands; the other replica answers the same scan.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.set_cut(false);
+    let retried = started(&gateways[1], keyed).await;
+    assert_eq!(retried, first);
+    assert_eq!(sim.handle.stats().run_scan, 1);
 }

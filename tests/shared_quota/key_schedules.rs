@@ -7,11 +7,10 @@
 //! Each case runs in real time, about 10 s. Cases: `KEY_SCHEDULES` (default 2); a failing case
 //! prints its schedule.
 //!
-//! Redis outages are drawn only with `KEY_SCHEDULES_REDIS=1`, and then the property fails: with
-//! Redis paused, each replica keeps its own keys (as documented), so a retry on the other
-//! replica starts a second scan once the first has ended; with Redis restarted empty, every
-//! claim and binding is gone. Closing that is open work on issue 22 (refuse keyed starts while
-//! Redis is unreachable with several replicas; write the replicas' bindings back after a loss).
+//! Redis outages (paused through a cut proxy, or restarted empty) are drawn only with
+//! `KEY_SCHEDULES_REDIS=1` (each such case runs longer): with several replicas a key no replica
+//! knows is refused while Redis is unreachable, and after Redis lost its data the replicas
+//! write their keys back before any new claim is let in.
 
 use std::{
     collections::{HashMap, HashSet},

@@ -1,0 +1,2 @@
+-- (after marker.lua) The epoch, for the restorer.
+return epoch
