@@ -35,6 +35,14 @@ pub use shared::{Claim, KeyError, SharedKeys, TTL};
 /// once), as it would be at [`TTL`]; at a sustained rate a key then lives less than 24 h.
 pub const MAX_KEYS: usize = 100_000;
 
+/// What a key names: the action, and whether the key's first request followed a scan already
+/// running (someone else's) rather than creating it, so a retry says so too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedAction {
+    pub id: ActionId,
+    pub reused: bool,
+}
+
 /// One key of this replica: the scan it is used for, and the action once created. A key is
 /// bound to its machine and scan type only once it names an action: until then it only keeps
 /// concurrent requests for the same scan to one upstream call.
@@ -45,7 +53,7 @@ pub struct Keyed {
     /// The entry's place in the creation order (`Keys::order`).
     seq: u64,
     /// Set once, by the one request that starts the scan; the others wait for it.
-    pub action: OnceCell<ActionId>,
+    pub action: OnceCell<KeyedAction>,
 }
 
 impl Keyed {
@@ -89,7 +97,7 @@ pub struct BoundKey {
     pub key: RequestId,
     pub machine_id: MachineId,
     pub scan_type: ScanType,
-    pub action: ActionId,
+    pub action: KeyedAction,
     /// How long the key has been bound (it lives [`TTL`] from its first use).
     pub age: std::time::Duration,
 }
@@ -281,8 +289,11 @@ mod tests {
             .unwrap()
     }
 
-    fn action() -> ActionId {
-        ActionId::parse("id", "7f3c2a91-5d4e-4b8a-9c1f-2e6d8b0a4c37").unwrap()
+    fn action() -> KeyedAction {
+        KeyedAction {
+            id: ActionId::parse("id", "7f3c2a91-5d4e-4b8a-9c1f-2e6d8b0a4c37").unwrap(),
+            reused: false,
+        }
     }
 
     const A: &str = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";

@@ -27,7 +27,7 @@ use redis::Script;
 use secrecy::SecretString;
 use tokio::{sync::watch, time::Instant};
 
-use super::BoundKey;
+use super::{BoundKey, KeyedAction};
 use crate::{
     domain::{ActionId, FieldViolation, MachineId, RequestId, ScanRequest, ScanType},
     redis_link::{LinkError, RedisLink},
@@ -94,7 +94,7 @@ pub enum Claim {
     /// [`SharedKeys::record`] it.
     Mine(ClaimToken),
     /// Another request already started this scan.
-    Existing(ActionId),
+    Existing(KeyedAction),
 }
 
 /// Proof that a claim is ours: the pending value written with it.
@@ -201,7 +201,7 @@ impl SharedKeys {
             let waiting = match (answer.as_str(), parse(&value)) {
                 ("mine", _) => return Ok(Claim::Mine(ClaimToken(token))),
                 // Bound: the key names an action.
-                ("taken", Some(("done", stored_scan, action))) => {
+                ("taken", Some(("done", stored_scan, action, reused))) => {
                     if stored_scan != scan {
                         return Err(KeyError::Mismatch(FieldViolation::new(
                             "request_id",
@@ -209,7 +209,7 @@ impl SharedKeys {
                         )));
                     }
                     match action.and_then(|a| ActionId::parse("id", a).ok()) {
-                        Some(id) => return Ok(Claim::Existing(id)),
+                        Some(id) => return Ok(Claim::Existing(KeyedAction { id, reused })),
                         None => KeyError::Busy,
                     }
                 }
@@ -235,7 +235,7 @@ impl SharedKeys {
         caller: Option<&str>,
         key: &RequestId,
         request: &ScanRequest,
-        action: &ActionId,
+        action: &KeyedAction,
         keep_alive: KeepAlive,
     ) {
         let redis_key = self.key(caller, key);
@@ -445,18 +445,25 @@ fn scan_of(machine_id: &MachineId, scan_type: ScanType) -> String {
     format!("{machine_id}|{}", scan_type.as_upstream())
 }
 
-/// The value of a key that names `action`.
-fn done_value(machine_id: &MachineId, scan_type: ScanType, action: &ActionId) -> String {
-    format!("done|{}|{action}", scan_of(machine_id, scan_type))
+/// The value of a key that names `action`: `done|machine|type|action[|reused]`.
+fn done_value(machine_id: &MachineId, scan_type: ScanType, action: &KeyedAction) -> String {
+    let reused = if action.reused { "|reused" } else { "" };
+    format!(
+        "done|{}|{}{reused}",
+        scan_of(machine_id, scan_type),
+        action.id
+    )
 }
 
-/// `state|machine|type[|action]` → (state, `machine|type`, action).
-fn parse(value: &str) -> Option<(&str, String, Option<&str>)> {
+/// `state|machine|type[|action[|reused]]` → (state, `machine|type`, action, reused).
+fn parse(value: &str) -> Option<(&str, String, Option<&str>, bool)> {
     let mut parts = value.split('|');
     let state = parts.next()?;
     let machine = parts.next()?;
     let scan_type = parts.next()?;
-    Some((state, format!("{machine}|{scan_type}"), parts.next()))
+    let action = parts.next();
+    let reused = parts.next() == Some("reused");
+    Some((state, format!("{machine}|{scan_type}"), action, reused))
 }
 
 #[cfg(test)]
@@ -482,11 +489,15 @@ mod tests {
     fn values_round_trip() {
         assert_eq!(
             parse("done|1e5b|Quick|7f3c"),
-            Some(("done", "1e5b|Quick".to_owned(), Some("7f3c")))
+            Some(("done", "1e5b|Quick".to_owned(), Some("7f3c"), false))
+        );
+        assert_eq!(
+            parse("done|1e5b|Quick|7f3c|reused"),
+            Some(("done", "1e5b|Quick".to_owned(), Some("7f3c"), true))
         );
         assert_eq!(
             parse("pending|1e5b|Full"),
-            Some(("pending", "1e5b|Full".to_owned(), None))
+            Some(("pending", "1e5b|Full".to_owned(), None, false))
         );
         assert_eq!(parse("garbage"), None);
     }

@@ -14,7 +14,7 @@ use super::{
 use crate::{
     domain::{ActionId, MachineAction, RequestId, ScanRequest},
     error::Error,
-    idempotency::{Claim, KeyError, KeyHold},
+    idempotency::{Claim, KeyError, KeyHold, KeyedAction},
     telemetry::AUDIT_TARGET,
     upstream::{self, ActionQuery, Api, ApiError, CallContext, SCAN_ACTION_TYPE},
 };
@@ -69,16 +69,16 @@ impl Scans {
             }
             .in_current_span()
         });
-        let (id, created) = tokio::select! {
+        let (named, created) = tokio::select! {
             joined = keyed => joined.map_err(|_| Error::StartInterrupted)??,
             Ok(err) = cut => return Err(err),
         };
         match created {
             Some(started) => Ok(started),
-            // The key's own scan, started by an earlier request with it.
-            None => self.get(&id, ctx).await.map(|action| Started {
+            // The key's own scan, started (or followed) by an earlier request with it.
+            None => self.get(&named.id, ctx).await.map(|action| Started {
                 action,
-                reused: false,
+                reused: named.reused,
             }),
         }
     }
@@ -93,7 +93,7 @@ impl Scans {
         ctx: &CallContext,
         tell: oneshot::Sender<Error>,
         notice: &WaitNotice,
-    ) -> Result<(ActionId, Option<Started>), Error> {
+    ) -> Result<(KeyedAction, Option<Started>), Error> {
         let mut created = None;
         let id = hold
             .action
@@ -139,13 +139,16 @@ impl Scans {
                     }
                 };
                 let action = &started.action;
-                let id = ActionId::parse("id", &action.id).map_err(|_| malformed_id(action))?;
+                let named = KeyedAction {
+                    id: ActionId::parse("id", &action.id).map_err(|_| malformed_id(action))?,
+                    reused: started.reused,
+                };
                 if let (Some(shared), Some(keep_alive)) = (&self.0.shared_keys, keep_alive) {
                     // The claim stays alive until the key is recorded.
-                    shared.record(owner, key, request, &id, keep_alive).await;
+                    shared.record(owner, key, request, &named, keep_alive).await;
                 }
                 created = Some(started);
-                Ok::<_, Error>(id)
+                Ok::<_, Error>(named)
             })
             .await?
             .clone();

@@ -38,14 +38,22 @@ async fn a_quick_request_while_a_full_scan_runs_follows_the_full_one_marked_reus
         assert!(!running.reused, "{mode:?}: the caller's own scan");
         let running = running.action.unwrap();
 
+        let keyed = pb::StartScanRequest {
+            request_id: format!("ticket-reused-{mode:?}"),
+            ..start_request(&machine)
+        };
         let quick = app
             .client
-            .start_scan(start_request(&machine))
+            .start_scan(keyed.clone())
             .await
             .unwrap()
             .into_inner();
         assert!(quick.reused, "{mode:?}");
         assert_eq!(quick.action.unwrap().id, running.id, "{mode:?}");
+        // A retry with the same key names the same scan, still someone else's.
+        let retried = app.client.start_scan(keyed).await.unwrap().into_inner();
+        assert!(retried.reused, "{mode:?}: the key remembers it was reused");
+        assert_eq!(retried.action.unwrap().id, running.id, "{mode:?}");
 
         let (updates, end) = run_to_end(&mut app.client, &machine).await;
         assert!(end.is_ok(), "{mode:?}: {end:?}");
