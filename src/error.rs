@@ -29,15 +29,10 @@ pub enum Error {
     /// A less thorough scan runs on the machine (a Quick one when a Full one was requested)
     /// and did not end in time for the requested scan to start within the caller's deadline.
     #[error(
-        "machine {machine_id} is running a less thorough scan (action {action_id}, scope `{scope}`, {status}) that did not end in time to start the requested {requested} scan"
+        "machine {} is running a less thorough scan (action {}, scope `{}`, {}) that did not end in time to start the requested {} scan",
+        .0.machine_id, .0.action_id, .0.scope, .0.status, .0.requested
     )]
-    ScanBlocked {
-        machine_id: String,
-        action_id: String,
-        scope: String,
-        status: String,
-        requested: &'static str,
-    },
+    ScanBlocked(Box<BlockedScan>),
     /// The caller left while its scan waited for a running scan to end: the scan is not
     /// started.
     #[error("the caller left while its scan waited for a running scan to end; nothing was started")]
@@ -102,4 +97,16 @@ fn describe(violations: &[FieldViolation]) -> String {
         .map(|v| format!("{} {}", v.field, v.description))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The scan in the way of a request ([`Error::ScanBlocked`]).
+#[derive(Debug)]
+pub struct BlockedScan {
+    pub machine_id: String,
+    pub action_id: String,
+    pub scope: String,
+    pub status: String,
+    pub requested: &'static str,
+    /// When the running scan is expected to end, if in sight.
+    pub retry_after: Option<std::time::Duration>,
 }

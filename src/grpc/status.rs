@@ -8,7 +8,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
     credentials::TokenError,
-    error::Error,
+    error::{BlockedScan, Error},
     security::LimitKind,
     upstream::{self, ApiError},
 };
@@ -80,16 +80,16 @@ fn to_status(error: &Error) -> Status {
                     .collect(),
             ),
         ),
-        Error::ScanBlocked {
-            machine_id,
-            action_id,
-            scope,
-            status,
-            requested,
-        } => Status::with_error_details(
-            Code::FailedPrecondition,
-            message,
-            error_info(
+        Error::ScanBlocked(blocked) => {
+            let BlockedScan {
+                machine_id,
+                action_id,
+                scope,
+                status,
+                requested,
+                retry_after,
+            } = &**blocked;
+            let mut details = error_info(
                 "WEAKER_SCAN_RUNNING",
                 HashMap::from([
                     ("machine_id".to_owned(), machine_id.clone()),
@@ -98,8 +98,12 @@ fn to_status(error: &Error) -> Status {
                     ("status".to_owned(), status.clone()),
                     ("requested_scan_type".to_owned(), (*requested).to_owned()),
                 ]),
-            ),
-        ),
+            );
+            if let Some(after) = retry_after {
+                details.set_retry_info(Some(*after));
+            }
+            Status::with_error_details(Code::FailedPrecondition, message, details)
+        }
         Error::CallerLeft => Status::cancelled(message),
         Error::ShuttingDown => Status::unavailable(message),
         Error::KeyBusy => {
@@ -338,14 +342,20 @@ mod tests {
 
     #[test]
     fn a_weaker_running_scan_is_failed_precondition_naming_it() {
-        let status = Status::from(Error::ScanBlocked {
+        let status = Status::from(Error::ScanBlocked(Box::new(BlockedScan {
             machine_id: "m-1".into(),
             action_id: "a-1".into(),
             scope: "Quick".into(),
             status: "InProgress".into(),
             requested: "Full",
-        });
+            retry_after: Some(std::time::Duration::from_secs(90)),
+        })));
         assert_eq!(status.code(), Code::FailedPrecondition);
+        let retry = status.get_error_details().retry_info().cloned();
+        assert_eq!(
+            retry.and_then(|r| r.retry_delay),
+            Some(std::time::Duration::from_secs(90))
+        );
         let info = status.get_details_error_info().unwrap();
         assert_eq!(info.reason, "WEAKER_SCAN_RUNNING");
         assert_eq!(

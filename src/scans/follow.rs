@@ -80,6 +80,7 @@ impl Follower {
                             .0
                             .metrics
                             .record_scan_finished(self.last.as_upstream());
+                        self.scans.0.durations.record(&action);
                     }
                     return Ok(*action);
                 }

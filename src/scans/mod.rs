@@ -3,6 +3,7 @@
 //! a final one) and hides them from the gRPC layer. Starting is in [`start`], following in
 //! [`follow`], the idempotency keys in [`crate::idempotency`].
 
+mod durations;
 mod follow;
 mod known;
 mod metrics;
@@ -85,6 +86,8 @@ struct Inner {
     watcher: Watcher,
     /// Actions known to be scans: a cancel checks the type without a read.
     known: known::KnownScans,
+    /// How long scans took: when a scan in the way is expected to end.
+    durations: durations::ScanDurations,
 }
 
 /// The scan service. Cheap to clone.
@@ -112,6 +115,7 @@ impl Scans {
             shared_keys,
             watcher,
             known: known::KnownScans::default(),
+            durations: durations::ScanDurations::default(),
         }))
     }
 

@@ -10,7 +10,7 @@ use tokio::{sync::mpsc, time::Instant};
 use super::{ScanEvent, Scans, Started, malformed_id};
 use crate::{
     domain::{ActionId, MachineAction, ScanRequest},
-    error::Error,
+    error::{BlockedScan, Error},
     upstream::CallContext,
     watcher::Update,
 };
@@ -93,7 +93,10 @@ impl Scans {
         loop {
             let update = updates.borrow_and_update().clone();
             let latest = match update {
-                Update::Action(action) if action.status.is_final() => return Ok(()),
+                Update::Action(action) if action.status.is_final() => {
+                    self.0.durations.record(&action);
+                    return Ok(());
+                }
                 Update::Action(action) => action,
                 // The watcher cannot tell any more: the next POST asks Defender, which
                 // refuses while a scan runs.
@@ -104,20 +107,28 @@ impl Scans {
                     // The watcher let go of every action: the gateway is stopping.
                     return Err(Error::ShuttingDown);
                 },
-                () = self.0.clock.sleep_until(give_up) => return Err(blocked(request, &latest)),
+                () = self.0.clock.sleep_until(give_up) => return Err(self.blocked(request, &latest)),
                 () = notice.0.closed() => return Err(Error::CallerLeft),
             }
         }
     }
 }
 
-/// The request could not start: `running`, less thorough, did not end in time.
-pub(super) fn blocked(request: &ScanRequest, running: &MachineAction) -> Error {
-    Error::ScanBlocked {
-        machine_id: request.machine_id.to_string(),
-        action_id: running.id.clone(),
-        scope: running.scope.clone().unwrap_or_default(),
-        status: running.status.as_upstream().to_owned(),
-        requested: request.scan_type.as_upstream(),
+impl Scans {
+    /// The request could not start: `running`, less thorough, did not end in time. When its
+    /// end is in sight (it runs, and scans of its scope took longer than it has so far), the
+    /// caller is told when to retry.
+    pub(super) fn blocked(&self, request: &ScanRequest, running: &MachineAction) -> Error {
+        Error::ScanBlocked(Box::new(BlockedScan {
+            machine_id: request.machine_id.to_string(),
+            action_id: running.id.clone(),
+            scope: running.scope.clone().unwrap_or_default(),
+            status: running.status.as_upstream().to_owned(),
+            requested: request.scan_type.as_upstream(),
+            retry_after: self
+                .0
+                .durations
+                .expected_end_in(running, self.0.clock.utc()),
+        }))
     }
 }

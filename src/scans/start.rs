@@ -9,7 +9,7 @@ use tracing::Instrument;
 
 use super::{
     Scans, Started, malformed_id, not_found_as, outcome_unknown,
-    running::{Answer, MAX_WAITS, WaitNotice, blocked},
+    running::{Answer, MAX_WAITS, WaitNotice},
 };
 use crate::{
     domain::{ActionId, MachineAction, RequestId, ScanRequest},
@@ -182,7 +182,7 @@ impl Scans {
                     waits += 1;
                     self.wait_for_end(request, running, until, notice).await?;
                 }
-                Answer::Blocked(running) => return Err(blocked(request, &running)),
+                Answer::Blocked(running) => return Err(self.blocked(request, &running)),
             }
         }
     }

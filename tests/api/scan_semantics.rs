@@ -182,10 +182,68 @@ async fn a_full_start_with_a_short_deadline_while_a_quick_scan_runs_is_failed_pr
     assert_eq!(info.metadata["action_id"], running.id);
     assert_eq!(info.metadata["scope"], "Quick");
     assert_eq!(info.metadata["requested_scan_type"], "Full");
+    let retry = tonic_types::StatusExt::get_error_details(&status)
+        .retry_info()
+        .cloned();
+    assert!(
+        retry.is_none(),
+        "a pending scan has no end in sight: {retry:?}"
+    );
     assert_eq!(
         app.sim.handle.stats().actions_created,
         1,
         "nothing else started"
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_for_a_running_quick_scan_says_when_it_likely_ends() {
+    let mut config = fast_simulator();
+    config.pending_duration = Duration::from_millis(50);
+    config.quick_scan_duration = Duration::from_secs(3);
+    let mut app = spawn_gateway(spawn_simulator(config).await).await;
+    // Three Quick scans seen to succeed: the gateway expects one to take about 3 s.
+    let mut seeds = Vec::new();
+    for machine in 1..=3 {
+        let mut client = app.client.clone();
+        let machine = app.sim.machine(machine);
+        seeds.push(tokio::spawn(async move {
+            run_to_end(&mut client, &machine).await
+        }));
+    }
+    for seed in seeds {
+        let (_, end) = seed.await.unwrap();
+        assert!(end.is_ok(), "{end:?}");
+    }
+    let machine = app.sim.machine(0);
+    let (mut client, watched) = (app.client.clone(), machine.clone());
+    let mut running = client
+        .run_scan(run_request(&watched))
+        .await
+        .unwrap()
+        .into_inner();
+    // Until the Quick scan runs on the device (a pending one may wait for days).
+    loop {
+        let update = running.message().await.unwrap().expect("a status");
+        if action_of(update.update.as_ref())
+            .is_some_and(|a| a.status == ActionStatus::InProgress as i32)
+        {
+            break;
+        }
+    }
+    let mut request = tonic::Request::new(full(start_request(&machine)));
+    request.set_timeout(Duration::from_millis(1500));
+    let status = app.client.start_scan(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    let delay = tonic_types::StatusExt::get_error_details(&status)
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("an end in sight");
+    // About 3 s from its creation; the refusal came about 0.5 s after it (the deadline less
+    // the second kept for the Full scan's own POST).
+    assert!(
+        delay > Duration::from_millis(1500) && delay < Duration::from_secs(3),
+        "{delay:?}"
     );
 }
 
