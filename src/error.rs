@@ -45,6 +45,16 @@ pub enum Error {
         "machine action {action_id} was still {status} when the watch time ran out; resume with WatchScan"
     )]
     WatchExpired { action_id: String, status: String },
+    /// An upstream outage lasted longer than a stream rides it out.
+    #[error(
+        "the Defender API could not be read for too long (since {since}); machine action {action_id} was last seen {status}; resume with WatchScan"
+    )]
+    OutageOutlasted {
+        action_id: String,
+        status: String,
+        /// RFC 3339.
+        since: String,
+    },
     /// The action could not be followed any more.
     #[error("cannot follow machine action {action_id}: {detail}")]
     WatchFailed {

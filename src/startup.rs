@@ -189,6 +189,7 @@ impl Gateway {
             ScansConfig {
                 max_watch: settings.max_watch,
                 follow_running: settings.follow_running_scans,
+                ride_out: settings.stream_ride_out,
             },
             ScanMetrics::register(&mut registry),
             watcher,

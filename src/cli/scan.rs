@@ -113,6 +113,12 @@ async fn follow(args: ScanArgs) -> Result<pb::ActionStatus, String> {
                     );
                 }
             }
+            Some(Event::Delayed(delayed)) => {
+                println!(
+                    "[{elapsed:6.1}s] updates delayed: {} (the stream waits for the API)",
+                    delayed.reason
+                );
+            }
             Some(Event::Action(action)) => {
                 let status = action.status();
                 if last == pb::ActionStatus::Unspecified {

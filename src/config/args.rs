@@ -121,6 +121,11 @@ settings! {
         #[arg(long, env = "SCAN_GATEWAY_MAX_WATCH", value_parser = humantime::parse_duration)]
         #[serde(with = "super::layer::humantime_option")]
         pub max_watch: Option<Duration> = "24h",
+        /// Longest a stream rides out an upstream outage (telling its caller that updates are
+        /// delayed) before it ends UNAVAILABLE with the last known status.
+        #[arg(long, env = "SCAN_GATEWAY_STREAM_RIDE_OUT", value_parser = humantime::parse_duration)]
+        #[serde(with = "super::layer::humantime_option")]
+        pub stream_ride_out: Option<Duration> = "10m",
         /// A scan requested for a machine that is already scanning returns that scan when it
         /// is at least as thorough (else waits for its end); `false` answers Defender's
         /// "already in progress" with ALREADY_EXISTS instead.

@@ -253,6 +253,15 @@ pub fn update(event: ScanEvent) -> pb::ScanUpdate {
         ScanEvent::Waiting(a) => pb::scan_update::Event::Waiting(pb::Waiting {
             action: Some(action(*a)),
         }),
+        ScanEvent::Delayed {
+            since,
+            reason,
+            gives_up_at,
+        } => pb::scan_update::Event::Delayed(pb::Delayed {
+            since: Some(timestamp(since)),
+            reason,
+            gives_up_at: Some(timestamp(gives_up_at)),
+        }),
     };
     pb::ScanUpdate { event: Some(event) }
 }

@@ -161,6 +161,22 @@ fn to_status(error: &Error) -> Status {
                 ]),
             ),
         ),
+        Error::OutageOutlasted {
+            action_id,
+            status,
+            since,
+        } => {
+            let mut details = error_info(
+                "UPSTREAM_OUTAGE",
+                HashMap::from([
+                    ("action_id".to_owned(), action_id.clone()),
+                    ("last_status".to_owned(), status.clone()),
+                    ("outage_since".to_owned(), since.clone()),
+                ]),
+            );
+            details.set_retry_info(Some(std::time::Duration::from_secs(30)));
+            Status::with_error_details(Code::Unavailable, message, details)
+        }
         Error::WatchFailed {
             action_id,
             not_found: true,

@@ -99,7 +99,7 @@ impl State {
                 }
                 Phase::Following(follower) => {
                     return match follower.next().await {
-                        Some(Ok(action)) => Some(Ok(ScanEvent::Action(Box::new(action)))),
+                        Some(Ok(event)) => Some(Ok(event)),
                         Some(Err(err)) => Some(Err(self.fail(err))),
                         None => {
                             self.outcome.code = Some(Code::Ok);

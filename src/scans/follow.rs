@@ -1,15 +1,20 @@
 //! Following a scan for one stream: the first action, then each status change the watcher
-//! sees, until a final status.
+//! sees, until a final status. During an upstream outage the stream is told its updates are
+//! delayed and keeps its place, for the ride-out time at most.
+
+use std::future::pending;
+
+use time::format_description::well_known::Rfc3339;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Scans, malformed_id};
+use super::{ScanEvent, Scans, malformed_id};
 use crate::{
     domain::{ActionId, ActionStatus, MachineAction},
     error::Error,
     upstream::CallContext,
-    watcher::Update,
+    watcher::{Outage, Update},
 };
 
 /// One stream's view of a followed action: [`Follower::next`] yields the first action, then
@@ -29,22 +34,29 @@ pub struct Follower {
     /// Set once subscribed.
     id: Option<ActionId>,
     updates: Option<watch::Receiver<Update>>,
+    /// The watcher's outage state.
+    outage: watch::Receiver<Option<Outage>>,
+    /// The outage this stream was told about, until updates flow again.
+    delayed: Option<Outage>,
     last: ActionStatus,
     until: Instant,
     done: bool,
 }
 
 impl Follower {
-    /// The next action to send, an error that ends the stream, or `None` after the final one.
-    pub async fn next(&mut self) -> Option<Result<MachineAction, Error>> {
+    /// The next event to send (an action, or that updates are delayed), an error that ends
+    /// the stream, or `None` after the final action.
+    pub async fn next(&mut self) -> Option<Result<ScanEvent, Error>> {
         if self.done {
             return None;
         }
         if let Some(first) = self.first.take() {
-            return Some(self.start(*first));
+            return Some(self.start(*first).map(|a| ScanEvent::Action(Box::new(a))));
         }
         let result = self.changed().await;
-        if !matches!(&result, Ok(action) if !action.status.is_final()) {
+        if !matches!(&result, Ok(ScanEvent::Delayed { .. }))
+            && !matches!(&result, Ok(ScanEvent::Action(action)) if !action.status.is_final())
+        {
             self.done = true;
         }
         Some(result)
@@ -64,17 +76,19 @@ impl Follower {
         Ok(first)
     }
 
-    /// Waits for a status other than the last one sent.
-    async fn changed(&mut self) -> Result<MachineAction, Error> {
+    /// Waits for a status other than the last one sent, or for an outage to begin or end.
+    async fn changed(&mut self) -> Result<ScanEvent, Error> {
         let (Some(updates), Some(id)) = (self.updates.as_mut(), self.id.as_ref()) else {
             return Err(Error::ShuttingDown);
         };
         loop {
             // The newest state first: it may be newer than what the caller got.
             let update = updates.borrow_and_update().clone();
+            let outage = self.outage.borrow_and_update().clone();
             match update {
                 Update::Action(action) if action.status != self.last => {
                     self.last = action.status.clone();
+                    self.delayed = None;
                     if self.last.is_final() {
                         self.scans
                             .0
@@ -82,7 +96,12 @@ impl Follower {
                             .record_scan_finished(self.last.as_upstream());
                         self.scans.0.durations.record(&action);
                     }
-                    return Ok(*action);
+                    return Ok(ScanEvent::Action(action));
+                }
+                // Updates flow again: the latest state says so, even if unchanged.
+                Update::Action(action) if self.delayed.is_some() && outage.is_none() => {
+                    self.delayed = None;
+                    return Ok(ScanEvent::Action(action));
                 }
                 Update::Action(_) => {}
                 Update::Failed { not_found, detail } => {
@@ -93,11 +112,41 @@ impl Follower {
                     });
                 }
             }
+            let gives_up = outage
+                .as_ref()
+                .map(|outage| (outage.since + self.scans.0.config.ride_out).min(self.until));
+            if let Some(outage) = outage.as_ref()
+                && self.delayed.as_ref() != Some(outage)
+            {
+                self.delayed = Some(outage.clone());
+                self.scans.0.metrics.record_stream_delayed();
+                let gives_up_utc = self.scans.utc_at(gives_up.unwrap_or(self.until));
+                return Ok(ScanEvent::Delayed {
+                    since: outage.since_utc,
+                    reason: outage.reason.clone(),
+                    gives_up_at: gives_up_utc,
+                });
+            }
             tokio::select! {
                 changed = updates.changed() => if changed.is_err() {
                     // The watcher let go of the action: the gateway is stopping.
                     return Err(Error::ShuttingDown);
                 },
+                changed = self.outage.changed() => if changed.is_err() {
+                    return Err(Error::ShuttingDown);
+                },
+                () = sleep_until_some(gives_up.filter(|at| *at < self.until)) => {
+                    self.scans.0.metrics.record_stream_outage_end();
+                    let outage = self.delayed.clone();
+                    return Err(Error::OutageOutlasted {
+                        action_id: id.to_string(),
+                        status: self.last.as_upstream().to_owned(),
+                        since: outage
+                            .map_or_else(|| self.scans.0.clock.utc(), |o| o.since_utc)
+                            .format(&Rfc3339)
+                            .unwrap_or_default(),
+                    });
+                }
                 () = tokio::time::sleep_until(self.until) => {
                     return Err(Error::WatchExpired {
                         action_id: id.to_string(),
@@ -126,6 +175,8 @@ impl Scans {
         };
         Follower {
             scans: self.clone(),
+            outage: self.0.watcher.outage(),
+            delayed: None,
             last: first.status.clone(),
             first: Some(Box::new(first)),
             id: None,
@@ -133,5 +184,13 @@ impl Scans {
             until,
             done: false,
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => pending().await,
     }
 }

@@ -1,4 +1,5 @@
-//! The scan service's metric: scans followed to a final status, by that status.
+//! The scan service's metrics: scans followed to a final status, by that status; streams told
+//! their updates are delayed, and ended by an outage that outlasted the ride-out time.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -15,6 +16,8 @@ struct FinalStatusLabel {
 #[derive(Clone, Debug, Default)]
 pub struct ScanMetrics {
     finished: Family<FinalStatusLabel, Counter>,
+    delayed: Counter,
+    outage_ends: Counter,
 }
 
 // === impl ScanMetrics ===
@@ -27,7 +30,25 @@ impl ScanMetrics {
             "Scans followed to a final status, by that status",
             metrics.finished.clone(),
         );
+        registry.register(
+            "stream_delays",
+            "Streams told that their updates are delayed by an upstream outage",
+            metrics.delayed.clone(),
+        );
+        registry.register(
+            "stream_outage_ends",
+            "Streams ended UNAVAILABLE because an upstream outage outlasted the ride-out time",
+            metrics.outage_ends.clone(),
+        );
         metrics
+    }
+
+    pub fn record_stream_delayed(&self) {
+        self.delayed.inc();
+    }
+
+    pub fn record_stream_outage_end(&self) {
+        self.outage_ends.inc();
     }
 
     pub fn record_scan_finished(&self, status: &str) {

@@ -41,6 +41,9 @@ pub struct ScansConfig {
     /// least as thorough, else waits for its end (true), or Defender's "already in progress"
     /// fails with ALREADY_EXISTS (false).
     pub follow_running: bool,
+    /// Longest a stream rides out an upstream outage (telling its caller that updates are
+    /// delayed) before it ends UNAVAILABLE with the last known status.
+    pub ride_out: Duration,
 }
 
 /// One event of a followed scan.
@@ -56,6 +59,13 @@ pub enum ScanEvent {
     /// A less thorough scan (this action) runs on the machine: the requested scan starts
     /// once it ends.
     Waiting(Box<MachineAction>),
+    /// Updates are delayed by an upstream outage since `since`; the stream ends at
+    /// `gives_up_at` if it lasts.
+    Delayed {
+        since: OffsetDateTime,
+        reason: String,
+        gives_up_at: OffsetDateTime,
+    },
 }
 
 /// The scan a start answers with.

@@ -20,6 +20,8 @@ pub struct WatchMetrics {
     refreshed_per_call: Histogram,
     delay: Histogram,
     panics: Counter,
+    outage: Gauge,
+    outages: Counter,
 }
 
 // === impl WatchMetrics ===
@@ -57,6 +59,16 @@ impl WatchMetrics {
             "Panics of the watcher's loop; each is logged and the loop restarted, its subscribers kept",
             metrics.panics.clone(),
         );
+        registry.register(
+            "watch_outage",
+            "1 while the watcher cannot read the Defender API (an outage its streams ride out)",
+            metrics.outage.clone(),
+        );
+        registry.register(
+            "watch_outages",
+            "Upstream outages the watcher rode out or is riding out",
+            metrics.outages.clone(),
+        );
         registry.register_with_unit(
             "watch_update_delay",
             "Time from a status change upstream (lastUpdateDateTimeUtc) to its publication",
@@ -88,6 +100,14 @@ impl WatchMetrics {
     pub fn record_watch_panic(&self) {
         self.panics.inc();
     }
+
+    /// An outage began (`true`) or ended.
+    pub fn record_outage(&self, began: bool) {
+        self.outage.set(i64::from(began));
+        if began {
+            self.outages.inc();
+        }
+    }
 }
 
 /// Families in no registry, for tests that do not read them.
@@ -101,6 +121,8 @@ impl Default for WatchMetrics {
             refreshed_per_call: Histogram::new(exponential_buckets(1.0, 4.0, 8)),
             delay: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
             panics: Counter::default(),
+            outage: Gauge::default(),
+            outages: Counter::default(),
         }
     }
 }

@@ -17,6 +17,12 @@
 //!
 //! The loop is supervised: a panic in it is logged, counted (`watch_panics`) and the loop
 //! restarted; subscribers keep their channels and see the next refresh.
+//!
+//! An upstream outage (the API or its token endpoint unreachable, failing, throttling, or the
+//! quota spent) is ridden out: the watcher publishes an [`Outage`], keeps refreshing with a
+//! growing pause, and clears it at the first refresh that succeeds. Each stream decides how
+//! long it waits (`scans::follow`). Other failures (a refusal, an unreadable answer) fail the
+//! subscribers after `max_failures` refreshes in a row, as before.
 
 mod metrics;
 #[cfg(test)]
@@ -36,12 +42,16 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
     clock::Clock,
+    credentials::TokenError,
     domain::{ActionId, MachineAction},
     supervisor::supervise,
     upstream::{self, ActionQuery, CallContext, DefenderClient, SCAN_ACTION_TYPE, SkippedAction},
 };
 
 pub use metrics::WatchMetrics;
+
+/// Longest pause between two refreshes during an outage.
+const OUTAGE_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Most ids in one `$filter` (keeps the URL well under common 8 KiB limits).
 const MAX_IDS_PER_FILTER: usize = 40;
@@ -74,6 +84,16 @@ pub enum Update {
     Failed { not_found: bool, detail: String },
 }
 
+/// The upstream cannot be read for now: every followed action's updates are delayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outage {
+    /// When the first refresh failed.
+    pub since: tokio::time::Instant,
+    pub since_utc: OffsetDateTime,
+    /// What fails, in words.
+    pub reason: String,
+}
+
 struct Entry {
     tx: watch::Sender<Update>,
     created: Option<OffsetDateTime>,
@@ -90,6 +110,8 @@ struct Inner {
     metrics: WatchMetrics,
     entries: Mutex<HashMap<ActionId, Entry>>,
     wake: Notify,
+    /// The outage under way, if any.
+    outage: watch::Sender<Option<Outage>>,
     /// Set at shutdown: every subscription ends (its sender is dropped) and new ones end at once.
     closed: std::sync::atomic::AtomicBool,
 }
@@ -114,6 +136,7 @@ impl Watcher {
             metrics,
             entries: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            outage: watch::Sender::new(None),
             closed: std::sync::atomic::AtomicBool::new(false),
         }));
         let task = watcher.clone();
@@ -211,6 +234,11 @@ impl Watcher {
         }
     }
 
+    /// The outage under way (`None` while the upstream answers).
+    pub fn outage(&self) -> watch::Receiver<Option<Outage>> {
+        self.0.outage.subscribe()
+    }
+
     async fn run(&self) {
         let mut failures = 0u32;
         loop {
@@ -234,6 +262,21 @@ impl Watcher {
             let calls = match self.refresh(&targets).instrument(span).await {
                 Ok(calls) => {
                     failures = 0;
+                    self.outage_over();
+                    calls
+                }
+                Err((calls, err)) if rides_out(&err) => {
+                    failures += 1;
+                    tracing::warn!(error = %err, failures, "refreshing watched actions failed; riding the outage out");
+                    self.outage_began(&err);
+                    // A growing pause: an API that is down gains nothing from more calls.
+                    let pause = self
+                        .0
+                        .config
+                        .interval
+                        .saturating_mul(1 << failures.min(6))
+                        .min(OUTAGE_BACKOFF_MAX);
+                    self.0.clock.sleep(pause).await;
                     calls
                 }
                 Err((calls, err)) => {
@@ -417,6 +460,34 @@ impl Watcher {
         }
     }
 
+    fn outage_began(&self, err: &upstream::Error) {
+        let began = self.0.outage.send_if_modified(|outage| {
+            if outage.is_some() {
+                return false;
+            }
+            *outage = Some(Outage {
+                since: self.0.clock.now(),
+                since_utc: self.0.clock.utc(),
+                reason: format!("the Defender API cannot be read: {}", err.kind()),
+            });
+            true
+        });
+        if began {
+            self.0.metrics.record_outage(true);
+        }
+    }
+
+    fn outage_over(&self) {
+        let over = self
+            .0
+            .outage
+            .send_if_modified(|outage| outage.take().is_some());
+        if over {
+            self.0.metrics.record_outage(false);
+            tracing::info!("the Defender API answers again; delayed updates flow");
+        }
+    }
+
     fn fail_all(&self, err: &upstream::Error) {
         for entry in self.lock().values() {
             entry.tx.send_replace(Update::Failed {
@@ -428,6 +499,18 @@ impl Watcher {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<ActionId, Entry>> {
         self.0.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Whether a failed refresh is an outage to ride out: the API or the token endpoint down,
+/// failing or throttling, or the quota spent; not a refusal or an answer no one can read.
+fn rides_out(err: &upstream::Error) -> bool {
+    use upstream::Error as E;
+    match err {
+        E::Api(api) => api.status == 429 || api.status >= 500,
+        E::Transport { .. } | E::Quota(_) | E::DeadlineExceeded { .. } => true,
+        E::Token(token) => matches!(token, TokenError::Unavailable { .. }),
+        E::Malformed { .. } => false,
     }
 }
 

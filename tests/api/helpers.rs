@@ -290,10 +290,13 @@ pub async fn run_to_end(
     collect(stream).await
 }
 
-/// The action an update carries, if it carries one (not a `queued` event).
+/// The action an update carries, if it carries one (not a `queued`, `waiting` or `delayed`
+/// event).
 pub fn action_of(update: Option<&pb::ScanUpdate>) -> Option<pb::MachineAction> {
     match update?.event.as_ref()? {
         pb::scan_update::Event::Action(action) => Some(action.clone()),
-        pb::scan_update::Event::Queued(_) | pb::scan_update::Event::Waiting(_) => None,
+        pb::scan_update::Event::Queued(_)
+        | pb::scan_update::Event::Waiting(_)
+        | pb::scan_update::Event::Delayed(_) => None,
     }
 }

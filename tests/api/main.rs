@@ -13,6 +13,7 @@ mod idempotency;
 mod limits;
 mod malformed;
 mod observability;
+mod outage;
 mod pki;
 mod process;
 mod scan_only;
