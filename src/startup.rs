@@ -6,7 +6,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 use futures_util::future::Either;
 
 use tokio::{net::TcpListener, sync::watch};
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 
 use crate::{
     admin,
@@ -15,7 +15,7 @@ use crate::{
     credentials::{Credential, TokenCache, TokenEndpoint, TokenMetrics},
     grpc::{GrpcMetrics, ScanServiceImpl, pb},
     idempotency::{KeyMetrics, LocalKeys, SharedKeys, spawn_restorer},
-    inbound::{self, Authenticator, InboundMetrics, Limiter},
+    inbound::{self, Authenticator, Connections, InboundMetrics, Limiter},
     metrics::{self, Metrics},
     outbound::{self, UpstreamMetrics},
     quota::{LocalStore, Quota, QuotaConfig, QuotaMetrics, SharedStore, Store},
@@ -59,6 +59,8 @@ pub struct Gateway {
     metrics: Metrics,
     /// The inbound layers' refusals; the layers are built when serving starts.
     inbound_metrics: InboundMetrics,
+    /// The client connections: caps, handshake and idle deadlines.
+    connections: Connections,
     stopping: watch::Sender<bool>,
     shutdown_grace: std::time::Duration,
     /// TLS on the gRPC port, when configured.
@@ -196,11 +198,13 @@ impl Gateway {
             keys,
             shared_keys,
         );
+        let inbound_metrics = InboundMetrics::register(&mut registry);
         Ok(Self {
             grpc,
             admin,
             service: ScanServiceImpl::new(scans, GrpcMetrics::register(&mut registry)),
-            inbound_metrics: InboundMetrics::register(&mut registry),
+            connections: Connections::new(settings.limits.connections, inbound_metrics.clone()),
+            inbound_metrics,
             metrics: Metrics::new(registry),
             stopping,
             shutdown_grace: settings.shutdown_grace,
@@ -266,6 +270,7 @@ impl Gateway {
         let stopping = self.stopping;
         let quota = self.quota;
         let (draining_tx, draining) = tokio::sync::oneshot::channel::<()>();
+        let idle_closer = self.connections.clone();
         let drain = async move {
             shutdown.await;
             let _ = draining_tx.send(());
@@ -275,16 +280,27 @@ impl Gateway {
                 .set_not_serving::<pb::scan_service_server::ScanServiceServer<ScanServiceImpl>>()
                 .await;
             let _ = stopping.send(true);
+            // A connection with no call in flight (or still in its handshake) holds nothing.
+            idle_closer.drain();
         };
 
         let local = self.grpc.local_addr()?;
         tracing::info!(grpc = %local, "serving");
         let limiter = Arc::new(Limiter::new(self.limits.caller, self.clock));
+        let connection_limits = self.limits.connections;
         let router = Server::builder()
             // Clients queue for a stream beyond this, per connection.
             .max_concurrent_streams(Some(self.limits.max_streams_per_connection))
-            // Span, authentication, per-caller limits.
-            .layer(inbound::layers(self.auth, limiter, self.inbound_metrics))
+            // Dead peers with calls in flight; silent and idle ones are `Connections`'.
+            .http2_keepalive_interval(Some(connection_limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(connection_limits.keepalive_timeout))
+            // Calls in flight per connection, span, authentication, per-caller limits.
+            .layer(inbound::layers(
+                self.connections.clone(),
+                self.auth,
+                limiter,
+                self.inbound_metrics,
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -292,16 +308,17 @@ impl Gateway {
                 pb::scan_service_server::ScanServiceServer::new(self.service)
                     .max_decoding_message_size(self.limits.max_message_bytes),
             );
-        let server =
-            match self.tls {
-                None => Either::Left(
-                    router.serve_with_incoming_shutdown(TcpIncoming::from(self.grpc), drain),
-                ),
-                Some(acceptor) => Either::Right(router.serve_with_incoming_shutdown(
-                    security::tls::incoming(self.grpc, acceptor),
-                    drain,
-                )),
-            };
+        let connections = self.connections;
+        let server = match self.tls {
+            None => Either::Left(router.serve_with_incoming_shutdown(
+                connections.incoming(self.grpc, |tcp| std::future::ready(Ok(tcp))),
+                drain,
+            )),
+            Some(acceptor) => Either::Right(router.serve_with_incoming_shutdown(
+                connections.incoming(self.grpc, security::tls::handshake(&acceptor)),
+                drain,
+            )),
+        };
         // hyper's graceful shutdown waits for every connection to close, and a client that
         // never answers the GOAWAY would hold the process forever: bound the drain.
         let grace = self.shutdown_grace;

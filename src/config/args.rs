@@ -156,6 +156,29 @@ settings! {
         /// clients wait for a free stream).
         #[arg(long, env = "SCAN_GATEWAY_MAX_STREAMS_PER_CONNECTION")]
         pub max_streams_per_connection: Option<u32> = "1000", check = at_least(1),
+        /// From accepting a connection to its TLS handshake and HTTP/2 preface with the first
+        /// frame; a slower or silent peer is disconnected.
+        #[arg(long, env = "SCAN_GATEWAY_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration)]
+        #[serde(with = "super::layer::humantime_option")]
+        pub handshake_timeout: Option<Duration> = "5s", check = positive,
+        /// A connection with no call in flight for this long is closed.
+        #[arg(long, env = "SCAN_GATEWAY_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+        #[serde(with = "super::layer::humantime_option")]
+        pub idle_timeout: Option<Duration> = "5m", check = positive,
+        /// Time between HTTP/2 keep-alive pings to each client.
+        #[arg(long, env = "SCAN_GATEWAY_KEEPALIVE_INTERVAL", value_parser = humantime::parse_duration)]
+        #[serde(with = "super::layer::humantime_option")]
+        pub keepalive_interval: Option<Duration> = "30s", check = positive,
+        /// A keep-alive ping unanswered this long closes the connection (a dead peer).
+        #[arg(long, env = "SCAN_GATEWAY_KEEPALIVE_TIMEOUT", value_parser = humantime::parse_duration)]
+        #[serde(with = "super::layer::humantime_option")]
+        pub keepalive_timeout: Option<Duration> = "10s", check = positive,
+        /// Open client connections; beyond, new ones are closed at accept.
+        #[arg(long, env = "SCAN_GATEWAY_MAX_CONNECTIONS")]
+        pub max_connections: Option<usize> = "4096", check = at_least(1),
+        /// Open client connections per peer IP address; beyond, new ones are closed at accept.
+        #[arg(long, env = "SCAN_GATEWAY_MAX_CONNECTIONS_PER_PEER")]
+        pub max_connections_per_peer: Option<usize> = "512", check = at_least(1),
         /// Open RunScan/WatchScan streams per caller (identity, else IP address); beyond,
         /// RESOURCE_EXHAUSTED.
         #[arg(long, env = "SCAN_GATEWAY_MAX_STREAMS_PER_CALLER")]

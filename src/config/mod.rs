@@ -25,7 +25,7 @@ pub use quota::parse_quota;
 
 use crate::{
     quota::{Limits, SharedConfig},
-    security::{CallerLimits, SecuritySettings},
+    security::{CallerLimits, ConnectionLimits, SecuritySettings},
     upstream,
 };
 
@@ -69,6 +69,7 @@ pub struct InboundLimits {
     pub max_message_bytes: usize,
     pub max_streams_per_connection: u32,
     pub caller: CallerLimits,
+    pub connections: ConnectionLimits,
 }
 
 /// A setting that cannot be used. Never quotes a secret.
@@ -172,6 +173,14 @@ impl Settings {
                 },
                 burst: v.caller_burst,
                 max_streams: v.max_streams_per_caller,
+            },
+            connections: ConnectionLimits {
+                handshake: v.handshake_timeout,
+                idle: v.idle_timeout,
+                keepalive_interval: v.keepalive_interval,
+                keepalive_timeout: v.keepalive_timeout,
+                max_total: v.max_connections,
+                max_per_peer: v.max_connections_per_peer,
             },
         };
         Ok(Settings {

@@ -12,21 +12,17 @@
 
 use std::{
     collections::HashMap,
-    pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
     time::Duration,
 };
 
-use bytes::Bytes;
 use futures_util::future::{Either, Ready, ready as ready_ok};
-use http_body::{Frame, SizeHint};
-use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
-use super::{InboundMetrics, authenticate::CallerShare};
+use super::{InboundMetrics, authenticate::CallerShare, guarded::GuardedFuture};
 use crate::{
     call::QuotaCaller,
     clock::Clock,
@@ -161,7 +157,7 @@ impl Limiter {
 /// An open stream of one caller; dropping it (when the response body ends or the caller goes
 /// away) frees the slot.
 #[derive(Debug)]
-struct StreamSlot {
+pub struct StreamSlot {
     limiter: Arc<Limiter>,
     caller: Arc<str>,
 }
@@ -222,7 +218,8 @@ where
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future = Either<Ready<Result<Self::Response, Self::Error>>, SlotFuture<S::Future>>;
+    type Future =
+        Either<Ready<Result<Self::Response, Self::Error>>, GuardedFuture<S::Future, StreamSlot>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -230,10 +227,7 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let Some(method) = request.uri().path().strip_prefix(SCAN_SERVICE) else {
-            return Either::Right(SlotFuture {
-                inner: self.inner.call(request),
-                slot: None,
-            });
+            return Either::Right(GuardedFuture::new(self.inner.call(request), None));
         };
         let streaming = matches!(method, "RunScan" | "WatchScan");
         let caller = identity(&request);
@@ -243,10 +237,7 @@ where
                 request
                     .extensions_mut()
                     .insert(QuotaCaller { id: caller, share });
-                Either::Right(SlotFuture {
-                    inner: self.inner.call(request),
-                    slot,
-                })
+                Either::Right(GuardedFuture::new(self.inner.call(request), slot))
             }
             Err(error) => {
                 self.metrics.record_refused(refusal_reason(&error));
@@ -260,78 +251,6 @@ where
                 Either::Left(ready_ok(Ok(Status::from(error).into_http())))
             }
         }
-    }
-}
-
-pin_project! {
-    /// The handler's future; hands the stream slot to the response body.
-    pub struct SlotFuture<F> {
-        #[pin]
-        inner: F,
-        slot: Option<StreamSlot>,
-    }
-}
-
-impl<F, E> Future for SlotFuture<F>
-where
-    F: Future<Output = Result<http::Response<Body>, E>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = ready!(this.inner.poll(cx));
-        Poll::Ready(match this.slot.take() {
-            None => result,
-            Some(slot) => result.map(|response| {
-                response.map(|inner| {
-                    Body::new(SlotBody {
-                        inner,
-                        slot: Some(slot),
-                    })
-                })
-            }),
-        })
-    }
-}
-
-pin_project! {
-    /// A response body holding its caller's stream slot until its last frame (or until it
-    /// is dropped, when the caller goes away): the slot is free before the caller can see
-    /// the stream's end and open the next one.
-    struct SlotBody {
-        #[pin]
-        inner: Body,
-        slot: Option<StreamSlot>,
-    }
-}
-
-impl http_body::Body for SlotBody {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        let last = match &frame {
-            Some(Ok(frame)) => frame.is_trailers(),
-            Some(Err(_)) | None => true,
-        };
-        if last {
-            this.slot.take();
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -404,7 +323,7 @@ mod tests {
         assert_eq!(code(&call(&limiter, "GetScan", "a").await), None);
         // The first stream ends: its body is read to the end and dropped.
         let mut body = first.into_body();
-        while std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
+        while std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx))
             .await
             .is_some()
         {}

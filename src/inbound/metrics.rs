@@ -1,20 +1,23 @@
-//! The inbound layers' metric: calls refused before their handler, by reason.
+//! The inbound side's metrics: calls refused before their handler and connections refused at
+//! accept, by reason; open connections, and the ones the gateway closed, by reason.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RefusedLabel {
+struct ReasonLabel {
     reason: &'static str,
 }
 
 /// The inbound layers' family, one for all of them. Cheap to clone; clones share it.
 #[derive(Clone, Debug, Default)]
 pub struct InboundMetrics {
-    refused: Family<RefusedLabel, Counter>,
+    refused: Family<ReasonLabel, Counter>,
+    connections: Gauge,
+    closed: Family<ReasonLabel, Counter>,
 }
 
 // === impl InboundMetrics ===
@@ -24,15 +27,36 @@ impl InboundMetrics {
         let metrics = Self::default();
         registry.register(
             "grpc_server_refused",
-            "ScanService calls refused before their handler: unauthenticated, \
-             permission_denied, caller_rate, caller_streams",
+            "ScanService calls refused before their handler (unauthenticated, \
+             permission_denied, caller_rate, caller_streams) and connections refused at accept \
+             (connection_limit, peer_connection_limit)",
             metrics.refused.clone(),
+        );
+        registry.register(
+            "grpc_server_connections",
+            "Open client connections",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "grpc_server_connections_closed",
+            "Client connections the gateway closed: handshake_timeout, idle, shutdown",
+            metrics.closed.clone(),
         );
         metrics
     }
 
+    pub fn set_connections(&self, open: usize) {
+        self.connections
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    /// A connection the gateway closed, for `reason`.
+    pub fn record_connection_closed(&self, reason: &'static str) {
+        self.closed.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
     /// A call refused by the server's layers (authentication, policy, caller limits).
     pub fn record_refused(&self, reason: &'static str) {
-        self.refused.get_or_create(&RefusedLabel { reason }).inc();
+        self.refused.get_or_create(&ReasonLabel { reason }).inc();
     }
 }

@@ -3,6 +3,8 @@
 //! untouched but for the span.
 
 pub mod authenticate;
+pub mod connections;
+mod guarded;
 pub mod limits;
 mod metrics;
 pub mod span;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use tower::{ServiceBuilder, layer::util::Identity, layer::util::Stack};
 
 pub use authenticate::{AuthenticateLayer, Authenticator};
+pub use connections::{ConnectionCallsLayer, ConnectionLimits, Connections};
 pub use limits::{Limiter, LimitsLayer};
 pub use metrics::InboundMetrics;
 pub use span::ServerSpanLayer;
@@ -32,12 +35,23 @@ pub fn peer_of<B>(request: &http::Request<B>) -> Option<std::net::SocketAddr> {
 }
 
 /// The inbound layers, outermost first.
-pub type Layers =
-    ServiceBuilder<Stack<LimitsLayer, Stack<AuthenticateLayer, Stack<ServerSpanLayer, Identity>>>>;
+pub type Layers = ServiceBuilder<
+    Stack<
+        LimitsLayer,
+        Stack<AuthenticateLayer, Stack<ServerSpanLayer, Stack<ConnectionCallsLayer, Identity>>>,
+    >,
+>;
 
 /// Builds the inbound stack, outermost layer first.
-pub fn layers(auth: Authenticator, limiter: Arc<Limiter>, metrics: InboundMetrics) -> Layers {
+pub fn layers(
+    connections: Connections,
+    auth: Authenticator,
+    limiter: Arc<Limiter>,
+    metrics: InboundMetrics,
+) -> Layers {
     ServiceBuilder::new()
+        // Every call, health and reflection too, keeps its connection from being idle.
+        .layer(ConnectionCallsLayer::new(connections))
         // One server span per ScanService call, continuing the caller's trace.
         .layer(ServerSpanLayer::new())
         // Who is calling, and may they (inside the span, so refusals are traced).

@@ -14,7 +14,7 @@ pub mod tls;
 
 use std::path::PathBuf;
 
-pub use limits::{CallerLimits, LimitKind};
+pub use limits::{CallerLimits, ConnectionLimits, LimitKind};
 pub use policy::{Policy, Role, Rule};
 
 /// The authenticated caller, put in the request's extensions by `inbound::authenticate`: the URI (else

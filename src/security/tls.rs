@@ -17,20 +17,14 @@ use rustls::{
     server::WebPkiClientVerifier,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::mpsc,
-};
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
 
 use super::TlsSettings;
 
 /// How often the certificate files are checked.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest a TLS handshake may take before the connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A TLS file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot use {path}: {reason}")]
@@ -173,38 +167,11 @@ pub fn acceptor(settings: &TlsSettings, client_optional: bool) -> Result<Accepto
     Ok(acceptor)
 }
 
-/// The TLS connections accepted on `listener`; handshakes run concurrently and failed ones
-/// are logged and dropped. The accept loop stops when the stream is dropped.
-pub fn incoming(
-    listener: TcpListener,
-    acceptor: Acceptor,
-) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                () = tx.closed() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.get(), tx.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
-                    }
-                    Ok(Err(err)) => tracing::info!(%peer, error = %err, "TLS handshake failed"),
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
+/// The TLS handshake of an accepted connection, with the certificate current at accept; the
+/// caller bounds it (`inbound::connections`: the connection's handshake deadline).
+pub fn handshake(
+    acceptor: &Acceptor,
+) -> impl Fn(TcpStream) -> tokio_rustls::Accept<TcpStream> + Send + 'static {
+    let acceptor = acceptor.clone();
+    move |tcp| acceptor.get().accept(tcp)
 }

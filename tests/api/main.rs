@@ -5,6 +5,7 @@ mod certificate_assertion;
 mod cli;
 mod cli_security;
 mod collector;
+mod connections;
 mod credentials;
 mod errors;
 mod faults;
