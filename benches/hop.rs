@@ -174,6 +174,7 @@ async fn run(pinning: Option<String>) -> Result<(), BoxError> {
             )
             .env("AZURE_AUTHORITY_HOST", &base_url)
             .env("MDE_API_BASE_URL", &base_url)
+            .env("SCAN_GATEWAY_ALLOW_UNAUTHENTICATED", "true")
             .env("SCAN_GATEWAY_LISTEN", format!("127.0.0.1:{grpc_port}"))
             .env(
                 "SCAN_GATEWAY_ADMIN_LISTEN",

@@ -148,6 +148,7 @@ async fn measure(actions: usize) -> Row {
         .env("AZURE_CLIENT_SECRET", "simulator-secret")
         .env("AZURE_AUTHORITY_HOST", &base)
         .env("MDE_API_BASE_URL", &base)
+        .env("SCAN_GATEWAY_ALLOW_UNAUTHENTICATED", "true")
         .env("SCAN_GATEWAY_LISTEN", "127.0.0.1:0")
         .env("SCAN_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
         .env("SCAN_GATEWAY_POLL_INTERVAL", "10s")

@@ -199,6 +199,7 @@ impl Gateway {
             shared_keys,
         );
         let inbound_metrics = InboundMetrics::register(&mut registry);
+        inbound_metrics.set_unauthenticated(!settings.security.authenticates());
         Ok(Self {
             grpc,
             admin,

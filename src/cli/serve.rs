@@ -90,6 +90,17 @@ async fn serve(
             return ExitCode::from(2);
         }
     };
+    // The gateway holds a credential that can scan every device of the tenant: in real mode
+    // an open door must be chosen on purpose.
+    if !args.simulate && !settings.security.authenticates() {
+        if !settings.allow_unauthenticated {
+            eprintln!("error: {UNAUTHENTICATED}");
+            return ExitCode::from(2);
+        }
+        tracing::warn!(
+            "serving without caller authentication (SCAN_GATEWAY_ALLOW_UNAUTHENTICATED=true): every caller may scan and cancel on every device of the tenant"
+        );
+    }
     if let Some(simulator) = &simulator {
         print_banner(
             gateway.local_addr(),
@@ -246,3 +257,7 @@ fn print_banner(grpc: SocketAddr, admin: SocketAddr, simulator: &str, machines: 
     );
     println!();
 }
+
+const UNAUTHENTICATED: &str = "callers are not authenticated: anyone who reaches the port could scan and cancel on every device of the tenant. \
+Turn on mutual TLS (SCAN_GATEWAY_TLS_CERT, SCAN_GATEWAY_TLS_KEY, SCAN_GATEWAY_TLS_CLIENT_CA) or bearer JWTs (SCAN_GATEWAY_JWKS, SCAN_GATEWAY_JWT_ISSUER, SCAN_GATEWAY_JWT_AUDIENCE), \
+or accept an open port on purpose with SCAN_GATEWAY_ALLOW_UNAUTHENTICATED=true (serve --simulate needs neither)";

@@ -212,6 +212,11 @@ settings! {
         /// Required `aud` of callers' JWTs.
         #[arg(long, env = "SCAN_GATEWAY_JWT_AUDIENCE")]
         pub jwt_audience: Option<String>,
+        /// Serve callers without authentication (no mutual TLS, no JWTs) in real mode: every
+        /// caller may then do everything with the tenant's credential. Without it, `serve`
+        /// refuses to start unauthenticated (`serve --simulate` stays open).
+        #[arg(long, env = "SCAN_GATEWAY_ALLOW_UNAUTHENTICATED", value_parser = clap::builder::BoolishValueParser::new())]
+        pub allow_unauthenticated: Option<bool> = "false",
         /// File only: a `[policy]` table of caller identity pattern → role (see
         /// `security::policy`).
         #[arg(skip)]

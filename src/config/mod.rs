@@ -60,6 +60,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Inbound TLS, caller authentication and the policy; all off by default.
     pub security: SecuritySettings,
+    /// Real mode may serve without caller authentication (`serve` refuses otherwise).
+    pub allow_unauthenticated: bool,
     pub limits: InboundLimits,
 }
 
@@ -186,6 +188,7 @@ impl Settings {
         Ok(Settings {
             limits,
             security,
+            allow_unauthenticated: v.allow_unauthenticated,
             credentials,
             authority_host,
             api_base_url,

@@ -18,6 +18,7 @@ pub struct InboundMetrics {
     refused: Family<ReasonLabel, Counter>,
     connections: Gauge,
     closed: Family<ReasonLabel, Counter>,
+    unauthenticated: Gauge,
 }
 
 // === impl InboundMetrics ===
@@ -33,6 +34,11 @@ impl InboundMetrics {
             metrics.refused.clone(),
         );
         registry.register(
+            "unauthenticated_callers_allowed",
+            "1 when callers are served without authentication (no mutual TLS, no JWTs)",
+            metrics.unauthenticated.clone(),
+        );
+        registry.register(
             "grpc_server_connections",
             "Open client connections",
             metrics.connections.clone(),
@@ -43,6 +49,10 @@ impl InboundMetrics {
             metrics.closed.clone(),
         );
         metrics
+    }
+
+    pub fn set_unauthenticated(&self, allowed: bool) {
+        self.unauthenticated.set(i64::from(allowed));
     }
 
     pub fn set_connections(&self, open: usize) {

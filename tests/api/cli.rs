@@ -12,6 +12,9 @@ use crate::{helpers::*, process::*};
 async fn serve_in_real_mode_runs_a_scan_against_a_separate_simulator_and_stops_on_sigterm() {
     let sim = spawn_simulator(fast_simulator()).await;
     let mut gateway = Running::spawn(real_mode(&sim));
+    // Served open on purpose (real_mode sets the override): said at start.
+    let warning = gateway.stderr_line("without caller authentication");
+    assert!(warning.contains("WARN"), "{warning}");
     let addr = serving_addr(&gateway.stderr_line("\"serving\""));
 
     let mut client = scan_gateway::grpc::pb::scan_service_client::ScanServiceClient::connect(
@@ -38,6 +41,24 @@ async fn serve_in_real_mode_runs_a_scan_against_a_separate_simulator_and_stops_o
         "the client secret appeared in the logs"
     );
     assert!(!logs.contains("Bearer "), "a token appeared in the logs");
+}
+
+#[tokio::test]
+async fn serve_in_real_mode_without_caller_authentication_refuses_to_start_naming_the_settings() {
+    let sim = spawn_simulator(fast_simulator()).await;
+    let mut command = real_mode(&sim);
+    command.env_remove("SCAN_GATEWAY_ALLOW_UNAUTHENTICATED");
+    let output = command.output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "SCAN_GATEWAY_TLS_CLIENT_CA",
+        "SCAN_GATEWAY_JWKS",
+        "SCAN_GATEWAY_ALLOW_UNAUTHENTICATED=true",
+    ] {
+        assert!(stderr.contains(expected), "{expected} in {stderr}");
+    }
+    assert_eq!(sim.handle.stats().token, 0, "nothing was started");
 }
 
 #[tokio::test]

@@ -148,6 +148,11 @@ async fn connections_beyond_the_caps_are_refused_at_accept() {
         sample(&metrics, "scan_gateway_grpc_server_connections "),
         4.0
     );
+    // (No mutual TLS, no JWTs: /metrics says the port is open to anyone.)
+    assert_eq!(
+        sample(&metrics, "scan_gateway_unauthenticated_callers_allowed "),
+        1.0
+    );
 
     // The total cap, below the per-peer one (the test's client holds one of the three).
     let sim = spawn_simulator(fast_simulator()).await;

@@ -257,4 +257,8 @@ Checks across values that the JSON schema cannot express; a broken combination f
 {{- if and $pdb.enabled (eq $min "") (eq $max "") }}
 {{- fail "podDisruptionBudget needs minAvailable or maxUnavailable" }}
 {{- end }}
+{{- /* Last: a credential without caller authentication is an open door (as `serve` refuses). */}}
+{{- if and (gt (len $sources) 0) (not .Values.tls.clientCA.enabled) (not .Values.gateway.allowUnauthenticated) }}
+{{- fail "callers are not authenticated: anyone reaching the port could scan and cancel on every device of the tenant. Turn on mutual TLS (tls.enabled and tls.clientCA.enabled), or set gateway.allowUnauthenticated: true on purpose" }}
+{{- end }}
 {{- end }}
