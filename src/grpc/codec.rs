@@ -1,4 +1,5 @@
-//! The protobuf codec of `ScanService` with small buffers.
+//! The protobuf codec of `ScanService` with small buffers, answering a message it cannot
+//! decode with `INVALID_ARGUMENT` (the caller sent it; tonic's default says `INTERNAL`).
 //!
 //! tonic keeps one encode buffer per response stream for the stream's whole life, 8 KiB by
 //! default. The gateway's messages are a few hundred bytes and its streams can number in the
@@ -10,7 +11,10 @@
 use std::marker::PhantomData;
 
 use prost::Message;
-use tonic::codec::{BufferSettings, Codec};
+use tonic::{
+    Code, Status,
+    codec::{BufferSettings, Codec, DecodeBuf, Decoder},
+};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 /// Initial size of a stream's encode and decode buffers.
@@ -36,13 +40,39 @@ where
     type Encode = T;
     type Decode = U;
     type Encoder = ProstEncoder<T>;
-    type Decoder = ProstDecoder<U>;
+    type Decoder = CallerDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
         ProstCodec::<T, U>::raw_encoder(BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD))
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD))
+        CallerDecoder(ProstCodec::<T, U>::raw_decoder(BufferSettings::new(
+            BUFFER_SIZE,
+            YIELD_THRESHOLD,
+        )))
+    }
+}
+
+/// [`ProstDecoder`] whose decode errors are the caller's: `INVALID_ARGUMENT`.
+#[derive(Debug)]
+pub struct CallerDecoder<U>(ProstDecoder<U>);
+
+impl<U: Message + Default> Decoder for CallerDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        self.0.decode(buf).map_err(|status| match status.code() {
+            Code::Internal => Status::invalid_argument(format!(
+                "the request message could not be decoded as protobuf: {}",
+                status.message()
+            )),
+            _ => status,
+        })
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
     }
 }

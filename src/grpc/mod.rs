@@ -41,7 +41,7 @@ const MAX_GRPC_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The caller's deadline, from the `grpc-timeout` header (`<digits><unit>`, unit one of
 /// `H M S m u n`, at most [`MAX_GRPC_TIMEOUT`]), less a margin of a tenth of it (at most
-/// [`DEADLINE_MARGIN`]). An unreadable header means no deadline rather than a refused call.
+/// [`DEADLINE_MARGIN`]). An unreadable header never gets here: `inbound::timeout` refuses it.
 pub fn deadline_of<T>(request: &tonic::Request<T>) -> Option<Instant> {
     let raw = request.metadata().get("grpc-timeout")?.to_str().ok()?;
     let timeout = parse_grpc_timeout(raw)?;
@@ -49,11 +49,20 @@ pub fn deadline_of<T>(request: &tonic::Request<T>) -> Option<Instant> {
     Some(instant_after(Instant::now(), within))
 }
 
+/// Whether a `grpc-timeout` header value can be read (the inbound layer refuses the others).
+pub fn grpc_timeout_is_valid(raw: &str) -> bool {
+    parse_grpc_timeout(raw).is_some()
+}
+
 fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
     if raw.len() < 2 || raw.len() > 9 {
         return None;
     }
     let (digits, unit) = raw.split_at(raw.len() - 1);
+    // Digits only: `u64::from_str` would also take a sign.
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let value: u64 = digits.parse().ok()?;
     let timeout = match unit {
         "H" => Duration::from_secs(value.checked_mul(3600)?),
@@ -79,7 +88,7 @@ mod tests {
         assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
         assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
         assert_eq!(parse_grpc_timeout("9n"), Some(Duration::from_nanos(9)));
-        for bad in ["", "S", "10", "10x", "123456789S", "-1S"] {
+        for bad in ["+5S", "", "S", "10", "10x", "123456789S", "-1S"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
         }
     }

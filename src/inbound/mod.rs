@@ -8,6 +8,7 @@ mod guarded;
 pub mod limits;
 mod metrics;
 pub mod span;
+pub mod timeout;
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ pub use connections::{ConnectionCallsLayer, ConnectionLimits, Connections};
 pub use limits::{Limiter, LimitsLayer};
 pub use metrics::InboundMetrics;
 pub use span::ServerSpanLayer;
+pub use timeout::GrpcTimeoutLayer;
 
 /// The remote address of the connection a request came on (plain or TLS).
 pub fn peer_of<B>(request: &http::Request<B>) -> Option<std::net::SocketAddr> {
@@ -38,7 +40,10 @@ pub fn peer_of<B>(request: &http::Request<B>) -> Option<std::net::SocketAddr> {
 pub type Layers = ServiceBuilder<
     Stack<
         LimitsLayer,
-        Stack<AuthenticateLayer, Stack<ServerSpanLayer, Stack<ConnectionCallsLayer, Identity>>>,
+        Stack<
+            AuthenticateLayer,
+            Stack<GrpcTimeoutLayer, Stack<ServerSpanLayer, Stack<ConnectionCallsLayer, Identity>>>,
+        >,
     >,
 >;
 
@@ -54,6 +59,8 @@ pub fn layers(
         .layer(ConnectionCallsLayer::new(connections))
         // One server span per ScanService call, continuing the caller's trace.
         .layer(ServerSpanLayer::new())
+        // A deadline the caller cannot have meant.
+        .layer(GrpcTimeoutLayer::new(metrics.clone()))
         // Who is calling, and may they (inside the span, so refusals are traced).
         .layer(AuthenticateLayer::new(auth, metrics.clone()))
         // Then per-caller rate and open streams, counted by that identity.

@@ -168,3 +168,57 @@ async fn invalid_action_ids_and_list_filters_are_refused_before_any_call() {
     }
     assert_eq!(app.sim.api_requests(), 0);
 }
+
+#[tokio::test]
+async fn an_unreadable_grpc_timeout_is_refused_not_ignored() {
+    let mut app = spawn_app().await;
+    for garbage in ["banana", "5", "123456789S", "10x", "-1S"] {
+        let mut request = tonic::Request::new(start_request(&app.sim.machine(0)));
+        request
+            .metadata_mut()
+            .insert("grpc-timeout", garbage.parse().unwrap());
+        let status = app.client.start_scan(request).await.unwrap_err();
+        assert_eq!(violated_fields(&status), ["grpc-timeout"], "{garbage}");
+    }
+    assert_eq!(app.sim.handle.stats().run_scan, 0);
+    // A readable one is served.
+    let mut request = tonic::Request::new(pb::ListScansRequest::default());
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "5S".parse().unwrap());
+    app.client.list_scans(request).await.expect("served");
+}
+
+/// A StartScanRequest as a client that disagrees on field 1's type would send it: a varint
+/// where the gateway expects a string, which protobuf cannot decode.
+#[derive(Clone, PartialEq, prost::Message)]
+struct WrongStartScan {
+    #[prost(uint64, tag = "1")]
+    machine_id: u64,
+}
+
+#[tokio::test]
+async fn an_undecodable_message_is_invalid_argument() {
+    let app = spawn_app().await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/defender.scan.v1.ScanService/StartScan",
+    );
+    let status = grpc
+        .unary::<_, pb::StartScanResponse, _>(
+            tonic::Request::new(WrongStartScan { machine_id: 7 }),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("decode"), "{}", status.message());
+    assert_eq!(app.sim.handle.stats().run_scan, 0);
+}
