@@ -9,6 +9,7 @@ mod connections;
 mod credentials;
 mod errors;
 mod faults;
+mod h2_malformed;
 mod helpers;
 mod idempotency;
 mod limits;
