@@ -1,0 +1,373 @@
+//! A soak: mixed load on the release gateway for `SOAK_MINUTES` (10) per allocator setup,
+//! printing its RSS at the end of every minute and the growth from minute 1 to the last.
+//! Load, about 15 calls a second (the pace of the soak that found the growth): 4 workers each
+//! renewing a RunScan to its final status, 4 making Start/Get/List/Cancel calls every 2 s, 4
+//! opening WatchScans every second and abandoning them after the first event. No `request_id`:
+//! the keys are state that grows by design (bounded; `cargo bench --bench keys`), and would
+//! hide what the allocator does.
+//!
+//! Setups, one after the other in one run: the binary started plainly (glibc's malloc) and with
+//! `MALLOC_MMAP_THRESHOLD_=131072` (what the container image sets); `--features mimalloc`
+//! builds it with mimalloc instead (one setup: the glibc setting changes nothing there).
+//!
+//! The gateway runs as its own process so its RSS is its own; the simulator and the clients
+//! run here, all on 127.0.0.1.
+//!
+//! Run: `cargo bench --bench soak` (20 minutes; with mimalloc 10; `SOAK_MINUTES=2` for a
+//! quick look). `cargo test --all-targets` runs this main without `--bench`; it exits at once.
+
+use std::{
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use defender_simulator::{Simulator, SimulatorConfig};
+use scan_gateway::{
+    clock::Clock,
+    grpc::pb::{self, scan_service_client::ScanServiceClient},
+};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::Command,
+    time::Instant,
+};
+use tonic::transport::Channel;
+
+const WORKERS: usize = 4;
+
+fn minutes() -> u32 {
+    std::env::var("SOAK_MINUTES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10)
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+struct Setup {
+    name: &'static str,
+    env: &'static [(&'static str, &'static str)],
+}
+
+const SETUPS: &[Setup] = &[
+    Setup {
+        name: "started plainly",
+        env: &[],
+    },
+    Setup {
+        name: "MALLOC_MMAP_THRESHOLD_=131072",
+        env: &[("MALLOC_MMAP_THRESHOLD_", "131072")],
+    },
+];
+
+fn allocator() -> &'static str {
+    if cfg!(feature = "mimalloc") {
+        "mimalloc"
+    } else {
+        "glibc malloc"
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    // `cargo test --all-targets` runs this main without `--bench`: not a test, skip.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("soak: benchmark skipped (run it with `cargo bench --bench soak`)");
+        return;
+    }
+    let minutes = minutes();
+    println!(
+        "soak: {minutes} min per setup, gateway built with {}, {} workers per kind",
+        allocator(),
+        WORKERS
+    );
+    let mut results = Vec::new();
+    // The glibc setting changes nothing under mimalloc: one setup is enough there.
+    let setups = if cfg!(feature = "mimalloc") {
+        &SETUPS[..1]
+    } else {
+        SETUPS
+    };
+    for setup in setups {
+        let samples = soak(setup, minutes).await;
+        let growth = match (samples.first(), samples.last()) {
+            (Some((_, first)), Some((_, last))) => (last / first - 1.0) * 100.0,
+            _ => f64::NAN,
+        };
+        results.push((setup.name, samples, growth));
+    }
+    println!(
+        "\n| setup ({}) | RSS per minute (MB) | growth minute 1 to {minutes} |",
+        allocator()
+    );
+    println!("|---|---|---|");
+    for (name, samples, growth) in &results {
+        let per_minute: Vec<String> = samples.iter().map(|(_, rss)| format!("{rss:.1}")).collect();
+        println!("| {name} | {} | {growth:+.1} % |", per_minute.join(", "));
+    }
+}
+
+/// One setup's soak: (calls so far, RSS in MB) at the end of each minute.
+async fn soak(setup: &Setup, minutes: u32) -> Vec<(u64, f64)> {
+    let mut config = SimulatorConfig::demo();
+    config.machine_count = 400;
+    config.quota = vec![];
+    config.pending_duration = Duration::from_millis(500);
+    config.quick_scan_duration = Duration::from_secs(2);
+    config.full_scan_duration = Duration::from_secs(3);
+    let simulator = Simulator::bind(
+        "127.0.0.1:0".parse().expect("an address"),
+        config.clone(),
+        Clock::system(),
+    )
+    .await
+    .expect("the simulator binds");
+    let base = simulator.base_url();
+    let machines: Vec<String> = simulator
+        .handle()
+        .machines()
+        .into_iter()
+        .filter(|m| m.online && m.supports_scan)
+        .map(|m| m.id)
+        .collect();
+    let (stop_sim, sim_stopped) = tokio::sync::oneshot::channel::<()>();
+    let sim_task = tokio::spawn(simulator.run_until_stopped(async {
+        let _ = sim_stopped.await;
+    }));
+
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_scan-gateway"))
+        .arg("serve")
+        .env_clear()
+        .env("AZURE_TENANT_ID", &config.tenant_id)
+        .env("AZURE_CLIENT_ID", &config.client_id)
+        .env("AZURE_CLIENT_SECRET", "simulator-secret")
+        .env("AZURE_AUTHORITY_HOST", &base)
+        .env("MDE_API_BASE_URL", &base)
+        .env("SCAN_GATEWAY_ALLOW_UNAUTHENTICATED", "true")
+        .env("SCAN_GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("SCAN_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("SCAN_GATEWAY_POLL_INTERVAL", "500ms")
+        .env("SCAN_GATEWAY_QUOTA", "1000000/1m")
+        .env("SCAN_GATEWAY_CALLER_RATE", "0")
+        .env("RUST_LOG", "warn,scan_gateway::startup=info")
+        .envs(setup.env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the gateway starts");
+    let pid = gateway.id().expect("a pid");
+    let mut lines = BufReader::new(gateway.stderr.take().expect("stderr")).lines();
+    let addr = loop {
+        let line = lines
+            .next_line()
+            .await
+            .expect("logs")
+            .expect("a serving line");
+        if line.contains("\"serving\"") {
+            let log: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+            break log["fields"]["grpc"]
+                .as_str()
+                .expect("the address")
+                .to_owned();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("a URL")
+        .connect()
+        .await
+        .expect("the gateway accepts");
+    let client = ScanServiceClient::new(channel);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for worker in 0..WORKERS {
+        // Each kind of worker has machines of its own: a RunScan never meets another's scan.
+        let own = |kind: usize| machines[(kind * WORKERS + worker) % machines.len()].clone();
+        workers.push(tokio::spawn(run_scans(
+            client.clone(),
+            own(0),
+            stop.clone(),
+            calls.clone(),
+        )));
+        workers.push(tokio::spawn(unary_calls(
+            client.clone(),
+            own(1),
+            stop.clone(),
+            calls.clone(),
+        )));
+        workers.push(tokio::spawn(abandoned_watches(
+            client.clone(),
+            own(2),
+            stop.clone(),
+            calls.clone(),
+        )));
+    }
+    let began = Instant::now();
+    let mut samples = Vec::new();
+    for minute in 1..=minutes {
+        tokio::time::sleep_until(began + Duration::from_secs(60 * u64::from(minute))).await;
+        let rss = rss_mb(pid);
+        let made = calls.load(Ordering::Relaxed);
+        println!(
+            "  {}: minute {minute}: RSS {rss:.1} MB after {made} calls",
+            setup.name
+        );
+        samples.push((made, rss));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        let _ = worker.await;
+    }
+    let _ = gateway.kill().await;
+    let _ = stop_sim.send(());
+    let _ = sim_task.await;
+    samples
+}
+
+/// RunScan on `machine`, followed to its final status, again and again.
+async fn run_scans(
+    mut client: ScanServiceClient<Channel>,
+    machine: String,
+    stop: Arc<AtomicBool>,
+    calls: Arc<AtomicU64>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let request = pb::RunScanRequest {
+            machine_id: machine.clone(),
+            scan_type: pb::ScanType::Quick as i32,
+            comment: "soak".into(),
+            request_id: String::new(),
+        };
+        calls.fetch_add(1, Ordering::Relaxed);
+        if let Ok(stream) = client.run_scan(request).await {
+            let mut stream = stream.into_inner();
+            while let Ok(Some(_)) = stream.message().await {}
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// StartScan, GetScan, ListScans and CancelScan on `machine`, with keys that change.
+async fn unary_calls(
+    mut client: ScanServiceClient<Channel>,
+    machine: String,
+    stop: Arc<AtomicBool>,
+    calls: Arc<AtomicU64>,
+) {
+    let mut round = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        round += 1;
+        let started = client
+            .start_scan(pb::StartScanRequest {
+                machine_id: machine.clone(),
+                scan_type: pb::ScanType::Quick as i32,
+                comment: format!("soak {round}"),
+                request_id: String::new(),
+            })
+            .await;
+        calls.fetch_add(1, Ordering::Relaxed);
+        if let Ok(started) = started
+            && let Some(action) = started.into_inner().action
+        {
+            let _ = client
+                .get_scan(pb::GetScanRequest {
+                    action_id: action.id.clone(),
+                })
+                .await;
+            let _ = client
+                .list_scans(pb::ListScansRequest {
+                    machine_id: machine.clone(),
+                    page_size: 20,
+                    ..Default::default()
+                })
+                .await;
+            let _ = client
+                .cancel_scan(pb::CancelScanRequest {
+                    action_id: action.id,
+                    comment: "soak".into(),
+                })
+                .await;
+            calls.fetch_add(3, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// WatchScan on a scan of `machine`, abandoned after the first event or two.
+async fn abandoned_watches(
+    mut client: ScanServiceClient<Channel>,
+    machine: String,
+    stop: Arc<AtomicBool>,
+    calls: Arc<AtomicU64>,
+) {
+    let mut current: Option<String> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let id = match current.clone() {
+            Some(id) => id,
+            None => {
+                let started = client
+                    .start_scan(pb::StartScanRequest {
+                        machine_id: machine.clone(),
+                        scan_type: pb::ScanType::Quick as i32,
+                        comment: "soak watch".into(),
+                        request_id: String::new(),
+                    })
+                    .await;
+                calls.fetch_add(1, Ordering::Relaxed);
+                match started.ok().and_then(|s| s.into_inner().action) {
+                    Some(action) => {
+                        current = Some(action.id.clone());
+                        action.id
+                    }
+                    None => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        calls.fetch_add(1, Ordering::Relaxed);
+        match client
+            .watch_scan(pb::WatchScanRequest { action_id: id })
+            .await
+        {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                match stream.message().await {
+                    Ok(Some(update)) => {
+                        let ended = update
+                            .update
+                            .and_then(|u| u.event)
+                            .is_some_and(|event| matches!(event, pb::scan_update::Event::Action(a) if a.status() != pb::ActionStatus::Pending && a.status() != pb::ActionStatus::InProgress));
+                        if ended {
+                            current = None;
+                        }
+                    }
+                    _ => current = None,
+                }
+                // Abandoned: the stream is dropped mid-way.
+            }
+            Err(_) => current = None,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
