@@ -15,6 +15,7 @@ mod estimate;
 mod helpers;
 mod idempotency;
 mod key_schedules;
+mod redis_return;
 mod schedules;
 
 use std::{
