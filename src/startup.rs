@@ -7,6 +7,7 @@ use futures_util::future::Either;
 
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::Server;
+use tracing::Instrument;
 
 use crate::{
     admin,
@@ -70,6 +71,8 @@ pub struct Gateway {
     clock: Clock,
     /// Left (in shared mode) once the last call has finished.
     quota: Arc<Quota>,
+    /// Asked for a first token as serving starts, so wrong credentials show at once.
+    tokens: Arc<TokenCache>,
 }
 
 impl Gateway {
@@ -133,7 +136,7 @@ impl Gateway {
         let quota = Arc::new(Quota::new(&quota_config, store, clock, quota_metrics));
         let stack = outbound::stack(
             HttpService::new(http, settings.upstream_timeout),
-            tokens,
+            tokens.clone(),
             quota.clone(),
             UpstreamMetrics::register(&mut registry),
         );
@@ -214,6 +217,7 @@ impl Gateway {
             limits: settings.limits.clone(),
             clock,
             quota,
+            tokens,
         })
     }
 
@@ -287,6 +291,7 @@ impl Gateway {
 
         let local = self.grpc.local_addr()?;
         tracing::info!(grpc = %local, "serving");
+        tokio::spawn(check_credentials(self.tokens.clone()));
         let limiter = Arc::new(Limiter::new(self.limits.caller, self.clock));
         let connection_limits = self.limits.connections;
         let router = Server::builder()
@@ -340,6 +345,22 @@ impl Gateway {
         quota.leave().await;
         admin_task.await.map_err(std::io::Error::other)??;
         result
+    }
+}
+
+/// Asks Entra ID for a first token, so that wrong credentials show in the log (with the
+/// AADSTS hint) as serving starts, not at a caller's first request. Readiness does not wait
+/// for it: see README "Credentials".
+async fn check_credentials(tokens: Arc<TokenCache>) {
+    // A trace of its own: the token fetch belongs to no call.
+    let span = tracing::info_span!(parent: None, "check credentials");
+    match tokens.token().instrument(span).await {
+        Ok(_) => tracing::info!("credentials accepted: Entra ID issued an access token"),
+        Err(err) => tracing::error!(
+            error = %err,
+            "Entra ID did not issue an access token: calls to Defender fail until it does \
+             (retried with backoff; scan_gateway_credentials_state says how it stands)"
+        ),
     }
 }
 

@@ -1,11 +1,12 @@
 //! The token cache's metrics: requests to the Entra ID token endpoint, by credential kind and
-//! outcome, and the time until the cached access token expires.
+//! outcome, the credentials' state (the outcome of the latest request), and the time until the
+//! cached access token expires.
 
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder},
-    metrics::{MetricType, counter::Counter, family::Family},
+    metrics::{MetricType, counter::Counter, family::Family, gauge::Gauge},
     registry::{Registry, Unit},
 };
 use tokio::time::Instant;
@@ -16,11 +17,39 @@ struct TokenLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+/// The states of `credentials_state`: `unknown` until the first token request ends, then that
+/// request's outcome.
+const STATES: [&str; 5] = [
+    "unknown",
+    "success",
+    "refused",
+    "unavailable",
+    "credential_error",
+];
+
 /// The token cache's families. Cheap to clone; clones share them.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct TokenMetrics {
     requests: Family<TokenLabels, Counter>,
+    state: Family<StateLabel, Gauge>,
     ttl: TokenTtl,
+}
+
+impl Default for TokenMetrics {
+    fn default() -> Self {
+        let metrics = Self {
+            requests: Family::default(),
+            state: Family::default(),
+            ttl: TokenTtl::default(),
+        };
+        metrics.set_state("unknown");
+        metrics
+    }
 }
 
 /// A gauge computed at scrape time: the seconds until the cached token expires (0 when there
@@ -40,6 +69,12 @@ impl TokenMetrics {
             "Requests to the Entra ID token endpoint, by credential kind and outcome",
             metrics.requests.clone(),
         );
+        registry.register(
+            "credentials_state",
+            "1 for the outcome of the latest token request (success, refused, unavailable, \
+             credential_error; unknown before the first), 0 for the others",
+            metrics.state.clone(),
+        );
         registry.register_with_unit(
             "access_token_ttl",
             "Time until the cached access token expires (0 when there is none)",
@@ -56,6 +91,15 @@ impl TokenMetrics {
                 outcome,
             })
             .inc();
+        self.set_state(outcome);
+    }
+
+    fn set_state(&self, current: &'static str) {
+        for state in STATES {
+            self.state
+                .get_or_create(&StateLabel { state })
+                .set(i64::from(state == current));
+        }
     }
 
     /// Records when the cached token expires (`None`: no token).

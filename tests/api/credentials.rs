@@ -258,3 +258,48 @@ async fn no_secret_key_token_or_assertion_appears_in_any_output_of_the_binary() 
     }
     assert_eq!(sim.handle.stats().tokens_issued, 3);
 }
+
+#[tokio::test]
+async fn wrong_credentials_show_as_serving_starts_and_readiness_stays() {
+    let sim = spawn_simulator(fast_simulator()).await;
+    let mut args = settings_for(&sim);
+    args.client_secret = Some(secret("not-the-secret"));
+    let app = spawn_gateway_with(sim, args).await;
+    // No call made: the credentials check as serving starts asked for a token.
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = app.metrics().await;
+        if metrics.contains(r#"scan_gateway_credentials_state{state="refused"} 1"#) {
+            break metrics;
+        }
+        assert!(tokio::time::Instant::now() < until, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(metrics.contains(r#"scan_gateway_credentials_state{state="success"} 0"#));
+    assert_eq!(app.sim.api_requests(), 0, "no call reached Defender");
+    // Decided: readiness does not depend on the token (README "Credentials").
+    let (status, _) = http_get(app.admin_addr, "/readyz").await;
+    assert_eq!(status, 200);
+}
+
+// Two workers: the simulator answers while this test blocks reading the gateway's stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_refused_credentials_with_the_hint_before_any_call() {
+    let sim = spawn_simulator(fast_simulator()).await;
+    let mut command = process::real_mode(&sim);
+    command.env("AZURE_CLIENT_SECRET", "not-the-secret");
+    let mut gateway = process::Running::spawn(command);
+    let line = gateway.stderr_line("did not issue an access token");
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains("AADSTS7000215"), "{line}");
+    assert!(
+        line.contains("value"),
+        "the hint says to use the secret's value: {line}"
+    );
+    assert!(
+        !line.contains("not-the-secret"),
+        "the secret leaked: {line}"
+    );
+    let status = gateway.terminate().await;
+    assert!(status.success(), "{status:?}");
+}

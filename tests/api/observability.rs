@@ -101,9 +101,19 @@ async fn a_run_scan_is_one_trace_from_the_caller_to_the_defender_request() {
         "the watcher refreshed the action"
     );
     assert!(!refresh_traces.contains(TRACE_ID));
+    // So is the credentials check as serving starts, which fetches the first token.
+    let check = named(&all, "check credentials");
+    assert_eq!(check.len(), 1, "one credentials check");
+    let check_trace = check[0].trace_id();
+    assert_ne!(check_trace, TRACE_ID);
+    let token = named(&all, "fetch access token");
+    assert_eq!(token.len(), 1, "one token fetch, the check's");
+    assert_eq!(token[0].trace_id(), check_trace);
+    assert_eq!(token[0].parent_id(), check[0].span_id());
+    assert_eq!(token[0].attr("token.outcome").as_deref(), Some("success"));
     let spans: Vec<ReceivedSpan> = all
         .iter()
-        .filter(|s| !refresh_traces.contains(&s.trace_id()))
+        .filter(|s| !refresh_traces.contains(&s.trace_id()) && s.trace_id() != check_trace)
         .cloned()
         .collect();
     for span in &spans {
@@ -186,11 +196,7 @@ async fn a_run_scan_is_one_trace_from_the_caller_to_the_defender_request() {
         Some(sim.base_url.rsplit(':').next().unwrap().to_owned())
     );
 
-    // Beneath the client spans: the token fetch of the first call, and the quota waits.
-    let token = named(&spans, "fetch access token");
-    assert_eq!(token.len(), 1, "one token fetch");
-    assert_eq!(token[0].parent_id(), post.span_id());
-    assert_eq!(token[0].attr("token.outcome").as_deref(), Some("success"));
+    // Beneath the client spans: the quota waits (the token came from the start-up check).
     let client_ids: HashSet<String> = clients
         .iter()
         .chain(&watcher_clients)
@@ -256,7 +262,18 @@ async fn the_last_spans_are_flushed_at_exit_even_with_one_worker_thread() {
     let spans = collector
         .wait_for(|s| s.span.name == "defender.scan.v1.ScanService/StartScan")
         .await;
-    assert!(spans.iter().all(|s| s.trace_id() == TRACE_ID));
+    // The call's trace, and the start-up credentials check's (a trace of its own).
+    let check: HashSet<String> = named(&spans, "check credentials")
+        .iter()
+        .map(|s| s.trace_id())
+        .collect();
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.trace_id() == TRACE_ID || check.contains(&s.trace_id())),
+        "{spans:#?}"
+    );
+    assert!(spans.iter().any(|s| s.trace_id() == TRACE_ID));
 }
 
 /// How long one `GetScan` through `client` takes.
