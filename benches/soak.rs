@@ -16,8 +16,10 @@
 //! Run: `cargo bench --bench soak` (20 minutes; with mimalloc 10; `SOAK_MINUTES=2` for a
 //! quick look). `cargo test --all-targets` runs this main without `--bench`; it exits at once.
 
+#[path = "common/gateway_process.rs"]
+mod gateway_process;
+
 use std::{
-    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -26,15 +28,12 @@ use std::{
 };
 
 use defender_simulator::{Simulator, SimulatorConfig};
+use gateway_process::rss_mb;
 use scan_gateway::{
     clock::Clock,
     grpc::pb::{self, scan_service_client::ScanServiceClient},
 };
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::Command,
-    time::Instant,
-};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
 const WORKERS: usize = 4;
@@ -44,19 +43,6 @@ fn minutes() -> u32 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10)
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 struct Setup {
@@ -150,44 +136,11 @@ async fn soak(setup: &Setup, minutes: u32) -> Vec<(u64, f64)> {
         let _ = sim_stopped.await;
     }));
 
-    let mut gateway = Command::new(env!("CARGO_BIN_EXE_scan-gateway"))
-        .arg("serve")
-        .env_clear()
-        .env("AZURE_TENANT_ID", &config.tenant_id)
-        .env("AZURE_CLIENT_ID", &config.client_id)
-        .env("AZURE_CLIENT_SECRET", "simulator-secret")
-        .env("AZURE_AUTHORITY_HOST", &base)
-        .env("MDE_API_BASE_URL", &base)
-        .env("SCAN_GATEWAY_ALLOW_UNAUTHENTICATED", "true")
-        .env("SCAN_GATEWAY_LISTEN", "127.0.0.1:0")
-        .env("SCAN_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
+    let mut command = gateway_process::gateway_command(&config, &base, "");
+    command
         .env("SCAN_GATEWAY_POLL_INTERVAL", "500ms")
-        .env("SCAN_GATEWAY_QUOTA", "1000000/1m")
-        .env("SCAN_GATEWAY_CALLER_RATE", "0")
-        .env("RUST_LOG", "warn,scan_gateway::startup=info")
-        .envs(setup.env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the gateway starts");
-    let pid = gateway.id().expect("a pid");
-    let mut lines = BufReader::new(gateway.stderr.take().expect("stderr")).lines();
-    let addr = loop {
-        let line = lines
-            .next_line()
-            .await
-            .expect("logs")
-            .expect("a serving line");
-        if line.contains("\"serving\"") {
-            let log: serde_json::Value = serde_json::from_str(&line).expect("JSON");
-            break log["fields"]["grpc"]
-                .as_str()
-                .expect("the address")
-                .to_owned();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        .envs(setup.env.iter().copied());
+    let (mut gateway, pid, addr) = gateway_process::start(command).await;
     let channel = Channel::from_shared(format!("http://{addr}"))
         .expect("a URL")
         .connect()

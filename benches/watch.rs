@@ -8,19 +8,18 @@
 //!
 //! Run: `cargo bench --bench watch` (about three minutes).
 
-use std::{process::Stdio, time::Duration};
+#[path = "common/gateway_process.rs"]
+mod gateway_process;
+
+use std::time::Duration;
 
 use defender_simulator::{Simulator, SimulatorConfig, SimulatorHandle};
+use gateway_process::rss_mb;
 use scan_gateway::{
     clock::Clock,
     grpc::pb::{self, scan_service_client::ScanServiceClient, scan_update::Event},
 };
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::Command,
-    sync::mpsc,
-    time::Instant,
-};
+use tokio::{sync::mpsc, time::Instant};
 use tonic::transport::Channel;
 
 const FRESHNESS: Duration = Duration::from_secs(10);
@@ -39,19 +38,6 @@ struct Row {
     per_action_polling: f64,
     rss_mb: f64,
     delays: Vec<f64>,
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -131,59 +117,17 @@ async fn measure(actions: usize) -> Row {
 
     // `WATCH_BENCH_WRAPPER="valgrind --tool=massif"` runs the gateway under a profiler.
     let wrapper = std::env::var("WATCH_BENCH_WRAPPER").unwrap_or_default();
-    let mut words = wrapper.split_whitespace();
-    let mut gateway = match words.next() {
-        Some(program) => {
-            let mut command = Command::new(program);
-            command.args(words).arg(env!("CARGO_BIN_EXE_scan-gateway"));
-            command
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_scan-gateway")),
-    };
-    let mut gateway = gateway
-        .arg("serve")
-        .env_clear()
-        .env("AZURE_TENANT_ID", &config.tenant_id)
-        .env("AZURE_CLIENT_ID", &config.client_id)
-        .env("AZURE_CLIENT_SECRET", "simulator-secret")
-        .env("AZURE_AUTHORITY_HOST", &base)
-        .env("MDE_API_BASE_URL", &base)
-        .env("SCAN_GATEWAY_ALLOW_UNAUTHENTICATED", "true")
-        .env("SCAN_GATEWAY_LISTEN", "127.0.0.1:0")
-        .env("SCAN_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
+    let mut command = gateway_process::gateway_command(&config, &base, &wrapper);
+    command
         .env("SCAN_GATEWAY_POLL_INTERVAL", "10s")
-        .env("SCAN_GATEWAY_QUOTA", "1000000/1m")
         // 10,000 streams from one address: lift the per-caller limits.
-        .env("SCAN_GATEWAY_CALLER_RATE", "0")
         .env("SCAN_GATEWAY_MAX_STREAMS_PER_CALLER", "100000")
         .env("SCAN_GATEWAY_MAX_QUEUE", "100000")
-        .env("RUST_LOG", "warn,scan_gateway::startup=info")
         // As the container image sets it (see the Dockerfile).
         .env("MALLOC_MMAP_THRESHOLD_", "131072")
         // Allocator settings under study (glibc's MALLOC_ARENA_MAX and the like) pass through.
-        .envs(std::env::vars().filter(|(k, _)| k.starts_with("MALLOC_") || k == "GLIBC_TUNABLES"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the gateway starts");
-    let pid = gateway.id().expect("a pid");
-    let mut lines = BufReader::new(gateway.stderr.take().expect("stderr")).lines();
-    let addr = loop {
-        let line = lines
-            .next_line()
-            .await
-            .expect("logs")
-            .expect("a serving line");
-        if line.contains("\"serving\"") {
-            let log: serde_json::Value = serde_json::from_str(&line).expect("JSON");
-            break log["fields"]["grpc"]
-                .as_str()
-                .expect("the address")
-                .to_owned();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        .envs(std::env::vars().filter(|(k, _)| k.starts_with("MALLOC_") || k == "GLIBC_TUNABLES"));
+    let (mut gateway, pid, addr) = gateway_process::start(command).await;
     let rss_idle = rss_mb(pid);
 
     let token = token(&base, &config).await;
