@@ -73,10 +73,6 @@ impl Connections {
         }))
     }
 
-    pub fn limits(&self) -> ConnectionLimits {
-        self.0.limits
-    }
-
     /// Shutdown: every connection still in its handshake closes now (the server's GOAWAY
     /// closes the others once their last call is answered).
     pub fn drain(&self) {
