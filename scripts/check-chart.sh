@@ -204,12 +204,14 @@ for file in "$chart"/ci-invalid/*.yaml; do
 done
 
 echo "== checkov (helm, kubernetes, dockerfile)"
-# The helm framework renders the chart with its defaults; the kubernetes framework reads every
+# The helm framework renders the chart with ci/minimal-values.yaml (the defaults plus the values
+# the chart requires: it refuses to render without them); the kubernetes framework reads every
 # render above; the dockerfile framework reads a copy of the Dockerfile placed beside them.
 cp Dockerfile "$work/checkov/Dockerfile"
+checkov_values="$chart/ci/minimal-values.yaml"
 run_checkov() {
   checkov --config-file "$chart/.checkov.yaml" --skip-download --framework helm kubernetes dockerfile \
-    -d "$chart" -d "$work/checkov" --compact --quiet \
+    -d "$chart" -d "$work/checkov" --var-file "$checkov_values" --compact --quiet \
     -o cli -o json --output-file-path "console,$work/checkov-report.json" >"$work/checkov.log" 2>&1
   local status=$?
   sed -n '/scan results:/,$p' "$work/checkov.log" | grep -v '^$'
@@ -243,7 +245,7 @@ stale_skips() {
   rm -rf "$work/noskip" && mkdir -p "$work/noskip" && cp -r "$chart" "$work/noskip/" &&
     rm "$work/noskip/$(basename "$chart")/.checkov.yaml" || return 1
   checkov --skip-download --framework helm kubernetes dockerfile \
-    -d "$work/noskip/$(basename "$chart")" -d "$work/checkov" \
+    -d "$work/noskip/$(basename "$chart")" -d "$work/checkov" --var-file "$checkov_values" \
     --quiet -o json >"$work/checkov-noskip.json" 2>"$work/checkov-noskip.log"
   "$python" - "$chart/.checkov.yaml" "$work/checkov-noskip.json" <<'EOF'
 import json, sys, yaml

@@ -257,6 +257,13 @@ Checks across values that the JSON schema cannot express; a broken combination f
 {{- if and $pdb.enabled (eq $min "") (eq $max "") }}
 {{- fail "podDisruptionBudget needs minAvailable or maxUnavailable" }}
 {{- end }}
+{{- /*
+Required values last, so a values file that breaks a rule above is told about that rule even
+when it sets nothing else.
+*/}}
+{{- if not .Values.image.repository }}
+{{- fail (printf "image.repository is required: the scan-gateway image is not published. Build it from the repository's Dockerfile, push it to your registry and set image.repository (e.g. --set image.repository=registry.example.com/security/scan-gateway); image.tag defaults to the chart's appVersion (%s)" .Chart.AppVersion) }}
+{{- end }}
 {{- /* Last: a credential without caller authentication is an open door (as `serve` refuses). */}}
 {{- if and (gt (len $sources) 0) (not .Values.tls.clientCA.enabled) (not .Values.gateway.allowUnauthenticated) }}
 {{- fail "callers are not authenticated: anyone reaching the port could scan and cancel on every device of the tenant. Turn on mutual TLS (tls.enabled and tls.clientCA.enabled), or set gateway.allowUnauthenticated: true on purpose" }}
