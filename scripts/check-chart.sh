@@ -10,6 +10,10 @@
 #                     Kubernetes version, each output through kubernetes-validate --strict
 #                     (CRD kinds are set apart with the reason printed: it has no schema for them)
 #   helm 3            helm 3.17 lints each value set too and renders it as helm 4 does
+#   README examples   each `helm install` of the chart README runs as pasted (helm template, with
+#                     the README's variables and YAML files) and renders consistently, with
+#                     --create-namespace, the pushed image and, for workload identity, a federated
+#                     credential matching the ServiceAccount, for several release names
 #   negative tests    every ci-invalid/*.yaml must be refused, by the schema (helm lint --strict
 #                     and helm template) or by the chart's cross-value rules (helm template and
 #                     install; helm lint, 3 and 4, only logs fail()), with the message its
@@ -166,6 +170,10 @@ for values in "${value_sets[@]}"; do
     cp "$rendered" "$work/checkov/$set_name.yaml"
   fi
 done
+
+echo "== README install examples"
+check "every install example of the chart README renders as pasted" \
+  "$python" "$checks" readme-examples "$chart" helm 1.32.0
 
 echo "== bad values are refused"
 # refused FILE: the file must fail helm template (schema or cross-value rule) with the message of

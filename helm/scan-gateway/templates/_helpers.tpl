@@ -264,6 +264,9 @@ when it sets nothing else.
 {{- if not .Values.image.repository }}
 {{- fail (printf "image.repository is required: the scan-gateway image is not published. Build it from the repository's Dockerfile, push it to your registry and set image.repository (e.g. --set image.repository=registry.example.com/security/scan-gateway); image.tag defaults to the chart's appVersion (%s)" .Chart.AppVersion) }}
 {{- end }}
+{{- if eq (len $sources) 0 }}
+{{- fail "no Azure credential: the gateway could get no Defender token and its pods would exit. Set one: a client secret from an existing Secret (azure.clientSecret.existingSecret, its key azure.clientSecret.existingSecretKey), a certificate (azure.clientCertificate.existingSecret and azure.clientCertificate.existingSecretKey: one PEM with the certificate and its key), or Azure workload identity (azure.workloadIdentity.enabled: true); each with azure.clientId and azure.tenantId (which workload identity may leave to its webhook)" }}
+{{- end }}
 {{- /* Last: a credential without caller authentication is an open door (as `serve` refuses). */}}
 {{- if and (gt (len $sources) 0) (not .Values.tls.clientCA.enabled) (not .Values.gateway.allowUnauthenticated) }}
 {{- fail "callers are not authenticated: anyone reaching the port could scan and cancel on every device of the tenant. Turn on mutual TLS (tls.enabled and tls.clientCA.enabled), or set gateway.allowUnauthenticated: true on purpose" }}
