@@ -226,6 +226,21 @@ def rendered(path: str) -> int:
     for pdb in by_kind.get("PodDisruptionBudget", []):
         if not matches(pdb["spec"]["selector"]["matchLabels"], pod_labels):
             errors.append("PodDisruptionBudget selects no gateway pod")
+        # At the usual pod count (the HPA rests at minReplicas) the budget must let one pod go,
+        # or every node drain waits forever. Percentages round up, as the disruption controller.
+        usual = hpas[0]["spec"]["minReplicas"] if hpas else replicas
+        def scaled(value) -> int:
+            if isinstance(value, str) and value.endswith("%"):
+                return math.ceil(usual * int(value[:-1]) / 100)
+            return int(value)
+        if "minAvailable" in pdb["spec"]:
+            evictable = usual - scaled(pdb["spec"]["minAvailable"])
+        else:
+            evictable = scaled(pdb["spec"]["maxUnavailable"])
+        if evictable < 1:
+            budget = {k: v for k, v in pdb["spec"].items() if k in ("minAvailable", "maxUnavailable")}
+            errors.append(f"PodDisruptionBudget {budget} lets no pod of {usual} be evicted: "
+                          "node drains would block")
     for policy in by_kind.get("NetworkPolicy", []):
         if not matches(policy["spec"]["podSelector"]["matchLabels"], pod_labels):
             errors.append("NetworkPolicy selects no gateway pod")

@@ -258,6 +258,36 @@ Checks across values that the JSON schema cannot express; a broken combination f
 {{- fail "podDisruptionBudget needs minAvailable or maxUnavailable" }}
 {{- end }}
 {{- /*
+A budget that allows no eviction at the usual pod count blocks every node drain for good. The
+count is replicaCount, or autoscaling.minReplicas (where the HPA rests when idle); percentages
+are rounded up, as the disruption controller does for both fields.
+*/}}
+{{- if $pdb.enabled }}
+{{- $pods := int .Values.replicaCount }}
+{{- $podsFrom := "replicaCount" }}
+{{- if .Values.autoscaling.enabled }}
+{{- $pods = int .Values.autoscaling.minReplicas }}
+{{- $podsFrom = "autoscaling.minReplicas" }}
+{{- end }}
+{{- if ne $min "" }}
+{{- $needed := int $min }}
+{{- if hasSuffix "%" $min }}
+{{- $needed = div (add (mul $pods (int (trimSuffix "%" $min))) 99) 100 }}
+{{- end }}
+{{- if ge $needed $pods }}
+{{- fail (printf "podDisruptionBudget.minAvailable %s needs %d of the %d pods (%s) available: no pod could ever be evicted, so every node drain would wait forever. Keep it below %d, or leave it empty and use maxUnavailable" $min $needed $pods $podsFrom $pods) }}
+{{- end }}
+{{- else }}
+{{- $evictable := int $max }}
+{{- if hasSuffix "%" $max }}
+{{- $evictable = div (add (mul $pods (int (trimSuffix "%" $max))) 99) 100 }}
+{{- end }}
+{{- if lt $evictable 1 }}
+{{- fail (printf "podDisruptionBudget.maxUnavailable %s lets no pod be evicted: every node drain would wait forever. Allow at least 1 (the default), or set podDisruptionBudget.enabled: false" $max) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- /*
 Required values last, so a values file that breaks a rule above is told about that rule even
 when it sets nothing else.
 */}}
