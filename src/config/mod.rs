@@ -83,7 +83,7 @@ pub enum ConfigError {
     #[error("invalid {setting}: {reason}")]
     Invalid { setting: String, reason: String },
     #[error(
-        "incomplete credentials: {missing} must be set too (AZURE_TENANT_ID and AZURE_CLIENT_ID, with one of AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or AZURE_FEDERATED_TOKEN_FILE)"
+        "incomplete credentials: {missing} must be set too (the Entra ID application needs a tenant, a client id and one way to prove itself: a secret, a certificate or a federated token)"
     )]
     IncompleteCredentials { missing: String },
 }

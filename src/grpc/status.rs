@@ -45,7 +45,10 @@ pub fn refusal_reason(error: &Error) -> &'static str {
 }
 
 fn to_status(error: &Error) -> Status {
-    let message = error.to_string();
+    let message = match error {
+        Error::Upstream(upstream) => upstream.caller_message(),
+        _ => error.to_string(),
+    };
     match error {
         Error::InvalidArgument(violations) => {
             let mut details = ErrorDetails::new();
@@ -214,20 +217,23 @@ fn upstream_status(error: &upstream::Error, message: String) -> Status {
             ),
             401 => Status::with_error_details(
                 Code::Internal,
-                format!(
-                    "{message} (even with a freshly issued token: check the application's permissions and the token scope)"
-                ),
+                message,
                 error_info("UPSTREAM_AUTH", upstream_metadata(api).collect()),
             ),
             403 => Status::with_error_details(
                 Code::PermissionDenied,
-                format!(
-                    "{message} (the gateway's application lacks a Defender permission, e.g. Machine.Scan or Machine.Read.All)"
-                ),
+                message,
                 error_info("UPSTREAM_FORBIDDEN", upstream_metadata(api).collect()),
             ),
             404 => Status::not_found(message),
-            _ => retryable(message, api.retry_after),
+            _ => {
+                let mut details =
+                    error_info("UPSTREAM_UNAVAILABLE", upstream_metadata(api).collect());
+                if let Some(delay) = api.retry_after {
+                    details.set_retry_info(Some(delay));
+                }
+                Status::with_error_details(Code::Unavailable, message, details)
+            }
         },
         U::Transport { .. } | U::Malformed { .. } => retryable(message, None),
         U::Token(TokenError::Refused { error, aadsts, .. }) => {
@@ -342,9 +348,13 @@ mod tests {
             (
                 api_error(500, "InternalServerError"),
                 Code::Unavailable,
-                None,
+                Some("UPSTREAM_UNAVAILABLE"),
             ),
-            (api_error(429, "TooManyRequests"), Code::Unavailable, None),
+            (
+                api_error(429, "TooManyRequests"),
+                Code::Unavailable,
+                Some("UPSTREAM_UNAVAILABLE"),
+            ),
         ];
         for (api, code, reason) in cases {
             let status = Status::from(Error::Upstream(upstream::Error::Api(api)));

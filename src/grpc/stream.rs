@@ -182,8 +182,9 @@ where
             result
         }
         .instrument(span.clone())
-        .with_context(otel),
+        .with_context(otel.clone()),
     );
+    let otel_steps = otel;
 
     let state = State {
         phase: Phase::Starting { start, queued },
@@ -192,9 +193,10 @@ where
         outcome,
         reused: false,
     };
-    // Following makes no upstream call (the watcher does, with span links to this call), so
-    // the steps need the call's span but not its trace context.
+    // Following makes no upstream call (the watcher does, with span links to this call); the
+    // trace context is for the ids on the steps' log lines (a refusal logged at the end).
     Box::pin(stream::unfold(state, move |mut state| {
+        let otel = otel_steps.clone();
         async move {
             let message = state.step().await?;
             let reused =
@@ -205,5 +207,6 @@ where
             ))
         }
         .instrument(span.clone())
+        .with_context(otel)
     }))
 }

@@ -98,7 +98,14 @@ where
                         if status >= 400 {
                             span.record("error.type", status.to_string());
                             span.record("otel.status_code", "ERROR");
-                            tracing::info!(status, "upstream answered with an error");
+                            // The caller's outcome is logged where its call ends; a 4xx is
+                            // often an answer the gateway expects (a scan already running, an
+                            // unknown id). A 429 should never happen under the quota.
+                            match status {
+                                429 => tracing::warn!(status, "upstream throttled a call"),
+                                500.. => tracing::info!(status, "upstream answered with an error"),
+                                _ => tracing::debug!(status, "upstream answered with an error"),
+                            }
                         } else {
                             tracing::debug!(status, "upstream answered");
                         }

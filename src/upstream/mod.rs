@@ -1,6 +1,7 @@
 //! The Defender for Endpoint REST API: typed calls ([`DefenderClient`]) that send through
 //! an [`UpstreamService`] (the stack of [`crate::outbound`]) to reqwest ([`HttpService`]).
 
+mod caller_message;
 mod client;
 #[cfg(test)]
 mod decode_props;

@@ -449,7 +449,10 @@ impl Watcher {
         if entry.lookup_failures >= self.0.config.max_failures {
             entry.tx.send_replace(Update::Failed {
                 not_found: false,
-                detail: format!("following the action failed repeatedly: {err}"),
+                detail: format!(
+                    "following the action failed repeatedly: {}",
+                    err.caller_message()
+                ),
             });
         }
     }
@@ -492,7 +495,10 @@ impl Watcher {
         for entry in self.lock().values() {
             entry.tx.send_replace(Update::Failed {
                 not_found: false,
-                detail: format!("following the action failed repeatedly: {err}"),
+                detail: format!(
+                    "following the action failed repeatedly: {}",
+                    err.caller_message()
+                ),
             });
         }
     }

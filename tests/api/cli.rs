@@ -33,6 +33,24 @@ async fn serve_in_real_mode_runs_a_scan_against_a_separate_simulator_and_stops_o
         "the real token endpoint path was used"
     );
 
+    // A stream refused at its end logs that with the call's trace and span ids, as every
+    // line of a call does.
+    let unknown = client
+        .watch_scan(scan_gateway::grpc::pb::WatchScanRequest {
+            action_id: "7f5e3c1a-0b2d-4e6f-8a9b-1c2d3e4f5a6b".into(),
+        })
+        .await;
+    let refused = match unknown {
+        Ok(response) => response.into_inner().message().await.unwrap_err(),
+        Err(status) => status,
+    };
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    let line = gateway.stderr_line("\"call refused\"");
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["fields"]["code"], "NotFound", "{line}");
+    assert_eq!(line["trace_id"].as_str().map(str::len), Some(32), "{line}");
+    assert_eq!(line["span_id"].as_str().map(str::len), Some(16), "{line}");
+
     let status = gateway.terminate().await;
     assert!(status.success(), "exit status {status:?}");
     let logs = gateway.all_stderr();

@@ -164,7 +164,15 @@ async fn upstream_5xx_is_unavailable() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(status.message().contains("500"), "{}", status.message());
+    assert!(
+        status.message().contains("server error"),
+        "{}",
+        status.message()
+    );
+    // Defender's own answer is in the details, for support cases.
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "UPSTREAM_UNAVAILABLE");
+    assert_eq!(info.metadata["upstream_status"], "500");
 }
 
 #[tokio::test]
@@ -186,7 +194,7 @@ async fn connection_failure_is_unavailable() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
-        status.message().contains("connection failed"),
+        status.message().contains("Defender could not be reached"),
         "{}",
         status.message()
     );

@@ -172,7 +172,11 @@ async fn upstream_500s_everywhere_are_unavailable_after_one_post_and_one_lookup(
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(status.message().contains("500"), "{}", status.message());
+    assert!(
+        status.message().contains("the scan may have started"),
+        "{}",
+        status.message()
+    );
     let stats = app.sim.handle.stats();
     assert_eq!(stats.run_scan, 1, "a 500 may have acted: no blind resend");
     assert_eq!(
@@ -264,7 +268,7 @@ async fn a_connection_reset_before_the_scan_took_effect_is_unavailable_and_start
     assert!(
         status
             .message()
-            .contains("calling run_antivirus_scan: request failed"),
+            .contains("the connection to Defender broke while asking it to start the scan"),
         "a transport error, not an HTTP status: {}",
         status.message()
     );
@@ -387,7 +391,7 @@ async fn malformed_json_is_unavailable_on_reads_and_resolved_on_the_scan_post() 
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
-        status.message().contains("unexpected body"),
+        status.message().contains("could not be read"),
         "{}",
         status.message()
     );
@@ -402,7 +406,7 @@ async fn malformed_json_is_unavailable_on_reads_and_resolved_on_the_scan_post() 
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
-        status.message().contains("unexpected body"),
+        status.message().contains("could not be read"),
         "{}",
         status.message()
     );
