@@ -3,9 +3,11 @@ ports, probes, grace periods, the gateway's environment contract, the config fil
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
+import urllib.parse
 from pathlib import Path
 
 import yaml
@@ -54,6 +56,11 @@ def duration_seconds(text: str) -> float:
     for number, unit in re.findall(r"([0-9]+) ?(ms|s|m|h|d)", text):
         total += int(number) * units[unit]
     return total
+
+
+def url_port(url: str, defaults: dict[str, int]) -> int:
+    parsed = urllib.parse.urlsplit(url)
+    return parsed.port or defaults[parsed.scheme]
 
 
 def matches(selector: dict, labels: dict) -> bool:
@@ -246,7 +253,18 @@ def rendered(path: str) -> int:
             errors.append("NetworkPolicy selects no gateway pod")
         egress_ports = {(p.get("protocol", "TCP"), p["port"]) for rule in policy["spec"]["egress"]
                         for p in rule.get("ports", [])}
-        for needed in (("UDP", 53), ("TCP", 53), ("TCP", 443)):
+        needs = [("UDP", 53), ("TCP", 53), ("TCP", 443)]
+        # Redis and OTLP: the ports their URLs name (the scheme's default when none), wherever
+        # the chart can read the URL (not from an existing Secret).
+        redis_ref = env.get("SCAN_GATEWAY_REDIS_URL", {}).get("valueFrom", {}).get("secretKeyRef")
+        own = {s["metadata"]["name"]: s for s in by_kind.get("Secret", [])}
+        if redis_ref and redis_ref["name"] in own:
+            url = base64.b64decode(own[redis_ref["name"]]["data"][redis_ref["key"]]).decode()
+            needs.append(("TCP", url_port(url, {"redis": 6379, "rediss": 6379})))
+        if "OTEL_EXPORTER_OTLP_ENDPOINT" in env:
+            needs.append(("TCP", url_port(env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"],
+                                          {"http": 80, "https": 443})))
+        for needed in needs:
             if needed not in egress_ports:
                 errors.append(f"NetworkPolicy egress lacks {needed}")
         if any(not rule.get("ports") for rule in policy["spec"]["egress"]):

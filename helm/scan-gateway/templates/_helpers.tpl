@@ -147,6 +147,34 @@ once. Without Redis otherwise: 1 (the chart allows one pod only, see validateVal
 {{- end }}
 {{- end }}
 
+{{/*
+TCP port of a URL: the one it names, else the default given for its scheme (dict "url" URL
+"default" PORT). urlParse keeps the port in "host" (an IPv6 host ends in "]" without one).
+*/}}
+{{- define "scan-gateway.urlPort" -}}
+{{- $port := regexFind ":[0-9]+$" (urlParse .url).host | trimPrefix ":" }}
+{{- default (toString .default) $port }}
+{{- end }}
+
+{{/*
+Port the NetworkPolicy opens to Redis: the port of redis.url (6379 when it names none, for
+redis:// and rediss:// alike, as the gateway's Redis client does); with redis.existingSecret
+the chart cannot read the URL, so redis.port, or 6379.
+*/}}
+{{- define "scan-gateway.redisPort" -}}
+{{- if .Values.redis.url }}
+{{- include "scan-gateway.urlPort" (dict "url" .Values.redis.url "default" 6379) }}
+{{- else }}
+{{- .Values.redis.port | default 6379 }}
+{{- end }}
+{{- end }}
+
+{{/* Port the NetworkPolicy opens to the OTLP endpoint: its port, else its scheme's. */}}
+{{- define "scan-gateway.otlpPort" -}}
+{{- $scheme := (urlParse .Values.otel.endpoint).scheme }}
+{{- include "scan-gateway.urlPort" (dict "url" .Values.otel.endpoint "default" (ternary 443 80 (eq $scheme "https"))) }}
+{{- end }}
+
 {{/* Secret of the serving certificate. */}}
 {{- define "scan-gateway.tlsSecretName" -}}
 {{- if .Values.tls.secretName }}
@@ -202,6 +230,13 @@ Checks across values that the JSON schema cannot express; a broken combination f
 {{- end }}
 {{- if and .Values.redis.url .Values.redis.existingSecret }}
 {{- fail "set redis.url or redis.existingSecret, not both" }}
+{{- end }}
+{{- /* A port given besides a URL that names another would open the wrong one. */}}
+{{- if and .Values.redis.url .Values.redis.port (ne (int .Values.redis.port) (int (include "scan-gateway.redisPort" .))) }}
+{{- fail (printf "redis.port %d is not the port of redis.url (%s): the NetworkPolicy would open the wrong one. Leave redis.port at 0 (the chart reads the URL's) or make them agree" (int .Values.redis.port) (include "scan-gateway.redisPort" .)) }}
+{{- end }}
+{{- if and .Values.otel.endpoint .Values.otel.port (ne (int .Values.otel.port) (int (include "scan-gateway.otlpPort" .))) }}
+{{- fail (printf "otel.port %d is not the port of otel.endpoint (%s): the NetworkPolicy would open the wrong one. Leave otel.port at 0 (the chart reads the endpoint's) or make them agree" (int .Values.otel.port) (include "scan-gateway.otlpPort" .)) }}
 {{- end }}
 {{- $redis := include "scan-gateway.redisEnabled" . }}
 {{- $sharePerPod := .Values.gateway.quotaSharePerPod }}
