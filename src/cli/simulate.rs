@@ -58,3 +58,82 @@ pub async fn run(args: SimulateArgs) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use clap::Parser;
+    use defender_simulator::{SimState, SimulatorConfig, app};
+    use tower::ServiceExt;
+
+    use super::super::{Cli, Command};
+    use crate::clock::Clock;
+
+    /// The simulator's config from a `scan-gateway simulate ...` command line.
+    fn config_of(flags: &[&str]) -> SimulatorConfig {
+        let argv = ["scan-gateway", "simulate"]
+            .into_iter()
+            .chain(flags.iter().copied());
+        match Cli::try_parse_from(argv).expect("flags").command {
+            Command::Simulate(args) => args.simulator.to_config().expect("config"),
+            other => panic!("not simulate: {other:?}"),
+        }
+    }
+
+    async fn send(app: &axum::Router, request: Request<Body>) -> (StatusCode, serde_json::Value) {
+        let response = app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        (status, serde_json::from_slice(&body).expect("JSON"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn simulate_fault_forbidden_makes_scans_answer_the_missing_roles_403() {
+        let config = config_of(&["--fault-forbidden", "run-scan"]);
+        let state = SimState::new(config.clone(), Clock::system());
+        let machine = state.handle().demo_machine_ids(1).remove(0);
+        let app = app(state);
+        let form = format!(
+            "grant_type=client_credentials&client_id={}&client_secret=simulator-secret&scope=https://api.securitycenter.microsoft.com/.default",
+            config.client_id
+        );
+        let token = Request::post(format!("/{}/oauth2/v2.0/token", config.tenant_id))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form))
+            .expect("request");
+        let (status, body) = send(&app, token).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let token = body["access_token"].as_str().expect("token").to_owned();
+
+        let scan = Request::post(format!("/api/machines/{machine}/runAntiVirusScan"))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"Comment":"cli test","ScanType":"Quick"}"#))
+            .expect("request");
+        let (status, body) = send(&app, scan).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(body["error"]["code"], "Forbidden");
+        assert_eq!(
+            body["error"]["message"],
+            "Missing application roles. API required roles: Machine.Scan"
+        );
+        assert!(body["error"]["target"].is_string(), "{body}");
+    }
+
+    #[test]
+    fn simulate_refuses_bad_fault_flags() {
+        for flags in [
+            &["--fault-forbidden", "everything"][..],
+            &["--fault", "run-scan:error-rate=2"],
+            &["--fault", "token:forbidden"],
+        ] {
+            let argv = ["scan-gateway", "simulate"]
+                .into_iter()
+                .chain(flags.iter().copied());
+            assert!(Cli::try_parse_from(argv).is_err(), "{flags:?}");
+        }
+    }
+}

@@ -10,6 +10,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use super::config::{DuplicateMode, SimulatorConfig};
+use super::fault_spec::{ApiTarget, FaultSpec};
 use super::faults::{EndpointFaults, Faults, ResetPoint};
 
 /// The preset the knobs start from.
@@ -181,6 +182,29 @@ pub struct SimulatorArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub token_secret_expired: bool,
+    /// Answer 403 Forbidden "Missing application roles" on these Defender endpoints: api (all
+    /// four) or a list of run-scan, get-action, list-actions, cancel.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "ENDPOINTS",
+        env = "SCAN_GATEWAY_SIM_FAULT_FORBIDDEN"
+    )]
+    pub fault_forbidden: Vec<ApiTarget>,
+    /// Faults for one endpoint, e.g. run-scan:error-rate=0.2,latency=2s or cancel:forbidden;
+    /// repeatable, applied in order after the other fault flags. ENDPOINT: api (the four
+    /// Defender endpoints), token, run-scan, get-action, list-actions, cancel. KNOB: latency,
+    /// answer-latency, error-rate, throttle-rate, retry-after, lost-response-rate, forbidden,
+    /// reset-rate, reset-at, malformed-rate. In the environment variable, specs are separated
+    /// by ';'.
+    #[arg(
+        long = "fault",
+        value_name = "ENDPOINT:KNOB=VALUE,...",
+        value_delimiter = ';',
+        env = "SCAN_GATEWAY_SIM_FAULT"
+    )]
+    pub fault: Vec<FaultSpec>,
 }
 
 impl SimulatorArgs {
@@ -233,6 +257,13 @@ impl SimulatorArgs {
             token_secret_expired: self.token_secret_expired,
             ..Faults::defender_api(api)
         };
+        for target in &self.fault_forbidden {
+            target.apply(&mut c.faults);
+        }
+        // Last, so a spec for one endpoint overrides the flags that set all of them.
+        for spec in &self.fault {
+            spec.apply(&mut c.faults);
+        }
         if let Some(path) = &self.client_certificate {
             use rustls_pki_types::{CertificateDer, pem::PemObject};
             let der = CertificateDer::pem_file_iter(path)

@@ -116,6 +116,18 @@ impl Faults {
             Endpoint::Other => None,
         }
     }
+
+    /// The settings for one endpoint, to change (`None` for unknown paths).
+    pub(crate) fn endpoint_mut(&mut self, endpoint: Endpoint) -> Option<&mut EndpointFaults> {
+        match endpoint {
+            Endpoint::Token => Some(&mut self.token),
+            Endpoint::RunScan => Some(&mut self.run_scan),
+            Endpoint::GetAction => Some(&mut self.get_action),
+            Endpoint::ListActions => Some(&mut self.list_actions),
+            Endpoint::Cancel => Some(&mut self.cancel),
+            Endpoint::Other => None,
+        }
+    }
 }
 
 /// What a roll decided for one request.

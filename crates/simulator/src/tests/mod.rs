@@ -1,6 +1,7 @@
 //! HTTP-level tests of the simulator: requests go through `app(..)` with `oneshot`, time is
 //! paused and moved with `tokio::time::advance`, nothing sleeps.
 
+mod cli;
 mod faults;
 mod lifecycle;
 mod list;
