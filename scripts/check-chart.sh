@@ -10,6 +10,8 @@
 #                     Kubernetes version, each output through kubernetes-validate --strict
 #                     (CRD kinds are set apart with the reason printed: it has no schema for them)
 #   helm 3            helm 3.17 lints each value set too and renders it as helm 4 does
+#   preStop           below Kubernetes 1.30 an exec of the Dockerfile's ENTRYPOINT `wait Ns` (the
+#                     image has no shell), from 1.30 the sleep action
 #   README examples   each `helm install` of the chart README runs as pasted (helm template, with
 #                     the README's variables and YAML files) and renders consistently, with
 #                     --create-namespace, the pushed image and, for workload identity, a federated
@@ -170,6 +172,20 @@ for values in "${value_sets[@]}"; do
     cp "$rendered" "$work/checkov/$set_name.yaml"
   fi
 done
+
+echo "== preStop below and from Kubernetes 1.30"
+# prestop SECONDS: render for 1.29 and 1.30 with preStopSleepSeconds SECONDS, check the hooks.
+prestop() {
+  local kube
+  for kube in 1.29.0 1.30.0; do
+    helm template "$release" "$chart" --namespace "$namespace" --kube-version "$kube" \
+      -f "$chart/ci/minimal-values.yaml" --set preStopSleepSeconds="$1" >"$work/prestop-$kube.yaml" || return 1
+    "$python" "$checks" rendered "$work/prestop-$kube.yaml" || return 1
+  done
+  "$python" "$checks" prestop "$work/prestop-1.29.0.yaml" "$work/prestop-1.30.0.yaml" Dockerfile "$1"
+}
+check "preStop: exec 'scan-gateway wait 3s' on 1.29, sleep action on 1.30" prestop 3
+check "preStop: none with preStopSleepSeconds 0, on 1.29 and 1.30" prestop 0
 
 echo "== README install examples"
 check "every install example of the chart README renders as pasted" \

@@ -8,6 +8,9 @@ scripts/check-chart.sh; needs PyYAML, which the chart-tools venv has).
   split RENDERED OUT_CORE OUT_CRD put CRD kinds (which kubernetes-validate has no schema for)
                                   in OUT_CRD, the rest in OUT_CORE; prints what it set apart
   rendered RENDERED               cross-resource consistency of one rendered release
+  prestop OLD NEW DOCKERFILE SECS the preStop hook of a render for Kubernetes < 1.30 (OLD) execs
+                                  the Dockerfile's ENTRYPOINT with `wait SECSs`, the one for
+                                  >= 1.30 (NEW) is the sleep action; SECS 0: neither has one
   readme-examples CHART HELM KUBE every install example of the chart README renders as pasted
                                   (see readme_examples.py)
 """
@@ -15,6 +18,7 @@ scripts/check-chart.sh; needs PyYAML, which the chart-tools venv has).
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -79,6 +83,32 @@ def split(rendered: str, core_out: str, crd_out: str) -> int:
     return 0
 
 
+# --- prestop ---------------------------------------------------------------------------------
+
+def pre_stop_hook(path: str) -> dict | None:
+    (deploy,) = [d for d in load_docs(path) if d["kind"] == "Deployment"]
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    return container.get("lifecycle", {}).get("preStop")
+
+
+def prestop(old: str, new: str, dockerfile: str, seconds: str) -> int:
+    entrypoint = re.search(r"^ENTRYPOINT\s+(\[.*\])\s*$", Path(dockerfile).read_text(), re.M)
+    if not entrypoint:
+        return fail([f"{dockerfile}: no ENTRYPOINT in exec form"])
+    binary = json.loads(entrypoint.group(1))[0]
+    wanted = {"exec": {"command": [binary, "wait", f"{seconds}s"]}}, {"sleep": {"seconds": int(seconds)}}
+    if seconds == "0":
+        wanted = None, None
+    errors = []
+    for path, hook, kube in ((old, wanted[0], "< 1.30"), (new, wanted[1], ">= 1.30")):
+        got = pre_stop_hook(path)
+        if got != hook:
+            errors.append(f"Kubernetes {kube}: preStop {got}, expected {hook}")
+    if not errors:
+        print(f"  preStop with {seconds} s: {wanted[0]} below 1.30, {wanted[1]} from 1.30")
+    return fail(errors)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print(__doc__)
@@ -92,6 +122,8 @@ def main(argv: list[str]) -> int:
         return split(*args)
     if command == "rendered":
         return rendered(args[0])
+    if command == "prestop":
+        return prestop(*args)
     if command == "readme-examples":
         return readme_examples(*args)
     print(__doc__)

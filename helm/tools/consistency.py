@@ -58,6 +58,20 @@ def duration_seconds(text: str) -> float:
     return total
 
 
+def pre_stop_seconds(container: dict) -> float:
+    """What the preStop hook waits: the sleep action (Kubernetes >= 1.30), or the exec of
+    `scan-gateway wait DURATION` the chart renders below 1.30."""
+    hook = container.get("lifecycle", {}).get("preStop", {})
+    if "sleep" in hook:
+        return hook["sleep"]["seconds"]
+    if "exec" in hook:
+        command = hook["exec"]["command"]
+        if len(command) != 3 or command[1] != "wait":
+            raise ValueError(f"preStop exec {command} is not `scan-gateway wait DURATION`")
+        return duration_seconds(command[2])
+    return 0
+
+
 def url_port(url: str, defaults: dict[str, int]) -> int:
     parsed = urllib.parse.urlsplit(url)
     return parsed.port or defaults[parsed.scheme]
@@ -156,7 +170,7 @@ def rendered(path: str) -> int:
     if "client_secret" in config:
         errors.append("config.toml (a ConfigMap) holds the client secret")
     grace = duration_seconds(config["shutdown_grace"])
-    pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    pre_stop = pre_stop_seconds(container)
     if spec["terminationGracePeriodSeconds"] < pre_stop + grace + 5:
         errors.append(f"terminationGracePeriodSeconds {spec['terminationGracePeriodSeconds']} < "
                       f"preStop {pre_stop} + shutdown_grace {grace} + 5")

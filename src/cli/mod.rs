@@ -1,9 +1,10 @@
-//! The command line: `serve`, `simulate` and the `scan` client, one function each.
+//! The command line: `serve`, `simulate`, the `scan` client and `wait`, one function each.
 
 mod scan;
 mod serve;
 #[cfg(feature = "simulator")]
 mod simulate;
+mod wait;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,8 @@ pub enum Command {
     Simulate(simulate::SimulateArgs),
     /// Start a scan through a gateway and follow it live; exits 0 only when it succeeds.
     Scan(scan::ScanArgs),
+    /// Wait for a duration, then exit 0 (the chart's preStop hook: the image has no `sleep`).
+    Wait(wait::WaitArgs),
 }
 
 /// Runs the chosen command on a multi-threaded runtime.
@@ -55,6 +58,7 @@ pub fn run(cli: Cli) -> ExitCode {
             #[cfg(feature = "simulator")]
             Command::Simulate(args) => simulate::run(args).await,
             Command::Scan(args) => scan::run(args).await,
+            Command::Wait(args) => wait::run(args).await,
         }
     })
 }

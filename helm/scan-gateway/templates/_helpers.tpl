@@ -77,6 +77,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* The gateway's binary in the image: the Dockerfile's ENTRYPOINT (the chart checks compare). */}}
+{{- define "scan-gateway.binary" -}}
+/usr/local/bin/scan-gateway
+{{- end }}
+
 {{/* The Secret the chart creates for values given inline (client secret, PEM, Redis URL). */}}
 {{- define "scan-gateway.secretName" -}}
 {{- include "scan-gateway.fullname" . }}
