@@ -12,6 +12,7 @@ use secrecy::SecretString;
 use super::config::{DuplicateMode, SimulatorConfig};
 use super::fault_spec::{ApiTarget, FaultSpec};
 use super::faults::{EndpointFaults, Faults, ResetPoint};
+use super::roles;
 
 /// The preset the knobs start from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -54,6 +55,28 @@ impl FromStr for QuotaSpec {
             })
             .collect::<Result<_, _>>()
             .map(Self)
+    }
+}
+
+/// Application roles as `ROLE[,ROLE...]`, e.g. `Machine.Read.All,Machine.Scan`, or `none`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolesSpec(pub Vec<String>);
+
+impl FromStr for RolesSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().eq_ignore_ascii_case("none") {
+            return Ok(Self(Vec::new()));
+        }
+        let mut roles = Vec::new();
+        for name in s.split(',') {
+            let role = roles::parse(name)?;
+            if !roles.contains(&role) {
+                roles.push(role);
+            }
+        }
+        Ok(Self(roles))
     }
 }
 
@@ -108,6 +131,11 @@ pub struct SimulatorArgs {
     /// Application name reported as the actions' requestor.
     #[arg(long, env = "SCAN_GATEWAY_SIM_APP_NAME")]
     pub app_name: Option<String>,
+    /// Application roles granted to the application, the `roles` of its tokens, e.g.
+    /// Machine.Read.All,Machine.Scan (the default), or none. A Defender endpoint answers 403
+    /// "Missing application roles" to a token without one of its roles.
+    #[arg(long, value_name = "ROLES", env = "SCAN_GATEWAY_SIM_APP_ROLES")]
+    pub app_roles: Option<RolesSpec>,
     /// Lifetime of issued access tokens, e.g. 1h or 5m.
     #[arg(long, env = "SCAN_GATEWAY_SIM_TOKEN_LIFETIME")]
     pub token_lifetime: Option<humantime::Duration>,
@@ -225,6 +253,7 @@ impl SimulatorArgs {
         set(&mut c.client_id, self.client_id.clone());
         set(&mut c.client_secret, self.client_secret.clone());
         set(&mut c.app_name, self.app_name.clone());
+        set(&mut c.app_roles, self.app_roles.clone().map(|r| r.0));
         set(&mut c.token_lifetime, dur(&self.token_lifetime));
         set(&mut c.pending_duration, dur(&self.pending_duration));
         set(&mut c.quick_scan_duration, dur(&self.quick_scan_duration));
@@ -323,9 +352,12 @@ mod tests {
             "--client-secret",
             "hunter2",
             "--token-secret-expired",
+            "--app-roles",
+            "Machine.Scan, Machine.Scan,Machine.Isolate",
         ])
         .unwrap();
         let c = cli.sim.to_config().unwrap();
+        assert_eq!(c.app_roles, ["Machine.Scan", "Machine.Isolate"]);
         assert_eq!(cli.sim.listen, "127.0.0.1:8443".parse().unwrap());
         assert_eq!(c.full_scan_duration, Duration::from_secs(30));
         assert_eq!(c.quick_scan_duration, Duration::from_secs(6));
@@ -394,6 +426,9 @@ mod tests {
         assert_eq!(c.pending_duration, Duration::from_secs(30));
         assert_eq!(c.quota, crate::config::default_quota());
         assert_eq!(c.faults.cancel.error_rate, 0.0);
+        assert_eq!(c.app_roles, ["Machine.Read.All", "Machine.Scan"]);
+        let none = Cli::try_parse_from(["x", "--app-roles", "none"]).unwrap();
+        assert!(none.sim.to_config().unwrap().app_roles.is_empty());
     }
 
     #[test]

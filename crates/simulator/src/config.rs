@@ -9,6 +9,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use super::faults::Faults;
+use super::roles;
 
 /// What the simulator answers when a scan is requested for a device that already has one
 /// pending or running. Real MDE does both (microsoft-365-docs#5907), so clients must cope.
@@ -42,6 +43,9 @@ pub struct SimulatorConfig {
     pub client_secret: SecretString,
     /// Application display name, reported as `requestor` / `cancellationRequestor`.
     pub app_name: String,
+    /// Application roles (permissions) granted to the application: its tokens' `roles`. Each
+    /// Defender endpoint answers 403 "Missing application roles" without one of its own.
+    pub app_roles: Vec<String>,
     /// Lifetime of issued access tokens (`expires_in`).
     pub token_lifetime: Duration,
     /// How long a new action stays `Pending` before the device picks it up.
@@ -90,6 +94,7 @@ impl SimulatorConfig {
             client_id: "11111111-1111-1111-1111-111111111111".to_owned(),
             client_secret: SecretString::from("simulator-secret"),
             app_name: "scan-gateway-simulated-app".to_owned(),
+            app_roles: roles::default_roles(),
             token_lifetime: Duration::from_secs(3599),
             pending_duration: Duration::from_secs(30),
             quick_scan_duration: Duration::from_secs(3 * 60),

@@ -18,7 +18,7 @@ pub(crate) enum ApiError {
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("{0}")]
-    Forbidden(&'static str),
+    Forbidden(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("Invalid input {}.", echo(.0))]

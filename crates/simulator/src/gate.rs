@@ -1,5 +1,6 @@
 //! The steps every simulated request passes before its handler, in one place and in the order
-//! the real services apply them: count, added latency, token check, 403, injected faults, quota;
+//! the real services apply them: count, added latency, token check, roles (403), injected
+//! faults, quota;
 //! and the faults applied to the answer after it (reset, lost, malformed).
 //!
 //! Each route gets this middleware with its [`Endpoint`] baked in, so handlers only do their
@@ -12,9 +13,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::aad_error::AadError;
+use super::bearer;
 use super::error::ApiError;
 use super::faults::{Injected, garble};
 use super::quota::retry_after_secs;
+use super::roles;
 use super::state::SimState;
 use super::stats::{Counters, Endpoint};
 
@@ -91,10 +94,18 @@ async fn admit(state: &SimState, endpoint: Endpoint, headers: &HeaderMap) -> Res
         state.clock().sleep(latency).await;
     }
     let now = state.clock().now();
-    let client = state.tokens().authenticate(headers, now)?;
+    let caller = bearer::authenticate(
+        &state.signer(),
+        headers,
+        &state.config().tenant_id,
+        state.clock().utc_at(now),
+    )?;
+    if let Some(message) = roles::missing(endpoint, &caller.roles) {
+        return Err(ApiError::Forbidden(message).into());
+    }
     if state.faults().forbidden(endpoint) {
         Counters::bump(&state.counters().faults_injected);
-        return Err(ApiError::Forbidden(missing_roles(endpoint)).into());
+        return Err(ApiError::Forbidden(roles::missing_message(endpoint, &[])).into());
     }
     let injected = state.faults().roll(endpoint);
     let reset_after_effect = match injected {
@@ -113,7 +124,7 @@ async fn admit(state: &SimState, endpoint: Endpoint, headers: &HeaderMap) -> Res
             return Err(Refusal::Reset);
         }
     };
-    let admitted = state.quota().admit(endpoint, &client, now);
+    let admitted = state.quota().admit(endpoint, &caller.client_id, now);
     if let Err(wait) = admitted {
         Counters::bump(&state.counters().throttled);
         return Err(ApiError::TooManyRequests(retry_after_secs(wait)).into());
@@ -160,19 +171,6 @@ async fn malform(state: &SimState, endpoint: Endpoint, response: Response) -> Re
     // The length changes; hyper sets the new one from the body.
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(garble(kind, &body)))
-}
-
-/// The observed 403 wording, with each API's documented permissions.
-fn missing_roles(endpoint: Endpoint) -> &'static str {
-    match endpoint {
-        Endpoint::RunScan => "Missing application roles. API required roles: Machine.Scan",
-        Endpoint::Cancel => {
-            "Missing application roles. API required roles: Machine.CollectForensics, Machine.Isolate, Machine.RestrictExecution, Machine.Scan, Machine.Offboard, Machine.StopAndQuarantine, Machine.LiveResponse"
-        }
-        _ => {
-            "Missing application roles. API required roles: Machine.Read.All, Machine.ReadWrite.All"
-        }
-    }
 }
 
 /// Middleware for the token endpoints: faults answer in Entra's error shape.

@@ -4,6 +4,7 @@
 use super::actions::ActionStatus;
 use super::faults::Faults;
 use super::inventory::Machine;
+use super::jwt::Signer;
 use super::state::SimState;
 use super::stats::Stats;
 use super::traceparents::SeenTraceparent;
@@ -71,9 +72,10 @@ impl SimulatorHandle {
         self.state.faults().set(faults);
     }
 
-    /// Invalidates every issued token: the next Defender call with one gets 401.
+    /// Invalidates every issued token: the next Defender call with one gets 401. The signing
+    /// key is replaced (the keys endpoint then publishes the new one).
     pub fn revoke_tokens(&self) {
-        self.state.tokens().revoke_all();
+        *self.state.signer() = Signer::generate();
     }
 
     /// Starts an analyst's action of another type than a scan (`Isolate`, `LiveResponse`,

@@ -6,6 +6,7 @@
 //! ```text
 //! POST /{tenant}/oauth2/v2.0/token            client credentials, scope=<audience>/.default
 //! POST /{tenant}/oauth2/token                 v1: resource=<audience>
+//! GET  /{tenant}/discovery[/v2.0]/keys        JWKS: the key that signs access tokens
 //! POST /api[/v1.0]/machines/{id}/runAntiVirusScan
 //! GET  /api[/v1.0]/machineactions[?$filter=..&$top=..&$skip=..]
 //! GET  /api[/v1.0]/machineactions/{id}
@@ -14,7 +15,7 @@
 //! ```
 //!
 //! Everything is deterministic for a seed (inventory, action ids, outcomes, faults) except the
-//! tokens and error `target`s, and all time comes from [`Clock`], so tests use
+//! tokens (and their signing key) and error `target`s, and all time comes from [`Clock`], so tests use
 //! `tokio::time::pause()`/`advance()` and never sleep.
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ mod aad_error;
 mod actions;
 mod api;
 mod assertion;
+mod audience;
 mod bearer;
 mod cli;
 mod config;
@@ -34,10 +36,12 @@ mod handle;
 mod history;
 mod introspect;
 mod inventory;
+mod jwt;
 mod odata;
 mod query;
 mod quota;
 mod rng;
+mod roles;
 mod state;
 mod stats;
 mod timestamp;
@@ -57,12 +61,13 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
 pub use actions::ActionStatus;
-pub use cli::{Profile, QuotaSpec, SimulatorArgs};
+pub use cli::{Profile, QuotaSpec, RolesSpec, SimulatorArgs};
 pub use config::{DuplicateMode, SimulatorConfig, default_quota};
 pub use fault_spec::{ApiTarget, FaultSpec, FaultTarget};
 pub use faults::{EndpointFaults, Faults, ResetPoint};
 pub use handle::SimulatorHandle;
 pub use inventory::Machine;
+pub use roles::KNOWN as KNOWN_ROLES;
 /// The clock [`Simulator::bind`] and [`SimState::new`] take; the gateway's `Clock` is this
 /// type too, so a test can run both on one paused clock.
 pub use scan_clock::Clock;
@@ -84,6 +89,9 @@ pub fn app(state: SimState) -> Router {
             "/{tenant}/oauth2/token",
             post(token::v1).layer(token_gate()),
         )
+        // The public key of issued tokens, at Entra's v2.0 and v1 paths.
+        .route("/{tenant}/discovery/v2.0/keys", get(token::keys))
+        .route("/{tenant}/discovery/keys", get(token::keys))
         .route("/simulator/stats", get(introspect::stats))
         .route("/simulator/machines", get(introspect::machines));
     // The version segment is optional upstream; without it the latest (v1.0) is used.

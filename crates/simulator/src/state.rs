@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use crate::Clock;
 
 use super::actions::ActionStore;
-use super::bearer::TokenStore;
 use super::config::SimulatorConfig;
 use super::faults::FaultState;
 use super::history;
 use super::inventory::Inventory;
+use super::jwt::Signer;
 use super::quota::Quota;
 use super::stats::Counters;
 use super::traceparents::Traceparents;
@@ -29,7 +29,8 @@ struct Inner {
     clock: Clock,
     inventory: Inventory,
     actions: Mutex<ActionStore>,
-    tokens: Mutex<TokenStore>,
+    /// Signs access tokens; replaced to revoke every token issued so far.
+    signer: Mutex<Signer>,
     quota: Mutex<Quota>,
     faults: Mutex<FaultState>,
     counters: Counters,
@@ -60,7 +61,7 @@ impl SimState {
                 quota: Mutex::new(Quota::new(config.quota.clone())),
                 faults: Mutex::new(FaultState::new(config.faults.clone(), config.seed)),
                 actions: Mutex::new(actions),
-                tokens: Mutex::new(TokenStore::default()),
+                signer: Mutex::new(Signer::generate()),
                 counters: Counters::default(),
                 traceparents: Mutex::default(),
                 inventory,
@@ -90,8 +91,8 @@ impl SimState {
         lock(&self.inner.actions)
     }
 
-    pub(crate) fn tokens(&self) -> MutexGuard<'_, TokenStore> {
-        lock(&self.inner.tokens)
+    pub(crate) fn signer(&self) -> MutexGuard<'_, Signer> {
+        lock(&self.inner.signer)
     }
 
     pub(crate) fn quota(&self) -> MutexGuard<'_, Quota> {

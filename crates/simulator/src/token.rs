@@ -4,32 +4,32 @@
 //! Checks run in the order Entra appears to apply them (tenant, grant, client, audience,
 //! credential), and every refusal uses Entra's error body with its AADSTS code, so a client's
 //! handling of configuration mistakes can be tested. Error texts never contain the secret.
+//!
+//! Access tokens are JWTs with the claims of an app-only token (`jwt.rs`); their key is served
+//! at the keys endpoints.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use secrecy::SecretString;
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::aad_error::AadError;
 use super::assertion;
+use super::audience;
+use super::config::SimulatorConfig;
 use super::credentials::{self, JWT_BEARER};
 use super::error::json_response;
+use super::jwt::{self, Claims};
+use super::rng::{Rng, entropy};
 use super::state::SimState;
 use super::stats::Counters;
-
-/// Accepted audiences: both API hosts, the App ID URI of the doc's curl sample, and the
-/// WindowsDefenderATP application id.
-const AUDIENCES: &[&str] = &[
-    "https://api.securitycenter.microsoft.com",
-    "https://api.security.microsoft.com",
-    "https://securitycenter.onmicrosoft.com/windowsatpservice",
-    "fc780465-2017-40d4-a0c5-307022471b92",
-];
 
 #[derive(Serialize)]
 struct V2Token<'a> {
@@ -126,24 +126,25 @@ fn issue(
     let resource = match flavor {
         Flavor::V2 => {
             let scope = field("scope").ok_or_else(|| AadError::missing("scope"))?;
-            audience_of_scope(scope).ok_or_else(|| AadError::invalid_scope(scope))?
+            audience::of_scope(scope).ok_or_else(|| AadError::invalid_scope(scope))?
         }
         Flavor::V1 => {
             let resource = field("resource").ok_or_else(|| AadError::missing("resource"))?;
-            audience_of_resource(resource)
+            audience::of_resource(resource)
                 .ok_or_else(|| AadError::invalid_resource(resource, tenant))?
         }
     };
     let secret = field("client_secret")
         .map(SecretString::from)
         .or_else(|| basic.map(|(_, secret)| secret));
-    check_credential(state, tenant, &client_id, secret, &field, now)?;
+    let appidacr = check_credential(state, tenant, &client_id, secret, &field, now)?;
 
     let lifetime = config.token_lifetime;
-    let token = state
-        .tokens()
-        // The configured spelling, so quota buckets don't split on the id's letter case.
-        .issue(&config.client_id, lifetime, state.clock().now());
+    let claims = claims(config, resource, appidacr, now);
+    let token = state.signer().sign(&claims).map_err(|e| {
+        tracing::warn!(error = %e, "simulated token endpoint could not sign a token");
+        AadError::unavailable()
+    })?;
     Counters::bump(&state.counters().tokens_issued);
     tracing::debug!(?flavor, resource, "simulated token issued");
     let secs = lifetime.as_secs();
@@ -154,19 +155,15 @@ fn issue(
             ext_expires_in: secs,
             access_token: &token,
         }),
-        Flavor::V1 => {
-            let issued = now.unix_timestamp();
-            serde_json::to_vec(&V1Token {
-                token_type: "Bearer",
-                expires_in: secs.to_string(),
-                ext_expires_in: secs.to_string(),
-                expires_on: issued.saturating_add_unsigned(secs).to_string(),
-                // Entra backdates not_before by five minutes to absorb clock skew.
-                not_before: (issued - 300).to_string(),
-                resource,
-                access_token: &token,
-            })
-        }
+        Flavor::V1 => serde_json::to_vec(&V1Token {
+            token_type: "Bearer",
+            expires_in: secs.to_string(),
+            ext_expires_in: secs.to_string(),
+            expires_on: claims.exp.to_string(),
+            not_before: claims.nbf.to_string(),
+            resource,
+            access_token: &token,
+        }),
     };
     let mut response = json_response(StatusCode::OK, body);
     response.headers_mut().insert(
@@ -179,7 +176,7 @@ fn issue(
     Ok(response.into_response())
 }
 
-/// A secret (form or Basic auth) or a JWT client assertion.
+/// A secret (form or Basic auth) or a JWT client assertion; the token's `appidacr` for it.
 fn check_credential<'a>(
     state: &SimState,
     tenant: &str,
@@ -187,7 +184,7 @@ fn check_credential<'a>(
     secret: Option<SecretString>,
     field: &impl Fn(&str) -> Option<&'a str>,
     now: OffsetDateTime,
-) -> Result<(), AadError> {
+) -> Result<&'static str, AadError> {
     if let Some(secret) = secret {
         if !credentials::secret_matches(&secret, &state.config().client_secret) {
             return Err(AadError::wrong_secret(client_id));
@@ -195,61 +192,75 @@ fn check_credential<'a>(
         if state.faults().settings().token_secret_expired {
             return Err(AadError::secret_expired(client_id));
         }
-        return Ok(());
+        return Ok("1");
     }
     match (field("client_assertion_type"), field("client_assertion")) {
         (Some(JWT_BEARER), Some(jwt)) => {
             assertion::verify(jwt, state.config(), tenant, client_id, now.unix_timestamp())
+                .map(|()| "2")
         }
         (Some(_), Some(_)) => Err(AadError::assertion_type()),
         _ => Err(AadError::no_credential()),
     }
 }
 
-/// `{audience}/.default` for one audience; several scopes must all name the same one.
-fn audience_of_scope(scope: &str) -> Option<&'static str> {
-    let mut found = None;
-    for part in scope.split_whitespace() {
-        let base = part.strip_suffix("/.default")?;
-        let audience = audience_of_resource(base)?;
-        if found.is_some_and(|f| f != audience) {
-            return None;
-        }
-        found = Some(audience);
+/// The claims of an app-only token for `resource`, issued `now`.
+fn claims(
+    config: &SimulatorConfig,
+    resource: &str,
+    appidacr: &'static str,
+    now: OffsetDateTime,
+) -> Claims {
+    // Entra backdates iat/nbf by five minutes to absorb clock skew.
+    let issued = now.unix_timestamp() - 300;
+    let iss = jwt::issuer(&config.tenant_id);
+    // The application's service principal: stable for a seed, like the inventory.
+    let service_principal = Rng::stream(config.seed, "service principal").guid();
+    let mut uti = [0u8; 16];
+    uti[..8].copy_from_slice(&entropy().to_le_bytes());
+    uti[8..].copy_from_slice(&entropy().to_le_bytes());
+    Claims {
+        aud: resource.to_owned(),
+        iss: iss.clone(),
+        iat: issued,
+        nbf: issued,
+        exp: expiry(now, config.token_lifetime),
+        // The configured spelling, so quota buckets don't split on the id's letter case.
+        appid: config.client_id.clone(),
+        appidacr: appidacr.to_owned(),
+        idp: iss,
+        oid: service_principal.clone(),
+        roles: config.app_roles.clone(),
+        sub: service_principal,
+        tid: config.tenant_id.clone(),
+        uti: URL_SAFE_NO_PAD.encode(uti),
+        ver: "1.0".to_owned(),
     }
-    found
 }
 
-fn audience_of_resource(resource: &str) -> Option<&'static str> {
-    let resource = resource.strip_suffix('/').unwrap_or(resource);
-    AUDIENCES
-        .iter()
-        .copied()
-        .find(|a| a.eq_ignore_ascii_case(resource))
+/// `exp` in whole seconds, rounded up so the token lives at least `expires_in`; a lifetime
+/// past the representable dates never expires.
+fn expiry(now: OffsetDateTime, lifetime: Duration) -> i64 {
+    let end = time::Duration::try_from(lifetime)
+        .ok()
+        .and_then(|d| now.checked_add(d));
+    match end {
+        Some(end) => end.unix_timestamp() + i64::from(end.nanosecond() > 0),
+        None => i64::MAX,
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scopes_and_resources() {
-        assert_eq!(
-            audience_of_scope("https://api.securitycenter.microsoft.com/.default"),
-            Some("https://api.securitycenter.microsoft.com")
-        );
-        assert!(
-            audience_of_scope("https://securitycenter.onmicrosoft.com/windowsatpservice/.default")
-                .is_some()
-        );
-        assert!(audience_of_scope("https://API.security.microsoft.com/.default https://api.security.microsoft.com/.default").is_some());
-        assert!(audience_of_scope("https://api.security.microsoft.com/.default https://api.securitycenter.microsoft.com/.default").is_none());
-        assert!(audience_of_scope("https://api.securitycenter.microsoft.com").is_none());
-        assert!(audience_of_scope("https://graph.microsoft.com/.default").is_none());
-        assert!(audience_of_scope("   ").is_none());
-        assert!(audience_of_resource("https://api.securitycenter.microsoft.com/").is_some());
-        assert!(
-            audience_of_resource("https://api.securitycenter.microsoft.com/.default").is_none()
-        );
+/// `GET /{tenant}/discovery[/v2.0]/keys`: the current signing key as a JWKS. The keys are the
+/// same for every tenant at Entra, so `common` and `organizations` are served too.
+pub(crate) async fn keys(
+    State(state): State<SimState>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let known = ["common", "organizations", state.config().tenant_id.as_str()];
+    if !known.iter().any(|t| t.eq_ignore_ascii_case(&tenant)) {
+        return AadError::tenant_not_found(&tenant).respond(state.clock().utc(), &headers);
     }
+    let jwks = state.signer().jwks();
+    json_response(StatusCode::OK, serde_json::to_vec(&jwks))
 }

@@ -93,6 +93,21 @@ async fn a_spec_overrides_the_flags_for_all_endpoints() {
     assert_error(&cancel, StatusCode::NOT_FOUND, "ResourceNotFound");
 }
 
+#[tokio::test(start_paused = true)]
+async fn app_roles_without_machine_scan_make_scans_answer_403() {
+    let sim = sim_from(&["--app-roles", "Machine.ReadWrite.All,Machine.Isolate"]);
+    let token = sim.token().await;
+    let resp = sim.scan(&token, &sim.machine(), "Quick").await;
+    assert_error(&resp, StatusCode::FORBIDDEN, "Forbidden");
+    assert_eq!(
+        resp.message(),
+        "Missing application roles. API required roles: Machine.Scan, application roles: Machine.ReadWrite.All, Machine.Isolate"
+    );
+    let uri = "/api/machineactions/7f3c2a91-5d4e-4b8a-9c1f-2e6d8b0a4c37";
+    let read = sim.call(Method::GET, uri, &token, None).await;
+    assert_error(&read, StatusCode::NOT_FOUND, "ResourceNotFound");
+}
+
 #[test]
 fn bad_fault_flags_are_refused_with_the_reason() {
     for (flags, expected) in [
@@ -104,6 +119,10 @@ fn bad_fault_flags_are_refused_with_the_reason() {
         ),
         (&["--fault", "run-scan:error-rate=1.5"], "not a share"),
         (&["--fault", "token:forbidden"], "answers no 403"),
+        (
+            &["--app-roles", "Machine.scan"],
+            "unknown application role 'Machine.scan'",
+        ),
     ] {
         let err =
             match Cli::try_parse_from(std::iter::once("simulate").chain(flags.iter().copied())) {

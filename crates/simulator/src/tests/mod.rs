@@ -3,6 +3,7 @@
 
 mod cli;
 mod faults;
+mod jwt;
 mod lifecycle;
 mod list;
 mod odata;

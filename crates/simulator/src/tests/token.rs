@@ -149,6 +149,11 @@ async fn a_federated_token_must_match_the_current_token_file() {
 
     let resp = sim.post_form(&v2_uri(), &assertion_form(&first)).await;
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+    let access = resp.json()["access_token"].as_str().unwrap().to_owned();
+    let claims = access.split('.').nth(1).unwrap();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+    assert_eq!(claims["appidacr"], "2", "an assertion, not a secret");
 
     // The kubelet rotates the file: the old token no longer matches, the new one does.
     let second = kube_token("system:serviceaccount:scans:gateway-2");
