@@ -1,7 +1,7 @@
 //! Token endpoint: response shapes of v1 and v2.0 and each documented refusal.
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{Method, Request, StatusCode, header};
 
 use super::*;
 use base64::{
@@ -107,6 +107,106 @@ async fn every_audience_and_basic_auth_are_accepted() {
         .unwrap();
     let resp = sim.send(request).await;
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+}
+
+/// The `aud` of an access token (its claims decoded without checking the signature).
+fn audience_of(token: &str) -> String {
+    let claims = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+    claims["aud"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(start_paused = true)]
+async fn us_government_and_regional_scopes_get_tokens_for_their_host() {
+    let sim = Sim::new(config());
+    let machine = sim.machine();
+    for (scope, audience) in [
+        // GCC, and GCC High / DoD (gov.md: the API host is the token resource).
+        (
+            "https://api-gcc.securitycenter.microsoft.us/.default",
+            "https://api-gcc.securitycenter.microsoft.us",
+        ),
+        (
+            "https://api-gov.securitycenter.microsoft.us/.default",
+            "https://api-gov.securitycenter.microsoft.us",
+        ),
+        // The Defender XDR hosts of those clouds.
+        (
+            "https://api-gcc.security.microsoft.us/.default",
+            "https://api-gcc.security.microsoft.us",
+        ),
+        (
+            "https://API-GOV.security.microsoft.us/.default",
+            "https://api-gov.security.microsoft.us",
+        ),
+        // Commercial geo and regional hosts, and the legacy WDATP host.
+        (
+            "https://eu.api.security.microsoft.com/.default",
+            "https://eu.api.security.microsoft.com",
+        ),
+        (
+            "https://aea.api.security.microsoft.com/.default",
+            "https://aea.api.security.microsoft.com",
+        ),
+        (
+            "https://api-eu.securitycenter.microsoft.com/.default",
+            "https://api-eu.securitycenter.microsoft.com",
+        ),
+        (
+            "https://api-uk.securitycenter.windows.com/.default",
+            "https://api-uk.securitycenter.windows.com",
+        ),
+        (
+            "https://api.securitycenter.windows.com/.default",
+            "https://api.securitycenter.windows.com",
+        ),
+    ] {
+        let resp = sim
+            .post_form(&v2_uri(), &v2_form(&[("scope", scope)]))
+            .await;
+        assert_eq!(resp.status, StatusCode::OK, "{scope}: {}", resp.body);
+        let token = resp.json()["access_token"].as_str().unwrap().to_owned();
+        assert_eq!(audience_of(&token), audience, "{scope}");
+        // The API takes the token: its audience is a Defender one.
+        let uri = format!("/api/machineactions?$filter=machineId%20eq%20'{machine}'");
+        let list = sim.call(Method::GET, &uri, &token, None).await;
+        assert_eq!(list.status, StatusCode::OK, "{scope}: {}", list.body);
+    }
+    // v1 takes the same hosts as `resource`.
+    let body = form(&[
+        ("grant_type", "client_credentials"),
+        ("client_id", CLIENT),
+        ("client_secret", SECRET),
+        ("resource", "https://api-gcc.securitycenter.microsoft.us/"),
+    ]);
+    let resp = sim
+        .post_form(&format!("/{TENANT}/oauth2/token"), &body)
+        .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+    assert_eq!(
+        resp.json()["resource"],
+        "https://api-gcc.securitycenter.microsoft.us"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn scopes_of_no_defender_host_are_still_refused() {
+    let sim = Sim::new(config());
+    for scope in [
+        "https://api-gcc.securitycenter.microsoft.com/.default",
+        "https://fr.api.security.microsoft.com/.default",
+        "https://graph.microsoft.us/.default",
+        "https://api-gcc.securitycenter.microsoft.us",
+        "https://api-gcc.securitycenter.microsoft.us/.default https://api.securitycenter.microsoft.com/.default",
+    ] {
+        let resp = sim
+            .post_form(&v2_uri(), &v2_form(&[("scope", scope)]))
+            .await;
+        assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{scope}");
+        assert_eq!(resp.json()["error"], "invalid_scope", "{scope}");
+        assert_eq!(resp.json()["error_codes"][0], 70011, "{scope}");
+    }
 }
 
 fn now_unix() -> i64 {
