@@ -1,14 +1,19 @@
-//! Redis coming back: after a short outage early in a window, the replicas rejoin the shared
+//! Redis coming back: after a 10 s outage early in a window, the replicas rejoin the shared
 //! quota and use it rather than idling until the window has passed (issue 14, item 5), and no
-//! window ever holds more calls than the limit.
+//! window ever holds more calls than the limit. The windows are Defender's minute.
 //!
-//! Measured here: without the outage the two replicas use 48 of 48 calls; with it, 36 to 37
-//! (75 to 77 %): each waits out its quarantine (about 2.5 s) and then finds its share spent,
-//! because while a replica still counted it alive the other could take all the slack of the
-//! window (shared mode holds nothing back for a live replica), and neither can tell. It rejoins
-//! within a second of Redis answering (the heartbeat probes). Reaching the issue's 80 % needs
-//! shared mode to keep part of each live replica's share in reserve (a design change, open
-//! work); this test holds the line at two thirds and prints the figure.
+//! What the outage costs: each replica waits out its quarantine (about 2.5 s) and then finds its
+//! share spent, because while it was still counted alive the other could have taken all the
+//! slack of the window (shared mode holds nothing back for a live replica) and neither can tell
+//! a cut of its own from a cut of Redis. So nothing is admitted during the outage, and a replica
+//! rejoins within a second of Redis answering (the heartbeat probes). Holding back part of each
+//! live replica's share would let a fallback spend it, but would cost a busy replica that share
+//! of the quota whenever the others are idle, in every window, outage or not; the gateway does
+//! not make that trade (README, "Quota").
+//!
+//! Measured here: 108 of 120 (90 %). The demand is exactly the quota's pace, so every second
+//! idle is lost: the ~23 s idle plus the ~9 s late rejoin the issue reported would leave about
+//! 88 (73 %), under the line this test holds (80 %).
 
 use std::{
     net::SocketAddr,
@@ -23,10 +28,10 @@ use super::{Proxy, RedisServer, busiest_window, limits, settle};
 use crate::helpers::secret;
 use scan_gateway::{quota::Admission, upstream::Api};
 
-/// 24 calls per 12 s; Redis cut for 5 s one second into the measurement.
-const CALLS: u32 = 24;
-const WINDOW: Duration = Duration::from_secs(12);
-const OUTAGE: Duration = Duration::from_secs(5);
+/// 60 calls a minute; Redis cut for 10 s one second into the measurement.
+const CALLS: u32 = 60;
+const WINDOW: Duration = Duration::from_secs(60);
+const OUTAGE: Duration = Duration::from_secs(10);
 
 fn replica(url: &str) -> Arc<SharedStore> {
     Arc::new(
@@ -82,11 +87,12 @@ async fn after_a_short_redis_outage_the_replicas_use_most_of_the_next_two_window
     let asking = tokio::spawn({
         let (a, b, log) = (a.clone(), b.clone(), log.clone());
         async move {
-            // Together 2.5 calls a second against a quota of 2: the quota is the bottleneck
-            // throughout, and no burst spends a window before the outage.
+            // Together one call a second, the quota's pace: no burst spends a window before
+            // the outage, and every second the replicas idle is a call lost for good (a
+            // higher demand would make up for the idle time later in the window).
             tokio::join!(
-                ask_steadily(a, Duration::from_millis(800), until, log.clone()),
-                ask_steadily(b, Duration::from_millis(800), until, log.clone())
+                ask_steadily(a, Duration::from_millis(2000), until, log.clone()),
+                ask_steadily(b, Duration::from_millis(2000), until, log.clone())
             )
         }
     });
@@ -105,7 +111,7 @@ async fn after_a_short_redis_outage_the_replicas_use_most_of_the_next_two_window
     );
     assert!(busiest <= CALLS as usize, "{busiest} calls in one window");
     assert!(
-        used * 3 >= 2 * 2 * CALLS as usize,
+        used * 5 >= 4 * 2 * CALLS as usize,
         "{used} of {} calls used over two windows",
         2 * CALLS
     );
