@@ -171,7 +171,6 @@ impl Record for At<'_> {
             Field::MachineId => Some(&a.machine_id),
             Field::Type => Some(a.kind),
             Field::Requestor => Some(&a.requestor),
-            Field::Scope => a.scope,
             Field::CreationDateTimeUtc => None,
         }
     }

@@ -10,10 +10,14 @@
 //! value   := 'quoted string' | datetime | null
 //! ```
 //!
-//! Fields are `id`, `status`, `machineId`, `type`, `requestor`, `scope` (strings: `eq`, `ne`,
-//! `in`) and `creationDateTimeUtc` (also `gt ge lt le`, literal quoted or not). Field names are
-//! case-insensitive because the samples write them PascalCase; string values compare
-//! case-insensitively, like the service's database collation. The parser is in `parse.rs`.
+//! Only the documented fields filter (upstream-api.md §3.2): `id`, `machineId`, `requestor`
+//! (strings: `eq`, `ne`, `in`), `status` and `type` (enums: the same operators, and only their
+//! documented members, in their exact case) and `creationDateTimeUtc` (also `gt ge lt le`,
+//! against an unquoted DateTimeOffset literal). Another property of MachineAction, such as
+//! `scope`, is refused as OData refuses a property not allowed in `$filter`, so a query that
+//! works here works against Defender. Field names are case-insensitive because the samples write
+//! them PascalCase; string values compare case-insensitively, like the service's database
+//! collation [inf]. The parser is in `parse.rs`.
 
 use std::cmp::Ordering;
 
@@ -28,23 +32,84 @@ pub(crate) enum Field {
     MachineId,
     Type,
     Requestor,
-    Scope,
     CreationDateTimeUtc,
 }
 
+/// The other properties of MachineAction: they exist, but `$filter` may not use them.
+const NOT_FILTERABLE: &[&str] = &[
+    "scope",
+    "title",
+    "requestorComment",
+    "computerDnsName",
+    "lastUpdateDateTimeUtc",
+    "cancellationRequestor",
+    "cancellationComment",
+    "cancellationDateTimeUtc",
+    "errorHResult",
+    "externalId",
+    "requestSource",
+    "relatedFileInfo",
+    "commands",
+    "troubleshootInfo",
+];
+
+/// The documented `status` values (spelled `Cancelled`, issue 5896).
+const STATUSES: &[&str] = &[
+    "Pending",
+    "InProgress",
+    "Succeeded",
+    "Failed",
+    "TimeOut",
+    "Cancelled",
+];
+
+/// The documented `type` values.
+const TYPES: &[&str] = &[
+    "RunAntiVirusScan",
+    "Offboard",
+    "LiveResponse",
+    "CollectInvestigationPackage",
+    "Isolate",
+    "Unisolate",
+    "StopAndQuarantineFile",
+    "RestrictCodeExecution",
+    "UnrestrictCodeExecution",
+];
+
 impl Field {
-    pub(super) fn parse(name: &str) -> Option<Self> {
-        [
+    /// The field a `$filter` names, or the message of the `ODataError` for it.
+    pub(super) fn parse(name: &str) -> Result<Self, String> {
+        let documented = [
             ("id", Self::Id),
             ("status", Self::Status),
             ("machineId", Self::MachineId),
             ("type", Self::Type),
             ("requestor", Self::Requestor),
-            ("scope", Self::Scope),
             ("creationDateTimeUtc", Self::CreationDateTimeUtc),
         ]
         .into_iter()
-        .find_map(|(n, f)| n.eq_ignore_ascii_case(name).then_some(f))
+        .find_map(|(n, f)| n.eq_ignore_ascii_case(name).then_some(f));
+        if let Some(field) = documented {
+            return Ok(field);
+        }
+        match NOT_FILTERABLE.iter().find(|n| n.eq_ignore_ascii_case(name)) {
+            Some(property) => Err(format!(
+                "The property '{property}' cannot be used in the $filter query option."
+            )),
+            None => Err(format!(
+                "Could not find a property named '{}' on type 'microsoft.windowsDefenderATP.api.MachineAction'.",
+                parse::quote(name)
+            )),
+        }
+    }
+
+    /// The members of an enum-typed field: its only values, case-sensitive.
+    pub(super) fn members(self) -> Option<&'static [&'static str]> {
+        match self {
+            Self::Status => Some(STATUSES),
+            Self::Type => Some(TYPES),
+            _ => None,
+        }
     }
 }
 
@@ -98,9 +163,14 @@ impl Filter {
 }
 
 fn compare(r: &impl Record, field: Field, op: Op, value: &Value) -> bool {
+    // Enum members were checked exactly when parsed; other strings follow the collation.
+    let equal = |t: &str, v: &str| match field.members() {
+        Some(_) => t == v,
+        None => t.eq_ignore_ascii_case(v),
+    };
     let ordering = match value {
         Value::Text(v) => r.text(field).map(|t| {
-            if t.eq_ignore_ascii_case(v) {
+            if equal(t, v) {
                 Ordering::Equal
             } else {
                 Ordering::Less

@@ -1,4 +1,4 @@
-//! Lexer and recursive-descent parser for `$filter` (grammar in `odata.rs`).
+//! Lexer and recursive-descent parser for `$filter` (grammar in `mod.rs`).
 //!
 //! Errors name the position and what was expected, since a client author reads them while
 //! fixing a query; nesting is bounded so hostile input cannot exhaust the stack.
@@ -114,7 +114,7 @@ fn lex(src: &str) -> Result<Vec<Token>, String> {
     Ok(tokens)
 }
 
-fn quote(src: &str) -> String {
+pub(super) fn quote(src: &str) -> String {
     match src.char_indices().nth(MAX_QUOTE) {
         Some((cut, _)) => format!("{}...", &src[..cut]),
         None => src.to_owned(),
@@ -221,12 +221,7 @@ impl Parser<'_> {
     }
 
     fn comparison(&mut self, name: &Token) -> Result<Filter, String> {
-        let field = Field::parse(&name.text).ok_or_else(|| {
-            format!(
-                "Could not find a property named '{}' on type 'microsoft.windowsDefenderATP.api.MachineAction'.",
-                quote(&name.text)
-            )
-        })?;
+        let field = Field::parse(&name.text)?;
         let expected = "eq, ne, gt, ge, lt, le or in expected";
         let op_token = match self.take() {
             Some(t) if t.kind == Kind::Word => t,
@@ -278,7 +273,7 @@ impl Parser<'_> {
         let is_time = field == Field::CreationDateTimeUtc;
         match token.kind {
             Kind::Word if token.text == "null" => Ok(Value::Null),
-            Kind::Str | Kind::Word if is_time => timestamp::parse_literal(&token.text)
+            Kind::Word if is_time => timestamp::parse_literal(&token.text)
                 .map(Value::Time)
                 .ok_or_else(|| {
                     format!(
@@ -286,7 +281,19 @@ impl Parser<'_> {
                         quote(&token.text)
                     )
                 }),
-            Kind::Str => Ok(Value::Text(token.text)),
+            // A quoted date is a string, which OData does not compare with a DateTimeOffset.
+            Kind::Str if is_time => Err(format!(
+                "A binary operator with incompatible types was detected. Found operand types 'Edm.DateTimeOffset' and 'Edm.String' for property 'creationDateTimeUtc'; write the date unquoted, e.g. creationDateTimeUtc ge {}.",
+                quote(&token.text)
+            )),
+            Kind::Str => match field.members() {
+                Some(members) if !members.contains(&token.text.as_str()) => Err(format!(
+                    "The string '{}' is not a valid enumeration type constant. Use one of: {}.",
+                    quote(&token.text),
+                    members.join(", ")
+                )),
+                _ => Ok(Value::Text(token.text)),
+            },
             Kind::Word => Err(self.syntax(
                 token.pos,
                 &format!("'{}' must be a quoted string, e.g. status eq 'Pending'", token.text),

@@ -98,7 +98,7 @@ async fn filters_by_machine_type_status_and_time() {
         ids(&list(&sim, &token, q).await),
         [created[2].clone(), created[1].clone()]
     );
-    let q = "?$filter=creationDateTimeUtc gt '2026-11-26T09:15:05Z' and type eq 'RunAntiVirusScan'";
+    let q = "?$filter=creationDateTimeUtc gt 2026-11-26T09:15:05Z and type eq 'RunAntiVirusScan'";
     assert_eq!(ids(&list(&sim, &token, q).await), [created[2].clone()]);
     let q = format!("?$filter=id in ('{}', '{}')", created[0], created[2]);
     assert_eq!(
@@ -107,8 +107,54 @@ async fn filters_by_machine_type_status_and_time() {
     );
     let q = format!("?$filter=not (machineId ne '{}')", machines[2]);
     assert_eq!(ids(&list(&sim, &token, &q).await), [created[2].clone()]);
-    let q = "?$filter=requestor eq 'scan-gateway-simulated-app' and scope eq 'Quick'&foo=bar";
+    let q =
+        "?$filter=requestor eq 'scan-gateway-simulated-app' and type eq 'RunAntiVirusScan'&foo=bar";
     assert_eq!(ids(&list(&sim, &token, q).await).len(), 3);
+    // The gateway's own query: ids, machine, type, status and time, as it encodes them.
+    let q = format!(
+        "?$filter=%28id%20eq%20%27{}%27%20or%20id%20eq%20%27{}%27%29%20and%20machineId%20eq%20%27{}%27%20and%20type%20eq%20%27RunAntiVirusScan%27%20and%20status%20eq%20%27InProgress%27%20and%20creationDateTimeUtc%20ge%202026-11-26T09%3A14%3A05Z&$top=10",
+        created[0], created[1], machines[0]
+    );
+    assert_eq!(ids(&list(&sim, &token, &q).await), [created[0].clone()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn filters_defender_refuses_are_refused_with_its_error_body() {
+    let sim = Sim::new(config());
+    let token = sim.token().await;
+    for (filter, message) in [
+        (
+            "scope eq 'Full'",
+            "The query specified in the URI is not valid. The property 'scope' cannot be used in the $filter query option.",
+        ),
+        (
+            "status eq 'pending'",
+            "The query specified in the URI is not valid. The string 'pending' is not a valid enumeration type constant. Use one of: Pending, InProgress, Succeeded, Failed, TimeOut, Cancelled.",
+        ),
+        (
+            "type eq 'RUNANTIVIRUSSCAN'",
+            "The query specified in the URI is not valid. The string 'RUNANTIVIRUSSCAN' is not a valid enumeration type constant. Use one of: RunAntiVirusScan, Offboard, LiveResponse, CollectInvestigationPackage, Isolate, Unisolate, StopAndQuarantineFile, RestrictCodeExecution, UnrestrictCodeExecution.",
+        ),
+    ] {
+        let resp = list(&sim, &token, &format!("?$filter={filter}")).await;
+        assert_error(&resp, StatusCode::BAD_REQUEST, "ODataError");
+        assert_eq!(resp.message(), message, "{filter}");
+        let json = resp.json();
+        let mut keys: Vec<&String> = json["error"].as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["code", "message", "target"], "{filter}");
+    }
+    // The documented forms are accepted.
+    for filter in [
+        "status eq 'Pending'",
+        "Status eq 'InProgress' or Status eq 'Cancelled'",
+        "type eq 'RunAntiVirusScan' and requestor eq 'Analyst@contoso.com'",
+        "MachineId eq 'f46b9bb259ed4a7fb9981b73510e3cc7aa81ec1f'",
+        "creationDateTimeUtc ge 2026-11-26T00:00:00Z",
+    ] {
+        let resp = list(&sim, &token, &format!("?$filter={filter}&$top=2")).await;
+        assert_eq!(resp.status, StatusCode::OK, "{filter}: {}", resp.body);
+    }
 }
 
 #[tokio::test(start_paused = true)]

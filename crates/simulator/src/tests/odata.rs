@@ -7,7 +7,7 @@ use crate::odata::{Field, Filter, Op, Record, Value};
 
 struct Row {
     status: &'static str,
-    scope: Option<&'static str>,
+    requestor: Option<&'static str>,
     created: OffsetDateTime,
 }
 
@@ -15,7 +15,7 @@ impl Record for Row {
     fn text(&self, field: Field) -> Option<&str> {
         match field {
             Field::Status => Some(self.status),
-            Field::Scope => self.scope,
+            Field::Requestor => self.requestor,
             Field::Type => Some("RunAntiVirusScan"),
             Field::MachineId => Some("1e5bc9d7e413ddd7902c2932e418702b84d0cc07"),
             _ => Some("x"),
@@ -30,7 +30,7 @@ impl Record for Row {
 fn row() -> Row {
     Row {
         status: "Pending",
-        scope: Some("Quick"),
+        requestor: Some("Analyst@contoso.com"),
         created: datetime!(2026-11-26 09:14:05.3318207 UTC),
     }
 }
@@ -45,18 +45,16 @@ fn matches(filter: &str) -> bool {
 fn comparisons_and_boolean_logic() {
     for yes in [
         "status eq 'Pending'",
-        "status eq 'pending'",
         "Status ne 'Succeeded'",
-        "status eq 'Pending' and scope eq 'Quick'",
-        "status eq 'Done' or scope eq 'Quick'",
-        "not status eq 'Done'",
-        "not (status eq 'Done' or scope eq 'Full')",
+        "status eq 'Pending' and requestor eq 'analyst@contoso.com'",
+        "status eq 'Failed' or type eq 'RunAntiVirusScan'",
+        "not status eq 'Failed'",
+        "not (status eq 'Failed' or type eq 'Isolate')",
         "((status eq 'Pending'))",
         "status in ('Succeeded', 'Pending')",
         "machineId eq '1E5BC9D7E413DDD7902C2932E418702B84D0CC07'",
-        "scope ne null",
+        "requestor ne null",
         "creationDateTimeUtc gt 2026-11-26T09:14:05Z",
-        "creationDateTimeUtc ge '2026-11-26T09:14:05.3318207Z'",
         "creationDateTimeUtc le 2026-11-26T09:14:05.3318207Z",
         "creationDateTimeUtc eq 2026-11-26T10:14:05.3318207+01:00",
         "creationDateTimeUtc lt 2026-11-27T00:00:00Z and creationDateTimeUtc gt 2026-11-26T00:00:00Z",
@@ -64,10 +62,10 @@ fn comparisons_and_boolean_logic() {
         assert!(matches(yes), "{yes}");
     }
     for no in [
-        "status eq 'Done'",
+        "status eq 'Failed'",
         "status ne 'Pending'",
-        "status eq 'Pending' and scope eq 'Full'",
-        "scope eq null",
+        "status eq 'Pending' and type eq 'Isolate'",
+        "requestor eq null",
         "creationDateTimeUtc lt 2026-11-26T09:14:05.3318207Z",
         "status in ('Succeeded')",
     ] {
@@ -76,14 +74,95 @@ fn comparisons_and_boolean_logic() {
 }
 
 #[test]
+fn only_documented_fields_and_enum_members_in_their_case_are_accepted() {
+    let cases = [
+        (
+            "scope eq 'Full'",
+            "The property 'scope' cannot be used in the $filter query option.",
+        ),
+        (
+            "Scope eq 'Quick'",
+            "The property 'scope' cannot be used in the $filter query option.",
+        ),
+        (
+            "computerDnsName eq 'ws-1'",
+            "The property 'computerDnsName' cannot be used in the $filter query option.",
+        ),
+        (
+            "status eq 'pending'",
+            "The string 'pending' is not a valid enumeration type constant. Use one of: Pending, InProgress, Succeeded, Failed, TimeOut, Cancelled.",
+        ),
+        (
+            "status eq 'Canceled'",
+            "The string 'Canceled' is not a valid enumeration type constant.",
+        ),
+        (
+            "status in ('Pending', 'INPROGRESS')",
+            "The string 'INPROGRESS' is not a valid enumeration type constant.",
+        ),
+        (
+            "type eq 'runantivirusscan'",
+            "The string 'runantivirusscan' is not a valid enumeration type constant.",
+        ),
+        (
+            "type ne 'Live Response'",
+            "The string 'Live Response' is not a valid enumeration type constant.",
+        ),
+        (
+            "creationDateTimeUtc ge '2026-11-26T09:14:05Z'",
+            "Found operand types 'Edm.DateTimeOffset' and 'Edm.String'",
+        ),
+    ];
+    for (filter, expected) in cases {
+        let err = Filter::parse(filter).unwrap_err();
+        assert!(err.contains(expected), "{filter:?}: {err}");
+    }
+    // Every documented status and type parses; the samples' PascalCase field names too.
+    for status in [
+        "Pending",
+        "InProgress",
+        "Succeeded",
+        "Failed",
+        "TimeOut",
+        "Cancelled",
+    ] {
+        assert!(
+            Filter::parse(&format!("Status eq '{status}'")).is_ok(),
+            "{status}"
+        );
+    }
+    for kind in [
+        "RunAntiVirusScan",
+        "Offboard",
+        "LiveResponse",
+        "CollectInvestigationPackage",
+        "Isolate",
+        "Unisolate",
+        "StopAndQuarantineFile",
+        "RestrictCodeExecution",
+        "UnrestrictCodeExecution",
+    ] {
+        assert!(
+            Filter::parse(&format!("Type eq '{kind}'")).is_ok(),
+            "{kind}"
+        );
+    }
+    assert!(Filter::parse("Requestor eq 'Analyst@contoso.com' and Id eq 'x'").is_ok());
+    assert!(Filter::parse("CreationDateTimeUtc ge 2026-11-26T09:14:05Z").is_ok());
+}
+
+#[test]
 fn and_binds_tighter_than_or() {
-    let parsed = Filter::parse("status eq 'a' or status eq 'b' and scope eq 'c'").unwrap();
+    let parsed = Filter::parse("id eq 'a' or status eq 'Failed' and requestor eq 'c'").unwrap();
     let cmp = |f, v: &str| Box::new(Filter::Compare(f, Op::Eq, Value::Text(v.into())));
     assert_eq!(
         parsed,
         Filter::Or(
-            cmp(Field::Status, "a"),
-            Box::new(Filter::And(cmp(Field::Status, "b"), cmp(Field::Scope, "c")))
+            cmp(Field::Id, "a"),
+            Box::new(Filter::And(
+                cmp(Field::Status, "Failed"),
+                cmp(Field::Requestor, "c")
+            ))
         )
     );
 }
@@ -107,15 +186,15 @@ fn errors_say_what_and_where() {
         ("status equals 'x'", "found 'equals'"),
         ("status eq", "a value expected at the end"),
         ("status eq Pending", "must be a quoted string"),
-        ("status eq 'x' and", "a property name expected at the end"),
-        ("status eq 'x' 'y'", "unexpected 'y'"),
-        ("status eq 'x' AND scope eq 'y'", "unexpected 'AND'"),
-        ("(status eq 'x'", "')' expected at the end"),
-        ("status eq 'x')", "unexpected ')'"),
+        ("id eq 'x' and", "a property name expected at the end"),
+        ("id eq 'x' 'y'", "unexpected 'y'"),
+        ("id eq 'x' AND scope eq 'y'", "unexpected 'AND'"),
+        ("(id eq 'x'", "')' expected at the end"),
+        ("id eq 'x')", "unexpected ')'"),
         ("status eq 'x", "unterminated string literal at position 10"),
         ("size eq 'x'", "Could not find a property named 'size'"),
         (
-            "status lt 'x'",
+            "status lt 'Pending'",
             "The operator 'lt' is not supported for property 'status'",
         ),
         ("creationDateTimeUtc gt null", "not supported"),
@@ -124,7 +203,7 @@ fn errors_say_what_and_where() {
             "not a valid DateTimeOffset literal",
         ),
         ("status in 'x'", "'(' expected, found 'x'"),
-        ("status in ('x',)", "a value expected, found ')'"),
+        ("id in ('x',)", "a value expected, found ')'"),
         ("status eq ,", "a value expected, found ','"),
     ];
     for (filter, expected) in cases {
@@ -135,13 +214,13 @@ fn errors_say_what_and_where() {
 
 #[test]
 fn deep_nesting_is_refused_not_a_stack_overflow() {
-    let deep = format!("{}status eq 'x'{}", "(".repeat(10_000), ")".repeat(10_000));
+    let deep = format!("{}id eq 'x'{}", "(".repeat(10_000), ")".repeat(10_000));
     assert!(
         Filter::parse(&deep)
             .unwrap_err()
             .contains("nested more than 50")
     );
-    let nots = format!("{}status eq 'x'", "not ".repeat(10_000));
+    let nots = format!("{}id eq 'x'", "not ".repeat(10_000));
     assert!(Filter::parse(&nots).is_err());
     let ok = format!("{}status eq 'Pending'{}", "(".repeat(50), ")".repeat(50));
     assert!(matches(&ok));
