@@ -9,11 +9,11 @@ mod connect;
 
 use std::{process::ExitCode, time::Duration};
 
+use futures_util::StreamExt;
+use scan_gateway_client::{CallOptions, Update, pb};
 use tokio::time::Instant;
 use tonic::Code;
 use tonic_types::StatusExt;
-
-use crate::grpc::pb::{self, scan_update::Event};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Kind {
@@ -62,10 +62,10 @@ pub async fn run(args: ScanArgs) -> ExitCode {
 
 async fn follow(args: ScanArgs) -> Result<pb::ActionStatus, String> {
     let started = Instant::now();
-    let mut client = connect::connect(&args.gateway, &args.security)
+    let client = connect::connect(&args.gateway, &args.security)
         .await
         .map_err(|err| err.to_string())?;
-    let mut request = tonic::Request::new(pb::RunScanRequest {
+    let request = pb::RunScanRequest {
         machine_id: args.machine.clone(),
         scan_type: match args.kind {
             Kind::Quick => pb::ScanType::Quick,
@@ -73,26 +73,22 @@ async fn follow(args: ScanArgs) -> Result<pb::ActionStatus, String> {
         } as i32,
         comment: args.comment.clone(),
         request_id: args.request_id.clone().unwrap_or_default(),
-    });
-    if let Some(timeout) = args.timeout {
-        request.set_timeout(timeout);
-    }
-    let mut stream = client
-        .run_scan(request)
-        .await
-        .map_err(|status| describe(&status))?
-        .into_inner();
+    };
+    // The stream resumes by itself (another replica, a dropped connection): see the client
+    // crate.
+    let mut stream = client.run_scan(
+        request,
+        CallOptions {
+            timeout: args.timeout,
+        },
+    );
 
     let mut last = pb::ActionStatus::Unspecified;
-    loop {
-        let update = match stream.message().await {
-            Ok(Some(message)) => message.update.and_then(|u| u.event),
-            Ok(None) => break,
-            Err(status) => return Err(describe(&status)),
-        };
+    while let Some(update) = stream.next().await {
+        let update = update.map_err(|err| describe(err.status()))?;
         let elapsed = started.elapsed().as_secs_f64();
         match update {
-            Some(Event::Queued(queued)) => {
+            Update::Queued(queued) => {
                 let wait = queued
                     .estimated_start
                     .map(|at| {
@@ -105,7 +101,7 @@ async fn follow(args: ScanArgs) -> Result<pb::ActionStatus, String> {
                     queued.position
                 );
             }
-            Some(Event::Waiting(waiting)) => {
+            Update::Waiting(waiting) => {
                 if let Some(running) = waiting.action {
                     println!(
                         "[{elapsed:6.1}s] waiting for the running {} scan {} to end before starting this one",
@@ -113,13 +109,18 @@ async fn follow(args: ScanArgs) -> Result<pb::ActionStatus, String> {
                     );
                 }
             }
-            Some(Event::Delayed(delayed)) => {
+            Update::Delayed(delayed) => {
                 println!(
                     "[{elapsed:6.1}s] updates delayed: {} (the stream waits for the API)",
                     delayed.reason
                 );
             }
-            Some(Event::Action(action)) => {
+            Update::Resumed { reason, attempt } => {
+                println!(
+                    "[{elapsed:6.1}s] stream interrupted ({reason}); resuming (attempt {attempt})"
+                );
+            }
+            Update::Action { action, .. } => {
                 let status = action.status();
                 if last == pb::ActionStatus::Unspecified {
                     let name = if action.computer_dns_name.is_empty() {
@@ -140,7 +141,6 @@ async fn follow(args: ScanArgs) -> Result<pb::ActionStatus, String> {
                 println!("[{elapsed:6.1}s] {}", label(status));
                 last = status;
             }
-            None => {}
         }
     }
     match last {

@@ -4,6 +4,7 @@
 mod certificate_assertion;
 mod cli;
 mod cli_security;
+mod client_crate;
 mod collector;
 mod connections;
 mod credentials;

@@ -20,13 +20,13 @@ use tonic::{
 
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::grpc::pb::scan_service_client::ScanServiceClient;
+use scan_gateway_client::ScanClient;
 
 /// Longest the TCP connect, and separately the TLS handshake, may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The `scan` client as it is used: every call goes through [`BearerToken`].
-pub type Client = ScanServiceClient<InterceptedService<Channel, BearerToken>>;
+pub type Client = ScanClient<InterceptedService<Channel, BearerToken>>;
 
 /// Flags of `scan` for a gateway that authenticates its callers; each also reads its
 /// environment variable.
@@ -162,7 +162,7 @@ pub async fn connect(address: &str, args: &ClientArgs) -> Result<Client, Error> 
             }
         })?;
     probe(channel.clone(), address, &uri, args).await?;
-    Ok(ScanServiceClient::with_interceptor(channel, token))
+    Ok(ScanClient::new(InterceptedService::new(channel, token)))
 }
 
 /// One health check (open on the gateway whatever its security), so that a connection the
