@@ -14,7 +14,7 @@
 //! run here, all on 127.0.0.1.
 //!
 //! Run: `cargo bench --bench soak` (20 minutes; with mimalloc 10; `SOAK_MINUTES=2` for a
-//! quick look). `cargo test --all-targets` runs this main without `--bench`; it exits at once.
+//! quick look, `SOAK_SETUPS=1` for the first setup only). `cargo test --all-targets` runs this main without `--bench`; it exits at once.
 
 #[path = "common/gateway_process.rs"]
 mod gateway_process;
@@ -89,7 +89,12 @@ async fn main() {
     } else {
         SETUPS
     };
-    for setup in setups {
+    // `SOAK_SETUPS=1` runs the first setup only (a quick comparison of one change).
+    let count = std::env::var("SOAK_SETUPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(setups.len());
+    for setup in setups.iter().take(count) {
         let samples = soak(setup, minutes).await;
         let growth = match (samples.first(), samples.last()) {
             (Some((_, first)), Some((_, last))) => (last / first - 1.0) * 100.0,

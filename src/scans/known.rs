@@ -7,7 +7,7 @@ use std::{
     sync::Mutex,
 };
 
-/// Most ids kept (about 40 bytes each, twice).
+/// Most ids kept: a day of scans at the API's hourly limit, and more.
 const CAPACITY: usize = 65_536;
 
 #[derive(Default)]
@@ -15,14 +15,41 @@ pub(super) struct KnownScans(Mutex<Known>);
 
 #[derive(Default)]
 struct Known {
-    ids: HashSet<String>,
-    order: VecDeque<String>,
+    ids: HashSet<Key>,
+    order: VecDeque<Key>,
+}
+
+/// An action id as kept: Defender's ids are GUIDs, 16 bytes inline instead of two 36-byte
+/// strings on the heap (at the bound, 2 MB instead of 11). Any other id is kept as given.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Guid(u128),
+    Other(Box<str>),
+}
+
+impl Key {
+    fn of(id: &str) -> Self {
+        match uuid::Uuid::try_parse(id) {
+            // The parse accepts other spellings of one GUID (upper case, braces); the
+            // text kept must be the one the API answers, so only its own spelling maps.
+            Ok(guid)
+                if guid
+                    .hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer())
+                    == id =>
+            {
+                Self::Guid(guid.as_u128())
+            }
+            _ => Self::Other(id.into()),
+        }
+    }
 }
 
 impl KnownScans {
     pub(super) fn insert(&self, id: &str) {
+        let key = Key::of(id);
         let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if known.ids.contains(id) {
+        if known.ids.contains(&key) {
             return;
         }
         if known.order.len() >= CAPACITY
@@ -30,13 +57,14 @@ impl KnownScans {
         {
             known.ids.remove(&oldest);
         }
-        known.ids.insert(id.to_owned());
-        known.order.push_back(id.to_owned());
+        known.ids.insert(key.clone());
+        known.order.push_back(key);
     }
 
     pub(super) fn contains(&self, id: &str) -> bool {
+        let key = Key::of(id);
         let known = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        known.ids.contains(id)
+        known.ids.contains(&key)
     }
 }
 
@@ -56,5 +84,21 @@ mod tests {
         assert!(known.contains(&format!("id-{}", CAPACITY + 9)));
         let known = known.0.lock().unwrap();
         assert_eq!((known.ids.len(), known.order.len()), (CAPACITY, CAPACITY));
+    }
+
+    #[test]
+    fn a_guid_is_known_by_its_own_spelling_only() {
+        let known = KnownScans::default();
+        let id = "7f5e3c1a-0b2d-4e6f-8a9b-1c2d3e4f5a6b";
+        known.insert(id);
+        assert!(known.contains(id));
+        // Another spelling of the same GUID names another id for the API.
+        assert!(!known.contains(&id.to_uppercase()));
+        assert!(!known.contains(&format!("{{{id}}}")));
+        known.insert("not-a-guid");
+        assert!(known.contains("not-a-guid"));
+        assert!(!known.contains("not-a-gui"));
+        let known = known.0.lock().unwrap();
+        assert!(matches!(known.order.front(), Some(Key::Guid(_))));
     }
 }
