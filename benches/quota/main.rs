@@ -26,7 +26,7 @@ use bytes::Bytes;
 use defender_simulator::{SimState, SimulatorConfig};
 use scan_gateway::{
     clock::Clock,
-    outbound::{Admit, Retry},
+    outbound::{Admit, Retry, UpstreamMetrics},
     quota::{Limit, Limits, Quota, QuotaConfig, QuotaMetrics},
     upstream::{ActionQuery, CallContext, DefenderClient, Error, Request, Response},
 };
@@ -165,7 +165,7 @@ async fn run(reactive: bool) -> Outcome {
         // The stack's retry policy over its quota, as in production.
         BoxCloneSyncService::new(
             tower::ServiceBuilder::new()
-                .layer(Retry::layer(quota.clone()))
+                .layer(Retry::layer(quota.clone(), UpstreamMetrics::default()))
                 .layer(Admit::layer(quota))
                 .service(inner),
         )

@@ -15,7 +15,7 @@ use std::{
 use defender_simulator::{SimState, SimulatorConfig};
 use scan_gateway::{
     clock::Clock,
-    outbound::{Admit, Retry},
+    outbound::{Admit, Retry, UpstreamMetrics},
     quota::{
         Limit, Limits, Quota, QuotaConfig, QuotaMetrics, SharedConfig, SharedMetrics, SharedStore,
         Store,
@@ -140,7 +140,7 @@ fn replica(
     ));
     let service = BoxCloneSyncService::new(
         tower::ServiceBuilder::new()
-            .layer(Retry::layer(quota.clone()))
+            .layer(Retry::layer(quota.clone(), UpstreamMetrics::default()))
             .layer(Admit::layer(quota.clone()))
             .service(upstream(router.clone(), token.to_owned())),
     );

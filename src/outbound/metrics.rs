@@ -1,5 +1,6 @@
 //! The upstream calls' metrics: each logical call to the Defender API (quota waits and resends
-//! included), by API and HTTP status or failure kind, and its duration.
+//! included), by API and HTTP status or failure kind, and its duration; and every 429 answer,
+//! resent ones too (a resend that succeeds hides its 429 from the per-call count).
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -26,6 +27,7 @@ struct ApiLabel {
 pub struct UpstreamMetrics {
     requests: Family<UpstreamLabels, Counter>,
     duration: Family<ApiLabel, Histogram>,
+    throttled: Family<ApiLabel, Counter>,
 }
 
 // === impl UpstreamMetrics ===
@@ -44,7 +46,17 @@ impl UpstreamMetrics {
             Unit::Seconds,
             metrics.duration.clone(),
         );
+        registry.register(
+            "upstream_throttled",
+            "429 answers of the Defender API, by API: every exchange, resent ones too (the quota should keep this at 0)",
+            metrics.throttled.clone(),
+        );
         metrics
+    }
+
+    /// One 429 answer (whether the call is then resent or not).
+    pub fn record_throttled(&self, api: &'static str) {
+        self.throttled.get_or_create(&ApiLabel { api }).inc();
     }
 
     pub fn record_upstream(&self, api: &'static str, status: String, seconds: f64) {
@@ -63,6 +75,7 @@ impl Default for UpstreamMetrics {
         Self {
             requests: Family::default(),
             duration: Family::new_with_constructor(latency_histogram as fn() -> _),
+            throttled: Family::default(),
         }
     }
 }

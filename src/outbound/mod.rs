@@ -36,10 +36,10 @@ pub fn stack(
     let service = ServiceBuilder::new()
         // One span and one metric sample per logical upstream call: quota waits and resends
         // included.
-        .layer(Trace::layer(metrics))
+        .layer(Trace::layer(metrics.clone()))
         // The one retry policy (429, 401, connection refused; never an unknown outcome).
         // Above the quota, so that every resend is admitted like a first call.
-        .layer(Retry::layer(quota.clone()))
+        .layer(Retry::layer(quota.clone(), metrics))
         // A valid token before the slot: a slow token fetch must not carry calls admitted in
         // one quota window into the next.
         .layer(TokenReady::layer(tokens.clone()))

@@ -20,7 +20,10 @@ use std::{
 use http::StatusCode;
 use tower::{Layer, Service, ServiceExt};
 
-use super::step::{self, Step, Stepped};
+use super::{
+    metrics::UpstreamMetrics,
+    step::{self, Step, Stepped},
+};
 use crate::{
     call::{Deadline, Request, Response, api_of, clone_request, instant_after, retry_after},
     quota::Quota,
@@ -93,11 +96,15 @@ fn once(count: &mut u32) -> Decision {
 #[derive(Clone)]
 pub struct Retry {
     quota: Arc<Quota>,
+    metrics: UpstreamMetrics,
 }
 
 impl Retry {
-    pub fn layer<S>(quota: Arc<Quota>) -> impl Layer<S, Service = Stepped<Self, S>> + Clone {
-        step::layer(Self { quota })
+    pub fn layer<S>(
+        quota: Arc<Quota>,
+        metrics: UpstreamMetrics,
+    ) -> impl Layer<S, Service = Stepped<Self, S>> + Clone {
+        step::layer(Self { quota, metrics })
     }
 }
 
@@ -107,13 +114,16 @@ impl Step for Retry {
         S: Service<Request, Response = Response, Error = Error> + Clone + Send + 'static,
         S::Future: Send + 'static,
     {
-        let quota = self.quota;
+        let Retry { quota, metrics } = self;
         let api = api_of(&request);
         let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
         let mut attempts = Attempts::default();
         loop {
             let again = clone_request(&request);
             let result = next.clone().oneshot(request).await;
+            if matches!(&result, Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS) {
+                metrics.record_throttled(api.as_str());
+            }
             match attempts.decide(&result, || quota.clock().utc().into()) {
                 Decision::Return => return result,
                 Decision::Resend => {
@@ -184,7 +194,7 @@ mod tests {
     {
         tower::util::BoxCloneSyncService::new(
             ServiceBuilder::new()
-                .layer(Retry::layer(quota.clone()))
+                .layer(Retry::layer(quota.clone(), UpstreamMetrics::default()))
                 .layer(Admit::layer(quota))
                 .service(inner),
         )
@@ -316,7 +326,10 @@ mod tests {
         S::Future: Send + 'static,
     {
         ServiceBuilder::new()
-            .layer(Retry::layer(quota(100, Duration::from_secs(60))))
+            .layer(Retry::layer(
+                quota(100, Duration::from_secs(60)),
+                UpstreamMetrics::default(),
+            ))
             .layer(Authorize::layer(f.cache.clone()))
             .service(inner)
     }

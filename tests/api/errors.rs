@@ -277,6 +277,12 @@ async fn an_upstream_429_within_the_deadline_is_retried_after_retry_after() {
     let stats = app.sim.handle.stats();
     assert_eq!(stats.list_actions, 3, "one 429, then the retry");
     assert_eq!(stats.throttled, 1);
+    // The caller never saw it, the metric does (the alert on 429s reads it).
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("scan_gateway_upstream_throttled_total{api=\"list_machine_actions\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
