@@ -3,8 +3,10 @@
 #
 #   yamllint          the chart's static YAML, then every rendered manifest
 #   chart_checks.py   the schema refuses unknown keys at every level; every value is documented
-#                     and the README's values table is current; cross-resource consistency of
-#                     each render (selectors, ports, probes, grace periods, env contract, ...)
+#                     and the README's values table is current; the values always passed as
+#                     environment variables default to the gateway's own defaults; cross-resource
+#                     consistency of each render (selectors, ports, probes, grace periods, env
+#                     contract, ...) and the values given reaching the environment unchanged
 #   helm lint         --strict, with the defaults and with each CI value set (ci/*-values.yaml)
 #   helm template     each CI value set, for the oldest supported, a middle and the newest
 #                     Kubernetes version, each output through kubernetes-validate --strict
@@ -118,6 +120,8 @@ check "values.schema.json refuses unknown keys at every level" \
   "$python" "$checks" schema-strict "$chart/values.schema.json"
 check "every value documented, README values table current" \
   "$python" "$checks" values-doc "$chart"
+check "values always passed to the gateway default to its own defaults (src/config/args.rs)" \
+  "$python" "$checks" gateway-defaults "$chart" src/config/args.rs
 check "hadolint Dockerfile" hadolint Dockerfile
 
 echo "== helm lint --strict"
@@ -172,7 +176,7 @@ for values in "${value_sets[@]}"; do
   rendered="$work/$set_name-1.32.0.yaml"
   if [ -s "$rendered" ]; then
     check "yamllint rendered: $set_name" yamllint --strict -c "$yamllint_config" "$rendered"
-    check "consistency: $set_name" "$python" "$checks" rendered "$rendered"
+    check "consistency: $set_name" "$python" "$checks" rendered "$rendered" "$chart" "$values"
     cp "$rendered" "$work/checkov/$set_name.yaml"
   fi
 done
@@ -184,7 +188,7 @@ prestop() {
   for kube in 1.29.0 1.30.0; do
     helm template "$release" "$chart" --namespace "$namespace" --kube-version "$kube" \
       -f "$chart/ci/minimal-values.yaml" --set preStopSleepSeconds="$1" >"$work/prestop-$kube.yaml" || return 1
-    "$python" "$checks" rendered "$work/prestop-$kube.yaml" || return 1
+    "$python" "$checks" rendered "$work/prestop-$kube.yaml" "$chart" "$chart/ci/minimal-values.yaml" || return 1
   done
   "$python" "$checks" prestop "$work/prestop-1.29.0.yaml" "$work/prestop-1.30.0.yaml" Dockerfile "$1"
 }

@@ -7,7 +7,12 @@ scripts/check-chart.sh; needs PyYAML, which the chart-tools venv has).
                                   table is the one generated from values.yaml + the schema
   split RENDERED OUT_CORE OUT_CRD put CRD kinds (which kubernetes-validate has no schema for)
                                   in OUT_CRD, the rest in OUT_CORE; prints what it set apart
-  rendered RENDERED               cross-resource consistency of one rendered release
+  rendered RENDERED [CHART VALUES...]
+                                  cross-resource consistency of one rendered release; with
+                                  the chart and the values files of the render, also that the
+                                  environment carries the values given (consistency.VALUE_ENV)
+  gateway-defaults CHART ARGS_RS  the defaults of the values always passed as environment
+                                  variables are the gateway's own (src/config/args.rs)
   prestop OLD NEW DOCKERFILE SECS the preStop hook of a render for Kubernetes < 1.30 (OLD) execs
                                   the Dockerfile's ENTRYPOINT with `wait SECSs`, the one for
                                   >= 1.30 (NEW) is the sleep action; SECS 0: neither has one
@@ -26,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from consistency import fail, load_docs, rendered
+from consistency import fail, gateway_defaults, load_docs, rendered
 from monitoring import alerts_covered, metrics, write_rules_file
 from readme_examples import readme_examples
 from values_doc import values_doc
@@ -125,7 +130,9 @@ def main(argv: list[str]) -> int:
     if command == "split":
         return split(*args)
     if command == "rendered":
-        return rendered(args[0])
+        return rendered(args[0], args[1] if len(args) > 1 else None, args[2:])
+    if command == "gateway-defaults":
+        return gateway_defaults(*args)
     if command == "prestop":
         return prestop(*args)
     if command == "rules-file":

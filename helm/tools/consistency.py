@@ -26,11 +26,30 @@ GATEWAY_ENV = {
     "SCAN_GATEWAY_MAX_STREAMS_PER_CALLER", "SCAN_GATEWAY_CALLER_RATE", "SCAN_GATEWAY_CALLER_BURST",
     "SCAN_GATEWAY_TLS_CERT", "SCAN_GATEWAY_TLS_KEY", "SCAN_GATEWAY_TLS_CLIENT_CA",
     "SCAN_GATEWAY_ALLOW_UNAUTHENTICATED",
+    "SCAN_GATEWAY_MAX_CONNECTIONS", "SCAN_GATEWAY_MAX_CONNECTIONS_PER_PEER",
+    "SCAN_GATEWAY_HANDSHAKE_TIMEOUT", "SCAN_GATEWAY_IDLE_TIMEOUT",
+    "SCAN_GATEWAY_KEEPALIVE_INTERVAL", "SCAN_GATEWAY_KEEPALIVE_TIMEOUT",
+    "SCAN_GATEWAY_STREAM_RIDE_OUT",
     "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME", "OTEL_TRACES_SAMPLER",
     "OTEL_TRACES_SAMPLER_ARG", "OTEL_RESOURCE_ATTRIBUTES", "RUST_LOG", "SCAN_GATEWAY_LOG_FORMAT",
     "SCAN_GATEWAY_LOG_SPANS",
     # downward API helpers referenced by OTEL_RESOURCE_ATTRIBUTES
     "K8S_POD_NAME", "K8S_NAMESPACE_NAME", "K8S_NODE_NAME",
+}
+# Values the chart always passes as an environment variable, each verbatim (integers as
+# integers: a float such as 1e+06 is no number the gateway parses).
+VALUE_ENV = {
+    "gateway.maxMessageBytes": "SCAN_GATEWAY_MAX_MESSAGE_BYTES",
+    "gateway.maxStreamsPerConnection": "SCAN_GATEWAY_MAX_STREAMS_PER_CONNECTION",
+    "gateway.maxStreamsPerCaller": "SCAN_GATEWAY_MAX_STREAMS_PER_CALLER",
+    "gateway.callerBurst": "SCAN_GATEWAY_CALLER_BURST",
+    "gateway.connections.max": "SCAN_GATEWAY_MAX_CONNECTIONS",
+    "gateway.connections.maxPerPeer": "SCAN_GATEWAY_MAX_CONNECTIONS_PER_PEER",
+    "gateway.connections.handshakeTimeout": "SCAN_GATEWAY_HANDSHAKE_TIMEOUT",
+    "gateway.connections.idleTimeout": "SCAN_GATEWAY_IDLE_TIMEOUT",
+    "gateway.connections.keepaliveInterval": "SCAN_GATEWAY_KEEPALIVE_INTERVAL",
+    "gateway.connections.keepaliveTimeout": "SCAN_GATEWAY_KEEPALIVE_TIMEOUT",
+    "gateway.streamRideOut": "SCAN_GATEWAY_STREAM_RIDE_OUT",
 }
 # Keys the gateway's config file accepts (it refuses unknown ones: deny_unknown_fields).
 CONFIG_KEYS = {
@@ -98,7 +117,68 @@ def selects(selector: dict, labels: dict) -> bool:
     return True
 
 
-def rendered(path: str) -> int:
+def merged_values(chart: str, values_files: list[str]) -> dict:
+    """The values a render saw: the chart's defaults, then each file over them (maps merge key
+    by key, anything else replaces; null removes, as helm does)."""
+    def merge(base, over):
+        if not (isinstance(base, dict) and isinstance(over, dict)):
+            return over
+        out = dict(base)
+        for key, value in over.items():
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = merge(base.get(key), value)
+        return out
+
+    values = yaml.safe_load((Path(chart) / "values.yaml").read_text()) or {}
+    for path in values_files:
+        values = merge(values, yaml.safe_load(Path(path).read_text()) or {})
+    return values
+
+
+def values_in_env(env: dict, values: dict) -> list[str]:
+    """Each VALUE_ENV variable is rendered, with the value given (the values files over the
+    chart's defaults), unchanged."""
+    errors = []
+    for key, name in VALUE_ENV.items():
+        value = values
+        for part in key.split("."):
+            value = value[part]
+        got = env.get(name, {}).get("value")
+        if got != str(value):
+            errors.append(f"{name} is {got!r}, but {key} is {value!r}")
+    return errors
+
+
+def gateway_defaults(chart: str, args_rs: str) -> int:
+    """The chart always passes the VALUE_ENV values, so its defaults replace the gateway's: they
+    must be the same (read from the settings! declarations of src/config/args.rs)."""
+    declared = {
+        m.group("env"): m.group("default")
+        for m in re.finditer(r'env = "(?P<env>[A-Z0-9_]+)".*?\n\s*pub \w+: Option<[^\n]*?>'
+                             r'(?: = "(?P<default>[^"]*)")?', Path(args_rs).read_text(), re.S)
+    }
+    values = merged_values(chart, [])
+    errors = []
+    for key, name in VALUE_ENV.items():
+        value = values
+        for part in key.split("."):
+            value = value[part]
+        gateway = declared.get(name)
+        if gateway is None:
+            errors.append(f"{name} ({key}): no default declared in {args_rs}")
+        elif str(value) != gateway and not (
+                isinstance(value, str) and duration_seconds(value) == duration_seconds(gateway)):
+            errors.append(f"{key} defaults to {value!r}, the gateway's {name} to {gateway!r}")
+    if not errors:
+        print(f"  {len(VALUE_ENV)} values default to the gateway's own defaults")
+    return fail(errors)
+
+
+def rendered(path: str, chart: str | None = None, values_files: list[str] = ()) -> int:
+    """Consistency of one render; with the chart and the values files it was rendered with,
+    also that the gateway receives the values given."""
     docs = load_docs(path)
     errors: list[str] = []
     by_kind: dict[str, list[dict]] = {}
@@ -130,6 +210,8 @@ def rendered(path: str) -> int:
     for name in env_names:
         if name not in GATEWAY_ENV:
             errors.append(f"environment variable {name} is not part of the gateway's contract")
+    if chart:
+        errors += values_in_env(env, merged_values(chart, values_files))
 
     # Security posture (the chart's defaults and every CI value set keep it).
     psc, csc = spec.get("securityContext", {}), container.get("securityContext", {})
