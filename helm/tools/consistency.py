@@ -277,6 +277,14 @@ def rendered(path: str, chart: str | None = None, values_files: list[str] = ()) 
         elif "httpGet" in probe:
             if probe["httpGet"]["port"] not in ("admin", ports["admin"]):
                 errors.append(f"{probe_name}: HTTP probe not on the admin port")
+    # The kubelet's gRPC probes pass the gateway's connection caps, from the node's one address
+    # and liveness and readiness at times together: each cap must let two in.
+    if any("grpc" in container.get(p, {}) for p in ("startupProbe", "livenessProbe", "readinessProbe")):
+        for name in ("SCAN_GATEWAY_MAX_CONNECTIONS", "SCAN_GATEWAY_MAX_CONNECTIONS_PER_PEER"):
+            cap = env.get(name, {}).get("value")
+            if cap is None or not cap.isdigit() or int(cap) < 2:
+                errors.append(f"gRPC probes with {name} {cap}: it must be an integer of at least 2 "
+                              "(the kubelet's two probes at once)")
     readiness = container.get("readinessProbe", {})
     if "grpc" in readiness and readiness["grpc"].get("service") != "defender.scan.v1.ScanService":
         errors.append("readiness probe does not ask for defender.scan.v1.ScanService")

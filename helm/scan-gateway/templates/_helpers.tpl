@@ -280,6 +280,18 @@ Checks across values that the JSON schema cannot express; a broken combination f
 {{- if and .Values.tls.enabled (eq .Values.probes.mode "grpc") }}
 {{- fail "probes.mode grpc cannot be used with tls.enabled: the kubelet's gRPC probe speaks plaintext only (use auto or http)" }}
 {{- end }}
+{{- /*
+The kubelet's gRPC probes are connections under the gateway's caps, all from the node's one
+address, liveness and readiness at times together: a cap below 2 refuses one of them.
+*/}}
+{{- if eq (include "scan-gateway.probeMode" .) "grpc" }}
+{{- range $name := list "max" "maxPerPeer" }}
+{{- $cap := int (index $.Values.gateway.connections $name) }}
+{{- if lt $cap 2 }}
+{{- fail (printf "gateway.connections.%s %d leaves the kubelet's gRPC probes no room: its liveness and readiness probes connect from the node's one address, at times together, and refused liveness probes restart the pod. Allow at least 2, or set probes.mode: http (the admin port, outside these limits)" $name $cap) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if eq .Values.containerPorts.grpc .Values.containerPorts.admin }}
 {{- fail "containerPorts.grpc and containerPorts.admin must differ" }}
 {{- end }}
