@@ -292,6 +292,31 @@ address, liveness and readiness at times together: a cap below 2 refuses one of 
 {{- end }}
 {{- end }}
 {{- end }}
+{{- /*
+Variables the chart always sets from a value: the same name in extraEnv would define it twice,
+which is how a values file that set one through extraEnv before the chart had a value for it
+would upgrade.
+*/}}
+{{- $fromValues := dict
+  "RUST_LOG" "gateway.logLevel"
+  "SCAN_GATEWAY_LOG_FORMAT" "gateway.logFormat"
+  "SCAN_GATEWAY_MAX_MESSAGE_BYTES" "gateway.maxMessageBytes"
+  "SCAN_GATEWAY_MAX_STREAMS_PER_CONNECTION" "gateway.maxStreamsPerConnection"
+  "SCAN_GATEWAY_MAX_STREAMS_PER_CALLER" "gateway.maxStreamsPerCaller"
+  "SCAN_GATEWAY_CALLER_RATE" "gateway.callerRate"
+  "SCAN_GATEWAY_CALLER_BURST" "gateway.callerBurst"
+  "SCAN_GATEWAY_MAX_CONNECTIONS" "gateway.connections.max"
+  "SCAN_GATEWAY_MAX_CONNECTIONS_PER_PEER" "gateway.connections.maxPerPeer"
+  "SCAN_GATEWAY_HANDSHAKE_TIMEOUT" "gateway.connections.handshakeTimeout"
+  "SCAN_GATEWAY_IDLE_TIMEOUT" "gateway.connections.idleTimeout"
+  "SCAN_GATEWAY_KEEPALIVE_INTERVAL" "gateway.connections.keepaliveInterval"
+  "SCAN_GATEWAY_KEEPALIVE_TIMEOUT" "gateway.connections.keepaliveTimeout"
+  "SCAN_GATEWAY_STREAM_RIDE_OUT" "gateway.streamRideOut" }}
+{{- range $var := .Values.extraEnv }}
+{{- with get $fromValues (toString $var.name) }}
+{{- fail (printf "extraEnv sets %s, which the chart sets from %s: set %s instead (the variable would be defined twice)" $var.name . .) }}
+{{- end }}
+{{- end }}
 {{- if eq .Values.containerPorts.grpc .Values.containerPorts.admin }}
 {{- fail "containerPorts.grpc and containerPorts.admin must differ" }}
 {{- end }}
