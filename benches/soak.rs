@@ -248,6 +248,7 @@ async fn unary_calls(
         {
             let _ = client
                 .get_scan(pb::GetScanRequest {
+                    fresh: true,
                     action_id: action.id.clone(),
                 })
                 .await;

@@ -196,7 +196,7 @@ pub struct CancelRequest {
 }
 
 /// Filters for listing antivirus-scan actions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ListQuery {
     pub machine_id: Option<MachineId>,
     pub status: Option<ActionStatus>,

@@ -195,6 +195,7 @@ impl Gateway {
                 max_watch: settings.max_watch,
                 follow_running: settings.follow_running_scans,
                 ride_out: settings.stream_ride_out,
+                read_freshness: settings.read_freshness,
             },
             ScanMetrics::register(&mut registry),
             watcher,

@@ -135,6 +135,11 @@ settings! {
         #[arg(long, env = "SCAN_GATEWAY_POLL_INTERVAL", value_parser = humantime::parse_duration)]
         #[serde(with = "super::layer::humantime_option")]
         pub poll_interval: Option<Duration> = "10s", check = positive,
+        /// How old a state GetScan may answer without calling Defender (the watcher's, or a
+        /// recent read); unset: the poll interval. Callers can ask for a fresh read.
+        #[arg(long, env = "SCAN_GATEWAY_READ_FRESHNESS", value_parser = humantime::parse_duration)]
+        #[serde(with = "super::layer::humantime_option")]
+        pub read_freshness: Option<Duration>,
         /// Longest one upstream HTTP exchange may take.
         #[arg(long, env = "SCAN_GATEWAY_UPSTREAM_TIMEOUT", value_parser = humantime::parse_duration)]
         #[serde(with = "super::layer::humantime_option")]

@@ -52,6 +52,8 @@ pub struct Settings {
     /// to its share; with Redis the share applies only while Redis is unreachable.
     pub replicas: u32,
     pub poll_interval: Duration,
+    /// How old a state `GetScan` may answer without a call (default: the poll interval).
+    pub read_freshness: Duration,
     pub max_watch: Duration,
     pub stream_ride_out: Duration,
     pub follow_running_scans: bool,
@@ -206,6 +208,7 @@ impl Settings {
             stream_ride_out: v.stream_ride_out,
             follow_running_scans: v.follow_running_scans,
             poll_interval: v.poll_interval,
+            read_freshness: v.read_freshness.unwrap_or(v.poll_interval),
             upstream_timeout: v.upstream_timeout,
             token_refresh_margin: v.token_refresh_margin,
             shutdown_grace: v.shutdown_grace,

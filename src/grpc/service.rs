@@ -157,9 +157,10 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
         self.unary("GetScan", async {
             let id = convert::action_id(&request.get_ref().action_id)?;
             let ctx = &base;
-            let action = self.scans.get(&id, ctx).await?;
+            let (action, observed_at) = self.scans.read(&id, ctx, request.get_ref().fresh).await?;
             Ok(pb::GetScanResponse {
                 action: Some(convert::action(action)),
+                observed_at: Some(convert::timestamp(observed_at)),
             })
         })
         .await
@@ -231,6 +232,7 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
                     .next_skip
                     .map(convert::next_page_token)
                     .unwrap_or_default(),
+                observed_at: Some(convert::timestamp(page.observed_at)),
             })
         })
         .await

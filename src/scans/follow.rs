@@ -95,6 +95,9 @@ impl Follower {
                             .metrics
                             .record_scan_finished(self.last.as_upstream());
                         self.scans.0.durations.record(&action);
+                        // A final state never changes: a later GetScan needs no call.
+                        let now = self.scans.0.clock.now();
+                        self.scans.0.reads.remember(id, &action, now);
                     }
                     return Ok(ScanEvent::Action(action));
                 }

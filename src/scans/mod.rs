@@ -7,6 +7,9 @@ mod durations;
 mod follow;
 mod known;
 mod metrics;
+mod reads;
+#[cfg(test)]
+mod reads_tests;
 mod running;
 mod start;
 #[cfg(test)]
@@ -28,6 +31,7 @@ use crate::{
 
 pub use follow::Follower;
 pub use metrics::ScanMetrics;
+pub use reads::{READ_INTEREST, ReadSource};
 pub use running::WaitNotice;
 
 /// Settings of the scan service.
@@ -44,6 +48,8 @@ pub struct ScansConfig {
     /// Longest a stream rides out an upstream outage (telling its caller that updates are
     /// delayed) before it ends UNAVAILABLE with the last known status.
     pub ride_out: Duration,
+    /// How old a state `GetScan` may answer without a call (the watcher's, or a recent read).
+    pub read_freshness: Duration,
 }
 
 /// One event of a followed scan.
@@ -82,6 +88,8 @@ pub struct Started {
 pub struct Page {
     pub actions: Vec<MachineAction>,
     pub next_skip: Option<u32>,
+    /// When Defender answered the listing.
+    pub observed_at: OffsetDateTime,
 }
 
 struct Inner {
@@ -98,6 +106,8 @@ struct Inner {
     known: known::KnownScans,
     /// How long scans took: when a scan in the way is expected to end.
     durations: durations::ScanDurations,
+    /// Reads served from what the replica knows, or shared while in flight.
+    reads: reads::Reads,
 }
 
 /// The scan service. Cheap to clone.
@@ -117,6 +127,7 @@ impl Scans {
         shared_keys: Option<Arc<SharedKeys>>,
     ) -> Self {
         Self(Arc::new(Inner {
+            reads: reads::Reads::new(clock, config.read_freshness),
             client,
             clock,
             config,
@@ -144,13 +155,43 @@ impl Scans {
 
     /// The scan `id`; any other action (an isolation, a live response) is not found here.
     pub async fn get(&self, id: &ActionId, ctx: &CallContext) -> Result<MachineAction, Error> {
-        let action = self
-            .0
-            .client
-            .get_action(id, ctx)
-            .await
-            .map_err(|err| not_found_as(err, "machine action", id.as_str()))?;
-        self.scan_only(action, id)
+        self.read(id, ctx, false).await.map(|(action, _)| action)
+    }
+
+    /// The scan `id` and when Defender confirmed that state: from what this replica knows when
+    /// fresh enough, else from Defender (`fresh`: always), see [`reads`].
+    pub async fn read(
+        &self,
+        id: &ActionId,
+        ctx: &CallContext,
+        fresh: bool,
+    ) -> Result<(MachineAction, OffsetDateTime), Error> {
+        let inner = &self.0;
+        let known = if fresh {
+            None
+        } else {
+            inner.reads.known(&inner.watcher, id)
+        };
+        let ((action, at), source) = match known {
+            Some(known) => known,
+            None => {
+                let client = inner.client.clone();
+                let (read_id, read_ctx) = (id.clone(), ctx.clone());
+                let read = async move { client.get_action(&read_id, &read_ctx).await };
+                inner
+                    .reads
+                    .upstream(id, ctx, read)
+                    .await
+                    .map_err(|err| not_found_as(err, "machine action", id.as_str()))?
+            }
+        };
+        inner.metrics.record_read("GetScan", source.as_str());
+        let action = self.scan_only(action, id)?;
+        // Read again and again: the watcher's batched refresh serves the next reads.
+        inner
+            .watcher
+            .follow_for_readers(id, &action, inner.clock.now() + READ_INTEREST);
+        Ok((action, inner.clock.utc_at(at)))
     }
 
     /// Cancels an action. Cancelling is idempotent: when the answer is lost (the cancel may
@@ -205,11 +246,11 @@ impl Scans {
             skip: Some(query.skip),
             ..ActionQuery::default()
         };
-        let mut entries = self
-            .0
-            .client
-            .list_actions_each(&upstream_query, ctx)
-            .await?;
+        let client = self.0.client.clone();
+        let list_ctx = ctx.clone();
+        let list = async move { client.list_actions_each(&upstream_query, &list_ctx).await };
+        let (mut entries, at, source) = self.0.reads.list(query, ctx, list).await?;
+        self.0.metrics.record_read("ListScans", source.as_str());
         // Paging counts every entry Defender returned, so a skipped one never shifts a page.
         let next_skip = (entries.len() > query.top as usize).then(|| query.skip + query.top);
         entries.truncate(query.top as usize);
@@ -229,7 +270,11 @@ impl Scans {
                 ),
             }
         }
-        Ok(Page { actions, next_skip })
+        Ok(Page {
+            actions,
+            next_skip,
+            observed_at: self.0.clock.utc_at(at),
+        })
     }
 
     /// The gateway serves antivirus scans: another action type is answered as not found, so no

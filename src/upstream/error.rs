@@ -71,8 +71,9 @@ impl fmt::Display for ApiError {
     }
 }
 
-/// Every failure of an upstream call.
-#[derive(Debug, thiserror::Error)]
+/// Every failure of an upstream call. Clone: a read in flight answers every caller waiting
+/// on it (`scans::reads`).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
     Api(ApiError),

@@ -25,6 +25,7 @@
 //! subscribers after `max_failures` refreshes in a row, as before.
 
 mod metrics;
+mod reads;
 #[cfg(test)]
 mod tests;
 
@@ -101,6 +102,11 @@ struct Entry {
     links: Vec<SpanContext>,
     /// Consecutive refreshes in which this action alone could not be read.
     lookup_failures: u32,
+    /// When Defender last confirmed the state in the channel (a refresh, or the read that
+    /// began following it).
+    confirmed: tokio::time::Instant,
+    /// Followed for `GetScan` readers until then, with or without streams (`reads.rs`).
+    read_until: Option<tokio::time::Instant>,
 }
 
 struct Inner {
@@ -212,6 +218,8 @@ impl Watcher {
                             Vec::new()
                         },
                         lookup_failures: 0,
+                        confirmed: self.0.clock.now(),
+                        read_until: None,
                     },
                 );
                 rx
@@ -305,19 +313,26 @@ impl Watcher {
             .collect()
     }
 
-    /// Watched, unfinished actions that still have subscribers; forgets the rest.
+    /// Watched, unfinished actions that still have subscribers or readers; forgets the rest.
     fn targets(&self) -> Vec<(ActionId, Option<OffsetDateTime>)> {
+        let now = self.0.clock.now();
         let mut entries = self.lock();
-        entries.retain(|_, entry| {
-            let final_ = matches!(&*entry.tx.borrow(), Update::Action(a) if a.status.is_final())
-                || matches!(&*entry.tx.borrow(), Update::Failed { .. });
-            entry.tx.receiver_count() > 0 && !final_
+        // A final state stays while readers want it (it never needs a call again), unpolled.
+        entries.retain(|_, entry| match &*entry.tx.borrow() {
+            Update::Failed { .. } => false,
+            Update::Action(action) => {
+                let read = entry.read_until.is_some_and(|until| until > now);
+                read || (entry.tx.receiver_count() > 0 && !action.status.is_final())
+            }
         });
         self.0
             .metrics
             .set_watched(entries.len(), subscribers(&entries));
         entries
             .iter()
+            .filter(|(_, entry)| {
+                matches!(&*entry.tx.borrow(), Update::Action(a) if !a.status.is_final())
+            })
             .map(|(id, entry)| (id.clone(), entry.created))
             .collect()
     }
@@ -423,6 +438,7 @@ impl Watcher {
             return;
         };
         entry.lookup_failures = 0;
+        entry.confirmed = self.0.clock.now();
         let mut status_changed = false;
         entry.tx.send_if_modified(|current| match current {
             Update::Action(known) if known.status != action.status || newer(&action, known) => {

@@ -150,7 +150,10 @@ async fn errors_are_typed_from_the_rich_details() {
 
     let error = client
         .get_scan(
-            "7f5e3c1a-0b2d-4e6f-8a9b-1c2d3e4f5a6b",
+            pb::GetScanRequest {
+                action_id: "7f5e3c1a-0b2d-4e6f-8a9b-1c2d3e4f5a6b".into(),
+                fresh: false,
+            },
             CallOptions::timeout(Duration::from_secs(5)),
         )
         .await

@@ -181,6 +181,7 @@ async fn run_binary_and_capture(sim: &TestSimulator, credential: &[(&str, &str)]
     assert!(end.is_ok(), "{end:?}");
     let refused = client
         .get_scan(pb::GetScanRequest {
+            fresh: true,
             action_id: "7f3c2a91-5d4e-4b8a-9c1f-2e6d8b0a4c37".into(),
         })
         .await

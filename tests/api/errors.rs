@@ -33,6 +33,7 @@ async fn unknown_action_is_not_found_with_resource_info() {
     let status = app
         .client
         .get_scan(pb::GetScanRequest {
+            fresh: true,
             action_id: UNKNOWN_ACTION.into(),
         })
         .await
@@ -228,6 +229,7 @@ async fn a_caller_deadline_that_passes_upstream_is_deadline_exceeded() {
     app.sim.handle.set_faults(faults);
     let mut client = app.client.clone();
     let mut request = tonic::Request::new(pb::GetScanRequest {
+        fresh: true,
         action_id: UNKNOWN_ACTION.into(),
     });
     // 1 s: the gateway keeps 100 ms of it back for its own answer, which a loaded runner's

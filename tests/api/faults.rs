@@ -385,6 +385,7 @@ async fn malformed_json_is_unavailable_on_reads_and_resolved_on_the_scan_post() 
     app.sim.handle.set_faults(garbled(|f| &mut f.get_action));
     let status = client
         .get_scan(pb::GetScanRequest {
+            fresh: true,
             action_id: id.clone(),
         })
         .await

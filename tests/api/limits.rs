@@ -39,6 +39,7 @@ async fn started_scan(app: &mut TestGateway) -> pb::MachineAction {
 
 fn get(action_id: &str) -> pb::GetScanRequest {
     pb::GetScanRequest {
+        fresh: true,
         action_id: action_id.into(),
     }
 }

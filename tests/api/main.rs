@@ -19,6 +19,7 @@ mod observability;
 mod outage;
 mod pki;
 mod process;
+mod reads;
 mod scan_only;
 mod scan_semantics;
 mod scan_service;

@@ -116,6 +116,7 @@ fn run(machine_id: &str, scan_type: i32, comment: &str, request_id: &str) -> Rpc
 fn by_action(action_id: &str) -> [Rpc; 3] {
     [
         Rpc::Get(pb::GetScanRequest {
+            fresh: true,
             action_id: action_id.into(),
         }),
         Rpc::Watch(pb::WatchScanRequest {
@@ -404,7 +405,10 @@ async fn edge_values_that_are_valid_are_answered() {
     ] {
         let status = app
             .client
-            .get_scan(pb::GetScanRequest { action_id: id })
+            .get_scan(pb::GetScanRequest {
+                fresh: true,
+                action_id: id,
+            })
             .await
             .expect_err("no such action");
         assert_from_server(&status);
@@ -514,7 +518,10 @@ fn rpc(machines: Vec<String>) -> impl Strategy<Value = Rpc> {
     prop_oneof![
         scan.prop_map(|(m, t, c, r)| start(&m, t, &c, &r)),
         run_scan.prop_map(|(m, t, c, r)| run(&m, t, &c, &r)),
-        any_text().prop_map(|action_id| Rpc::Get(pb::GetScanRequest { action_id })),
+        any_text().prop_map(|action_id| Rpc::Get(pb::GetScanRequest {
+            fresh: true,
+            action_id
+        })),
         any_text().prop_map(|action_id| Rpc::Watch(pb::WatchScanRequest { action_id })),
         (any_text(), comment).prop_map(|(action_id, comment)| Rpc::Cancel(pb::CancelScanRequest {
             action_id,
@@ -603,6 +610,7 @@ async fn oversized_messages_are_refused_with_a_status() {
         start(MACHINE, quick, &huge, ""),
         run(&huge, quick, "c", ""),
         Rpc::Get(pb::GetScanRequest {
+            fresh: true,
             action_id: huge.clone(),
         }),
         Rpc::Watch(pb::WatchScanRequest {
@@ -737,6 +745,7 @@ async fn malformed_grpc_over_raw_http2_is_answered_with_a_status() {
     let mut app = spawn_app().await;
     let addr = app.addr;
     let valid = pb::GetScanRequest {
+        fresh: true,
         action_id: ACTION.into(),
     }
     .encode_to_vec();

@@ -281,6 +281,7 @@ async fn timed_get_scan(client: &mut ScanServiceClient<Channel>, action_id: &str
     let started = Instant::now();
     client
         .get_scan(traced(pb::GetScanRequest {
+            fresh: true,
             action_id: action_id.to_owned(),
         }))
         .await
@@ -503,6 +504,7 @@ async fn metrics_after_a_mixed_workload_pass_promtool_and_show_every_family() {
     let _ = app
         .client
         .get_scan(pb::GetScanRequest {
+            fresh: true,
             action_id: "0d9e8f71-2c3b-4a5d-8e6f-000000000000".to_owned(),
         })
         .await;

@@ -20,6 +20,7 @@ async fn another_action_type_is_not_found_by_any_rpc_and_never_cancelled() {
     let get = app
         .client
         .get_scan(pb::GetScanRequest {
+            fresh: true,
             action_id: isolation.clone(),
         })
         .await

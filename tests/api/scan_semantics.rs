@@ -120,6 +120,7 @@ async fn a_full_run_while_a_quick_scan_runs_waits_for_it_then_starts_a_full_one(
         let quick_ended = app
             .client
             .get_scan(pb::GetScanRequest {
+                fresh: true,
                 action_id: running.id.clone(),
             })
             .await

@@ -46,6 +46,7 @@ async fn start_scan_returns_the_pending_action_and_get_scan_reads_it() {
     let read = app
         .client
         .get_scan(pb::GetScanRequest {
+            fresh: true,
             action_id: started.id.clone(),
         })
         .await
@@ -306,6 +307,7 @@ async fn admin_port_serves_health_readiness_and_metrics() {
     let _ = app
         .client
         .get_scan(pb::GetScanRequest {
+            fresh: true,
             action_id: "not-a-guid".into(),
         })
         .await;

@@ -58,6 +58,7 @@ async fn can_call(client: Result<ScanServiceClient<Channel>, tonic::transport::E
         return false;
     };
     let call = client.get_scan(pb::GetScanRequest {
+        fresh: true,
         action_id: "not-an-id".into(),
     });
     matches!(call.await, Err(status) if status.code() == Code::InvalidArgument)
@@ -400,6 +401,7 @@ async fn read_only_caller_may_get_and_watch_but_not_start_or_cancel() {
     let got = client
         .get_scan(with_token(
             pb::GetScanRequest {
+                fresh: true,
                 action_id: action.id.clone(),
             },
             &reader,
@@ -425,6 +427,7 @@ async fn read_only_caller_may_get_and_watch_but_not_start_or_cancel() {
     let refused = client
         .get_scan(with_token(
             pb::GetScanRequest {
+                fresh: true,
                 action_id: action.id.clone(),
             },
             &stranger,

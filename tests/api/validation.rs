@@ -98,6 +98,7 @@ async fn invalid_action_ids_and_list_filters_are_refused_before_any_call() {
         let status = app
             .client
             .get_scan(pb::GetScanRequest {
+                fresh: true,
                 action_id: bad.into(),
             })
             .await

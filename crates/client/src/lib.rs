@@ -119,22 +119,15 @@ where
         Ok(self.inner.clone().start_scan(request).await?.into_inner())
     }
 
-    /// Reads an action.
+    /// Reads an action: the answer's `observed_at` says how old it is; `fresh` in the request
+    /// asks for a read from Defender now.
     pub async fn get_scan(
         &self,
-        action_id: impl Into<String>,
+        request: pb::GetScanRequest,
         options: CallOptions,
-    ) -> Result<pb::MachineAction, Error> {
-        let request = with_options(
-            pb::GetScanRequest {
-                action_id: action_id.into(),
-            },
-            options,
-        );
-        let response = self.inner.clone().get_scan(request).await?.into_inner();
-        response
-            .action
-            .ok_or_else(|| Error::from(tonic::Status::internal("the answer held no action")))
+    ) -> Result<pb::GetScanResponse, Error> {
+        let request = with_options(request, options);
+        Ok(self.inner.clone().get_scan(request).await?.into_inner())
     }
 
     /// Cancels a scan.
