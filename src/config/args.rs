@@ -136,7 +136,7 @@ settings! {
         #[serde(with = "super::layer::humantime_option")]
         pub poll_interval: Option<Duration> = "10s", check = positive,
         /// How old a state GetScan may answer without calling Defender (the watcher's, or a
-        /// recent read); unset: the poll interval. Callers can ask for a fresh read.
+        /// recent read); unset: twice the poll interval. Callers can ask for a fresh read.
         #[arg(long, env = "SCAN_GATEWAY_READ_FRESHNESS", value_parser = humantime::parse_duration)]
         #[serde(with = "super::layer::humantime_option")]
         pub read_freshness: Option<Duration>,

@@ -52,7 +52,7 @@ pub struct Settings {
     /// to its share; with Redis the share applies only while Redis is unreachable.
     pub replicas: u32,
     pub poll_interval: Duration,
-    /// How old a state `GetScan` may answer without a call (default: the poll interval).
+    /// How old a state `GetScan` may answer without a call (default: twice the poll interval).
     pub read_freshness: Duration,
     pub max_watch: Duration,
     pub stream_ride_out: Duration,
@@ -208,7 +208,11 @@ impl Settings {
             stream_ride_out: v.stream_ride_out,
             follow_running_scans: v.follow_running_scans,
             poll_interval: v.poll_interval,
-            read_freshness: v.read_freshness.unwrap_or(v.poll_interval),
+            // The watcher confirms every poll interval; twice that lets a refresh be late
+            // without every reader of every followed action falling through to a GET.
+            read_freshness: v
+                .read_freshness
+                .unwrap_or(v.poll_interval.saturating_mul(2)),
             upstream_timeout: v.upstream_timeout,
             token_refresh_margin: v.token_refresh_margin,
             shutdown_grace: v.shutdown_grace,
