@@ -47,7 +47,7 @@ settings! {
         pub federated_token_file: Option<PathBuf>,
         /// Refresh the access token this long before it expires (at most a quarter of its
         /// lifetime).
-        #[arg(long, env = "SCAN_GATEWAY_TOKEN_REFRESH_MARGIN", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "SCAN_GATEWAY_TOKEN_REFRESH_MARGIN", value_parser = super::layer::duration)]
         #[serde(with = "super::layer::humantime_option")]
         pub token_refresh_margin: Option<Duration> = "5m",
         /// Token authority.
@@ -89,7 +89,7 @@ settings! {
         pub quota_total: Option<String>,
         /// Added to every quota window, so network jitter between admission here and counting
         /// upstream can never make Defender see a full window plus one.
-        #[arg(long, env = "SCAN_GATEWAY_QUOTA_MARGIN", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "SCAN_GATEWAY_QUOTA_MARGIN", value_parser = super::layer::duration)]
         #[serde(with = "super::layer::humantime_option")]
         pub quota_margin: Option<Duration> = "250ms",
         /// Most calls waiting for quota per API; beyond, calls are refused.
@@ -108,22 +108,22 @@ settings! {
         #[arg(long, env = "SCAN_GATEWAY_REPLICAS")]
         pub replicas: Option<u32> = "1", check = at_least(1),
         /// Longest wait for a Redis answer before falling back.
-        #[arg(long, env = "SCAN_GATEWAY_REDIS_TIMEOUT", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "SCAN_GATEWAY_REDIS_TIMEOUT", value_parser = super::layer::duration)]
         #[serde(with = "super::layer::humantime_option")]
         pub redis_timeout: Option<Duration> = "250ms",
         /// Longest a call waits for quota before RESOURCE_EXHAUSTED.
-        #[arg(long, env = "SCAN_GATEWAY_MAX_QUOTA_WAIT", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "SCAN_GATEWAY_MAX_QUOTA_WAIT", value_parser = super::layer::duration)]
         #[serde(with = "super::layer::humantime_option")]
         pub max_quota_wait: Option<Duration> = "5m",
 
         // === following scans ===
         /// Longest one stream follows an action before DEADLINE_EXCEEDED (resume with WatchScan).
-        #[arg(long, env = "SCAN_GATEWAY_MAX_WATCH", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "SCAN_GATEWAY_MAX_WATCH", value_parser = super::layer::duration)]
         #[serde(with = "super::layer::humantime_option")]
         pub max_watch: Option<Duration> = "24h",
         /// Longest a stream rides out an upstream outage (telling its caller that updates are
         /// delayed) before it ends UNAVAILABLE with the last known status.
-        #[arg(long, env = "SCAN_GATEWAY_STREAM_RIDE_OUT", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "SCAN_GATEWAY_STREAM_RIDE_OUT", value_parser = super::layer::duration)]
         #[serde(with = "super::layer::humantime_option")]
         pub stream_ride_out: Option<Duration> = "10m",
         /// A scan requested for a machine that is already scanning returns that scan when it
@@ -132,21 +132,21 @@ settings! {
         #[arg(long, env = "SCAN_GATEWAY_FOLLOW_RUNNING_SCANS", value_parser = clap::builder::BoolishValueParser::new())]
         pub follow_running_scans: Option<bool> = "true",
         /// Time between status refreshes of followed scans.
-        #[arg(long, env = "SCAN_GATEWAY_POLL_INTERVAL", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "SCAN_GATEWAY_POLL_INTERVAL", value_parser = super::layer::duration)]
         #[serde(with = "super::layer::humantime_option")]
         pub poll_interval: Option<Duration> = "10s", check = positive,
         /// How old a state GetScan may answer without calling Defender (the watcher's, or a
         /// recent read); unset: twice the poll interval. Callers can ask for a fresh read.
-        #[arg(long, env = "SCAN_GATEWAY_READ_FRESHNESS", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "SCAN_GATEWAY_READ_FRESHNESS", value_parser = super::layer::duration)]
         #[serde(with = "super::layer::humantime_option")]
         pub read_freshness: Option<Duration>,
         /// Longest one upstream HTTP exchange may take.
-        #[arg(long, env = "SCAN_GATEWAY_UPSTREAM_TIMEOUT", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "SCAN_GATEWAY_UPSTREAM_TIMEOUT", value_parser = super::layer::duration)]
         #[serde(with = "super::layer::humantime_option")]
         pub upstream_timeout: Option<Duration> = "30s", check = positive,
         /// On SIGTERM, how long in-flight calls may take to finish before connections are closed
         /// (keep it under the pod's terminationGracePeriodSeconds).
-        #[arg(long, env = "SCAN_GATEWAY_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "SCAN_GATEWAY_SHUTDOWN_GRACE", value_parser = super::layer::duration)]
         #[serde(with = "super::layer::humantime_option")]
         pub shutdown_grace: Option<Duration> = "20s",
 
@@ -163,19 +163,19 @@ settings! {
         pub max_streams_per_connection: Option<u32> = "1000", check = at_least(1),
         /// From accepting a connection to its TLS handshake and HTTP/2 preface with the first
         /// frame; a slower or silent peer is disconnected.
-        #[arg(long, env = "SCAN_GATEWAY_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "SCAN_GATEWAY_HANDSHAKE_TIMEOUT", value_parser = super::layer::duration)]
         #[serde(with = "super::layer::humantime_option")]
         pub handshake_timeout: Option<Duration> = "5s", check = positive,
         /// A connection with no call in flight for this long is closed.
-        #[arg(long, env = "SCAN_GATEWAY_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "SCAN_GATEWAY_IDLE_TIMEOUT", value_parser = super::layer::duration)]
         #[serde(with = "super::layer::humantime_option")]
         pub idle_timeout: Option<Duration> = "5m", check = positive,
         /// Time between HTTP/2 keep-alive pings to each client.
-        #[arg(long, env = "SCAN_GATEWAY_KEEPALIVE_INTERVAL", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "SCAN_GATEWAY_KEEPALIVE_INTERVAL", value_parser = super::layer::duration)]
         #[serde(with = "super::layer::humantime_option")]
         pub keepalive_interval: Option<Duration> = "30s", check = positive,
         /// A keep-alive ping unanswered this long closes the connection (a dead peer).
-        #[arg(long, env = "SCAN_GATEWAY_KEEPALIVE_TIMEOUT", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "SCAN_GATEWAY_KEEPALIVE_TIMEOUT", value_parser = super::layer::duration)]
         #[serde(with = "super::layer::humantime_option")]
         pub keepalive_timeout: Option<Duration> = "10s", check = positive,
         /// Open client connections; beyond, new ones are closed at accept.

@@ -149,6 +149,20 @@ pub fn parse_file<T: DeserializeOwned>(text: &str) -> Result<T, String> {
     })
 }
 
+/// The longest duration any setting takes: deadlines are instants (now + the setting), and an
+/// instant past what the clock can hold would panic at the first use; a century is far below.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A humantime duration (`30s`, `10m`, `24h`), at most [`MAX_DURATION`]: the parser of every
+/// duration flag, environment variable and file key.
+pub fn duration(raw: &str) -> Result<Duration, String> {
+    let parsed = humantime::parse_duration(raw).map_err(|err| err.to_string())?;
+    if parsed > MAX_DURATION {
+        return Err("must be at most 100 years".into());
+    }
+    Ok(parsed)
+}
+
 /// Durations in the file are humantime strings, as after their flag.
 pub mod humantime_option {
     use std::time::Duration;
@@ -157,7 +171,7 @@ pub mod humantime_option {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         Option::<String>::deserialize(d)?
-            .map(|raw| humantime::parse_duration(&raw).map_err(serde::de::Error::custom))
+            .map(|raw| super::duration(&raw).map_err(serde::de::Error::custom))
             .transpose()
     }
 }

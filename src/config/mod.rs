@@ -251,6 +251,30 @@ mod tests {
     }
 
     #[test]
+    fn a_duration_past_a_century_is_refused_where_it_is_given() {
+        // Deadlines are now + a setting: an instant the clock cannot hold would panic later.
+        let err = layer::duration("500000000000y").unwrap_err();
+        assert!(err.contains("at most 100 years"), "{err}");
+        assert_eq!(layer::duration("24h"), Ok(Duration::from_secs(86_400)));
+        let refused = <ConfigArgs as clap::Args>::augment_args(clap::Command::new("serve"))
+            .try_get_matches_from(["serve", "--max-watch", "500000000000y"])
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("at most 100 years"), "{refused}");
+        let dir = std::env::temp_dir().join(format!("scan-gateway-long-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, "handshake_timeout = \"500000000000y\"\n").unwrap();
+        let args = ConfigArgs {
+            config: Some(path),
+            ..ConfigArgs::default()
+        };
+        let err = Settings::load(&args).unwrap_err().to_string();
+        assert!(err.contains("at most 100 years"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn a_share_of_no_calls_is_refused_without_redis_only() {
         // 2 per 5 s over 3 replicas: rounded up, the shares would sum to 3.
         let args = ConfigArgs {
