@@ -8,7 +8,8 @@
 //!
 //! Setups, one after the other in one run: the binary started plainly (glibc's malloc) and with
 //! `MALLOC_MMAP_THRESHOLD_=131072` (what the container image sets); `--features mimalloc`
-//! builds it with mimalloc instead (one setup: the glibc setting changes nothing there).
+//! builds it with mimalloc instead, `--features jemalloc` with jemalloc (one setup each: the glibc
+//! setting changes nothing there).
 //!
 //! The gateway runs as its own process so its RSS is its own; the simulator and the clients
 //! run here, all on 127.0.0.1.
@@ -64,6 +65,8 @@ const SETUPS: &[Setup] = &[
 fn allocator() -> &'static str {
     if cfg!(feature = "mimalloc") {
         "mimalloc"
+    } else if cfg!(feature = "jemalloc") {
+        "jemalloc"
     } else {
         "glibc malloc"
     }
@@ -83,8 +86,8 @@ async fn main() {
         WORKERS
     );
     let mut results = Vec::new();
-    // The glibc setting changes nothing under mimalloc: one setup is enough there.
-    let setups = if cfg!(feature = "mimalloc") {
+    // The glibc setting changes nothing under another allocator: one setup is enough there.
+    let setups = if cfg!(any(feature = "mimalloc", feature = "jemalloc")) {
         &SETUPS[..1]
     } else {
         SETUPS
