@@ -4,7 +4,8 @@
 #   yamllint          the chart's static YAML, then every rendered manifest
 #   chart_checks.py   the schema refuses unknown keys at every level; every value is documented
 #                     and the README's values table is current; the values always passed as
-#                     environment variables default to the gateway's own defaults; cross-resource
+#                     environment variables default to the gateway's own defaults (those passed
+#                     only when set, to empty: the gateway's default applies); cross-resource
 #                     consistency of each render (selectors, ports, probes, grace periods, env
 #                     contract, ...) and the values given reaching the environment unchanged
 #   helm lint         --strict, with the defaults and with each CI value set (ci/*-values.yaml)
@@ -120,7 +121,7 @@ check "values.schema.json refuses unknown keys at every level" \
   "$python" "$checks" schema-strict "$chart/values.schema.json"
 check "every value documented, README values table current" \
   "$python" "$checks" values-doc "$chart"
-check "values always passed to the gateway default to its own defaults (src/config/args.rs)" \
+check "values passed to the gateway default to its own defaults (src/config/args.rs)" \
   "$python" "$checks" gateway-defaults "$chart" src/config/args.rs
 check "hadolint Dockerfile" hadolint Dockerfile
 

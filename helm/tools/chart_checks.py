@@ -10,9 +10,11 @@ scripts/check-chart.sh; needs PyYAML, which the chart-tools venv has).
   rendered RENDERED [CHART VALUES...]
                                   cross-resource consistency of one rendered release; with
                                   the chart and the values files of the render, also that the
-                                  environment carries the values given (consistency.VALUE_ENV)
+                                  environment carries the values given (consistency.VALUE_ENV,
+                                  OPTIONAL_VALUE_ENV)
   gateway-defaults CHART ARGS_RS  the defaults of the values always passed as environment
-                                  variables are the gateway's own (src/config/args.rs)
+                                  variables are the gateway's own (src/config/args.rs), and
+                                  those passed only when set are settings it reads, empty
   prestop OLD NEW DOCKERFILE SECS the preStop hook of a render for Kubernetes < 1.30 (OLD) execs
                                   the Dockerfile's ENTRYPOINT with `wait SECSs`, the one for
                                   >= 1.30 (NEW) is the sleep action; SECS 0: neither has one

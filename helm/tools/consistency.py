@@ -29,7 +29,7 @@ GATEWAY_ENV = {
     "SCAN_GATEWAY_MAX_CONNECTIONS", "SCAN_GATEWAY_MAX_CONNECTIONS_PER_PEER",
     "SCAN_GATEWAY_HANDSHAKE_TIMEOUT", "SCAN_GATEWAY_IDLE_TIMEOUT",
     "SCAN_GATEWAY_KEEPALIVE_INTERVAL", "SCAN_GATEWAY_KEEPALIVE_TIMEOUT",
-    "SCAN_GATEWAY_STREAM_RIDE_OUT",
+    "SCAN_GATEWAY_STREAM_RIDE_OUT", "SCAN_GATEWAY_MAX_WATCH", "SCAN_GATEWAY_READ_FRESHNESS",
     "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME", "OTEL_TRACES_SAMPLER",
     "OTEL_TRACES_SAMPLER_ARG", "OTEL_RESOURCE_ATTRIBUTES", "RUST_LOG", "SCAN_GATEWAY_LOG_FORMAT",
     "SCAN_GATEWAY_LOG_SPANS",
@@ -50,6 +50,12 @@ VALUE_ENV = {
     "gateway.connections.keepaliveInterval": "SCAN_GATEWAY_KEEPALIVE_INTERVAL",
     "gateway.connections.keepaliveTimeout": "SCAN_GATEWAY_KEEPALIVE_TIMEOUT",
     "gateway.streamRideOut": "SCAN_GATEWAY_STREAM_RIDE_OUT",
+    "gateway.maxWatch": "SCAN_GATEWAY_MAX_WATCH",
+}
+# Values passed only when set, verbatim, because the gateway's default is no constant the chart
+# could repeat (it follows another setting): empty by default, so that default applies.
+OPTIONAL_VALUE_ENV = {
+    "gateway.readFreshness": "SCAN_GATEWAY_READ_FRESHNESS",
 }
 # Keys the gateway's config file accepts (it refuses unknown ones: deny_unknown_fields).
 CONFIG_KEYS = {
@@ -137,23 +143,40 @@ def merged_values(chart: str, values_files: list[str]) -> dict:
     return values
 
 
+def value_at(values: dict, key: str, missing=None):
+    """The value at a dotted key; `missing` (when given) for one a values file removed (null)."""
+    for part in key.split("."):
+        if missing is not None and part not in values:
+            return missing
+        values = values[part]
+    return values
+
+
 def values_in_env(env: dict, values: dict) -> list[str]:
     """Each VALUE_ENV variable is rendered, with the value given (the values files over the
-    chart's defaults), unchanged."""
+    chart's defaults), unchanged; each OPTIONAL_VALUE_ENV one likewise when its value is set,
+    and not at all when it is empty."""
     errors = []
     for key, name in VALUE_ENV.items():
-        value = values
-        for part in key.split("."):
-            value = value[part]
+        value = value_at(values, key)
         got = env.get(name, {}).get("value")
         if got != str(value):
+            errors.append(f"{name} is {got!r}, but {key} is {value!r}")
+    for key, name in OPTIONAL_VALUE_ENV.items():
+        value = value_at(values, key, missing="")
+        got = env.get(name, {}).get("value")
+        if value == "" and name in env:
+            errors.append(f"{name} is {got!r}, but {key} is empty (the gateway's default)")
+        elif value != "" and got != str(value):
             errors.append(f"{name} is {got!r}, but {key} is {value!r}")
     return errors
 
 
 def gateway_defaults(chart: str, args_rs: str) -> int:
     """The chart always passes the VALUE_ENV values, so its defaults replace the gateway's: they
-    must be the same (read from the settings! declarations of src/config/args.rs)."""
+    must be the same (read from the settings! declarations of src/config/args.rs). The
+    OPTIONAL_VALUE_ENV values must be settings the gateway reads, empty by default so the
+    gateway's own default applies."""
     declared = {
         m.group("env"): m.group("default")
         for m in re.finditer(r'env = "(?P<env>[A-Z0-9_]+)".*?\n\s*pub \w+: Option<[^\n]*?>'
@@ -162,17 +185,23 @@ def gateway_defaults(chart: str, args_rs: str) -> int:
     values = merged_values(chart, [])
     errors = []
     for key, name in VALUE_ENV.items():
-        value = values
-        for part in key.split("."):
-            value = value[part]
+        value = value_at(values, key)
         gateway = declared.get(name)
         if gateway is None:
             errors.append(f"{name} ({key}): no default declared in {args_rs}")
         elif str(value) != gateway and not (
                 isinstance(value, str) and duration_seconds(value) == duration_seconds(gateway)):
             errors.append(f"{key} defaults to {value!r}, the gateway's {name} to {gateway!r}")
+    for key, name in OPTIONAL_VALUE_ENV.items():
+        value = value_at(values, key)
+        if name not in declared:
+            errors.append(f"{name} ({key}): not a setting of {args_rs}")
+        elif value != "":
+            errors.append(f"{key} defaults to {value!r}: it must be empty, so that the gateway's "
+                          f"own default for {name} applies")
     if not errors:
-        print(f"  {len(VALUE_ENV)} values default to the gateway's own defaults")
+        print(f"  {len(VALUE_ENV)} values default to the gateway's own defaults; "
+              f"{len(OPTIONAL_VALUE_ENV)} passed only when set, empty by default")
     return fail(errors)
 
 

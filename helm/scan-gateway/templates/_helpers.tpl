@@ -295,7 +295,8 @@ address, liveness and readiness at times together: a cap below 2 refuses one of 
 {{- /*
 Variables the chart always sets from a value: the same name in extraEnv would define it twice,
 which is how a values file that set one through extraEnv before the chart had a value for it
-would upgrade.
+would upgrade. SCAN_GATEWAY_READ_FRESHNESS, rendered only when gateway.readFreshness is set, is
+refused all the same: one place sets it, so setting the value later cannot define it twice.
 */}}
 {{- $fromValues := dict
   "RUST_LOG" "gateway.logLevel"
@@ -311,10 +312,12 @@ would upgrade.
   "SCAN_GATEWAY_IDLE_TIMEOUT" "gateway.connections.idleTimeout"
   "SCAN_GATEWAY_KEEPALIVE_INTERVAL" "gateway.connections.keepaliveInterval"
   "SCAN_GATEWAY_KEEPALIVE_TIMEOUT" "gateway.connections.keepaliveTimeout"
-  "SCAN_GATEWAY_STREAM_RIDE_OUT" "gateway.streamRideOut" }}
+  "SCAN_GATEWAY_STREAM_RIDE_OUT" "gateway.streamRideOut"
+  "SCAN_GATEWAY_MAX_WATCH" "gateway.maxWatch"
+  "SCAN_GATEWAY_READ_FRESHNESS" "gateway.readFreshness" }}
 {{- range $var := .Values.extraEnv }}
 {{- with get $fromValues (toString $var.name) }}
-{{- fail (printf "extraEnv sets %s, which the chart sets from %s: set %s instead (the variable would be defined twice)" $var.name . .) }}
+{{- fail (printf "extraEnv sets %s, which the chart sets from %s: set %s instead (one place per setting; with both the variable would be defined twice)" $var.name . .) }}
 {{- end }}
 {{- end }}
 {{- if eq .Values.containerPorts.grpc .Values.containerPorts.admin }}
