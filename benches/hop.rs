@@ -337,6 +337,7 @@ impl Caller {
                         scan_type: pb::ScanType::Quick.into(),
                         comment: "hop benchmark".to_owned(),
                         request_id: String::new(),
+                        priority: 0,
                     })
                     .await
                     .map_err(|s| format!("gRPC {:?}: {}", s.code(), s.message()))?;

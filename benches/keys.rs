@@ -131,6 +131,7 @@ async fn run() -> Result<(), BoxError> {
         scan_type: pb::ScanType::Quick as i32,
         comment: "keys bench".into(),
         request_id: key,
+        priority: 0,
     };
     // The one scan the quota allows.
     client.clone().start_scan(start("first".into())).await?;

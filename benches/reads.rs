@@ -101,6 +101,7 @@ async fn main() -> Result<(), BoxError> {
                 scan_type: pb::ScanType::Quick as i32,
                 comment: "reads benchmark".into(),
                 request_id: String::new(),
+                priority: 0,
             })
             .await?
             .into_inner();

@@ -216,6 +216,7 @@ async fn run_scans(
             scan_type: pb::ScanType::Quick as i32,
             comment: "soak".into(),
             request_id: String::new(),
+            priority: 0,
         };
         calls.fetch_add(1, Ordering::Relaxed);
         if let Ok(stream) = client.run_scan(request).await {
@@ -243,6 +244,7 @@ async fn unary_calls(
                 scan_type: pb::ScanType::Quick as i32,
                 comment: format!("soak {round}"),
                 request_id: String::new(),
+                priority: 0,
             })
             .await;
         calls.fetch_add(1, Ordering::Relaxed);
@@ -292,6 +294,7 @@ async fn abandoned_watches(
                         scan_type: pb::ScanType::Quick as i32,
                         comment: "soak watch".into(),
                         request_id: String::new(),
+                        priority: 0,
                     })
                     .await;
                 calls.fetch_add(1, Ordering::Relaxed);

@@ -72,12 +72,13 @@ impl fmt::Debug for QueueObserver {
 }
 
 /// Request extension: who an upstream call is made for. The quota serves callers in turn
-/// and keeps each to its `share` of every API's quota.
+/// and keeps each to its `share` of every API's quota; within its `priority` class.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuotaCaller {
     pub id: Arc<str>,
     /// Share (0..=1) of each API's quota; `None` is no cap.
     pub share: Option<f64>,
+    pub priority: Priority,
 }
 
 impl QuotaCaller {
@@ -86,7 +87,43 @@ impl QuotaCaller {
         Self {
             id: Arc::from("scan-gateway"),
             share: None,
+            priority: Priority::Normal,
         }
+    }
+}
+
+/// The quota's classes: urgent calls are admitted before normal ones, normal before
+/// background (which keeps a floor, so it never starves). Ordered most urgent first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Urgent,
+    #[default]
+    Normal,
+    Background,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::Urgent, Priority::Normal, Priority::Background];
+
+    /// A stable label for metrics and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Urgent => "urgent",
+            Priority::Normal => "normal",
+            Priority::Background => "background",
+        }
+    }
+
+    /// Its place in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

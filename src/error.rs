@@ -86,6 +86,15 @@ pub enum Error {
     /// The policy does not let this caller make this call.
     #[error("caller `{caller}` may not call {rpc}")]
     PermissionDenied { caller: String, rpc: String },
+    /// The policy does not let this caller use the quota class it asked for.
+    #[error(
+        "caller `{caller}` may not ask for {requested} priority; its policy allows at most {allowed}"
+    )]
+    PriorityNotAllowed {
+        caller: String,
+        requested: &'static str,
+        allowed: &'static str,
+    },
     /// The caller is over one of its limits (request rate, open streams).
     #[error("{} of caller `{caller}` reached", .kind.describe())]
     CallerLimit {

@@ -117,6 +117,7 @@ impl Gateway {
             max_wait: settings.max_quota_wait,
             max_queue: settings.max_queue,
             margin: settings.quota_margin,
+            background_floor: settings.background_floor,
         };
         let quota_metrics = QuotaMetrics::register(&mut registry);
         let store = match &settings.redis {

@@ -156,6 +156,7 @@ async fn run(reactive: bool) -> Outcome {
             max_wait: 2 * HOUR,
             max_queue: 10_000,
             margin: Duration::from_millis(250),
+            background_floor: scan_gateway::quota::DEFAULT_BACKGROUND_FLOOR,
         };
         let quota = Arc::new(Quota::local(
             &config,

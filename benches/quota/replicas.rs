@@ -131,6 +131,7 @@ fn replica(
         max_wait: Duration::from_secs(5),
         max_queue: 10_000,
         margin: MARGIN,
+        background_floor: scan_gateway::quota::DEFAULT_BACKGROUND_FLOOR,
     };
     let quota = Arc::new(Quota::new(
         &config,

@@ -21,6 +21,14 @@ enum Kind {
     Full,
 }
 
+/// The request's quota class (the gateway's policy may not allow urgent).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Class {
+    Urgent,
+    Normal,
+    Background,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ScanArgs {
     /// Device id to scan (40 hexadecimal characters).
@@ -35,6 +43,9 @@ pub struct ScanArgs {
     /// Idempotency key: running the command again with the same key follows the same scan.
     #[arg(long)]
     request_id: Option<String>,
+    /// Quota class: urgent goes before normal, normal before background.
+    #[arg(long, value_enum, default_value = "normal")]
+    priority: Class,
     /// Gateway address.
     #[arg(
         long,
@@ -73,6 +84,11 @@ async fn follow(args: ScanArgs) -> Result<pb::ActionStatus, String> {
         } as i32,
         comment: args.comment.clone(),
         request_id: args.request_id.clone().unwrap_or_default(),
+        priority: match args.priority {
+            Class::Urgent => pb::Priority::Urgent,
+            Class::Normal => pb::Priority::Normal,
+            Class::Background => pb::Priority::Background,
+        } as i32,
     };
     // The stream resumes by itself (another replica, a dropped connection): see the client
     // crate.

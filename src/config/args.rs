@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 
 use secrecy::SecretString;
 
-use super::layer::{at_least, not_blank, positive, redis_prefix, settings};
+use super::layer::{at_least, not_blank, positive, redis_prefix, settings, share};
 use crate::security::Rule;
 
 pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
@@ -95,6 +95,10 @@ settings! {
         /// Most calls waiting for quota per API; beyond, calls are refused.
         #[arg(long, env = "SCAN_GATEWAY_MAX_QUEUE")]
         pub max_queue: Option<usize> = "1000",
+        /// The least share of admissions background-priority calls get while more urgent ones
+        /// wait too (above 0, at most 1), so background never starves.
+        #[arg(long, env = "SCAN_GATEWAY_BACKGROUND_FLOOR")]
+        pub background_floor: Option<f64> = "0.1", check = share,
         /// Redis shared by all replicas for one quota (`redis://host:6379/0`); without it the
         /// quota is kept in this process.
         #[arg(long, env = "SCAN_GATEWAY_REDIS_URL", hide_env_values = true, value_parser = secret_value)]

@@ -194,6 +194,14 @@ pub fn at_least<T: PartialOrd + std::fmt::Display>(min: T) -> impl Fn(&T) -> Res
     }
 }
 
+/// A share of something: above 0, at most 1.
+pub fn share(value: &f64) -> Result<(), String> {
+    if !(*value > 0.0 && *value <= 1.0) {
+        return Err("must be above 0 and at most 1".into());
+    }
+    Ok(())
+}
+
 /// A Redis key prefix: letters, digits and `-_:.`, not empty.
 pub fn redis_prefix(value: &str) -> Result<(), String> {
     if value.is_empty()

@@ -44,6 +44,8 @@ pub struct Settings {
     /// The part of each quota window that covers a call's way to Defender.
     pub quota_margin: Duration,
     pub max_queue: usize,
+    /// The least share of admissions background calls get while more urgent ones wait.
+    pub background_floor: f64,
     /// Shared quota in Redis; `None` keeps it in this process.
     pub redis: Option<SharedConfig>,
     /// Prefix of every Redis key this deployment writes.
@@ -204,6 +206,7 @@ impl Settings {
             quota_margin: v.quota_margin,
             redis_prefix: v.redis_prefix.clone(),
             max_queue: v.max_queue.max(1),
+            background_floor: v.background_floor,
             max_watch: v.max_watch,
             stream_ride_out: v.stream_ride_out,
             follow_running_scans: v.follow_running_scans,

@@ -5,6 +5,7 @@ use time::OffsetDateTime;
 
 use super::pb;
 use crate::{
+    call::Priority,
     domain::{
         ActionId, ActionStatus, CancelRequest, Comment, FieldViolation, ListQuery, MachineAction,
         MachineId, RequestId, ScanRequest, ScanType,
@@ -43,6 +44,20 @@ fn scan_type(raw: i32) -> Result<ScanType, FieldViolation> {
             "scan_type",
             "is required: SCAN_TYPE_QUICK or SCAN_TYPE_FULL",
         )),
+    }
+}
+
+/// The quota class a scan request asks for (unspecified: normal).
+pub fn priority(raw: i32) -> Result<Priority, Error> {
+    match pb::Priority::try_from(raw) {
+        Ok(pb::Priority::Unspecified | pb::Priority::Normal) => Ok(Priority::Normal),
+        Ok(pb::Priority::Urgent) => Ok(Priority::Urgent),
+        Ok(pb::Priority::Background) => Ok(Priority::Background),
+        Err(_) => Err(FieldViolation::new(
+            "priority",
+            "must be PRIORITY_URGENT, PRIORITY_NORMAL or PRIORITY_BACKGROUND",
+        )
+        .into()),
     }
 }
 

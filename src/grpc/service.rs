@@ -17,9 +17,32 @@ use crate::{
     error::Error,
     grpc::GrpcMetrics,
     scans::{Scans, Started, WaitNotice},
-    security::Caller,
+    security::{Caller, MaxPriority},
     upstream::{CallContext, QuotaCaller},
 };
+
+/// `base` in the quota class `raw` asks for, if the caller's policy rule allows it.
+fn in_class(
+    mut base: CallContext,
+    raw: i32,
+    caller: Option<&Caller>,
+    allowed: Option<MaxPriority>,
+) -> Result<CallContext, Error> {
+    let requested = convert::priority(raw)?;
+    if let Some(MaxPriority(allowed)) = allowed
+        && requested < allowed
+    {
+        return Err(Error::PriorityNotAllowed {
+            caller: caller.map_or_else(|| "unauthenticated".to_owned(), |c| c.0.clone()),
+            requested: requested.as_str(),
+            allowed: allowed.as_str(),
+        });
+    }
+    base.caller
+        .get_or_insert_with(QuotaCaller::gateway)
+        .priority = requested;
+    Ok(base)
+}
 
 /// The upstream context of a call: its deadline and its caller (set by the limits layer).
 fn call_context<T>(request: &Request<T>) -> CallContext {
@@ -91,9 +114,14 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
             &r.comment,
             &r.request_id,
         );
+        let caller = request.extensions().get::<Caller>().cloned();
+        let allowed = request.extensions().get::<MaxPriority>().copied();
         let r = request.into_inner();
-        let parsed = match ScanRequest::try_from(&r) {
-            Ok(parsed) => parsed,
+        let checked = ScanRequest::try_from(&r).and_then(|parsed| {
+            in_class(base, r.priority, caller.as_ref(), allowed).map(|base| (parsed, base))
+        });
+        let (parsed, base) = match checked {
+            Ok(checked) => checked,
             Err(err) => {
                 let refused = self.invalid(METHOD, err);
                 if let Err(status) = &refused {
@@ -133,10 +161,13 @@ impl pb::scan_service_server::ScanService for ScanServiceImpl {
             &r.comment,
             &r.request_id,
         );
+        let caller = request.extensions().get::<Caller>().cloned();
+        let allowed = request.extensions().get::<MaxPriority>().copied();
         let r = request.into_inner();
         let result = self
             .unary("StartScan", async {
                 let parsed = ScanRequest::try_from(&r)?;
+                let base = in_class(base, r.priority, caller.as_ref(), allowed)?;
                 let ctx = &base;
                 let Started { action, reused } = self.scans.start(&parsed, ctx).await?;
                 Ok(pb::StartScanResponse {

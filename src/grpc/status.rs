@@ -136,6 +136,22 @@ fn to_status(error: &Error) -> Status {
                 ]),
             ),
         ),
+        Error::PriorityNotAllowed {
+            caller,
+            requested,
+            allowed,
+        } => Status::with_error_details(
+            Code::PermissionDenied,
+            message,
+            error_info(
+                "PRIORITY_NOT_ALLOWED",
+                HashMap::from([
+                    ("caller".to_owned(), caller.clone()),
+                    ("requested".to_owned(), (*requested).to_owned()),
+                    ("allowed".to_owned(), (*allowed).to_owned()),
+                ]),
+            ),
+        ),
         Error::CallerLimit {
             caller,
             kind,

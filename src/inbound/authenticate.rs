@@ -20,7 +20,7 @@ use tonic::{
 use tower::{Layer, Service};
 
 use super::InboundMetrics;
-use crate::security::{Caller, Policy, der, jwt::JwtVerifier, policy};
+use crate::security::{Caller, MaxPriority, Policy, der, jwt::JwtVerifier, policy};
 use crate::{
     error::Error,
     grpc::status::{code_of, refusal_reason},
@@ -44,13 +44,13 @@ impl Authenticator {
         self.mtls || self.jwt.is_some()
     }
 
-    /// The caller of a `ScanService` call, if it may make it, and its quota share (from the
-    /// same policy rule).
+    /// The caller of a `ScanService` call, if it may make it, its quota share and its most
+    /// urgent class (from the same policy rule).
     pub fn check<B>(
         &self,
         method: &str,
         request: &http::Request<B>,
-    ) -> Result<(Caller, Option<CallerShare>), Error> {
+    ) -> Result<(Caller, Option<CallerShare>, Option<MaxPriority>), Error> {
         let certificate = self
             .mtls
             .then(|| {
@@ -86,6 +86,7 @@ impl Authenticator {
             }
         };
         let mut share = None;
+        let mut max_priority = None;
         if let Some(policy) = &self.policy {
             let rule = policy.rule_of(&caller);
             if !rule.is_some_and(|rule| rule.role.allows(policy::need_of(method))) {
@@ -95,8 +96,9 @@ impl Authenticator {
                 });
             }
             share = rule.and_then(|rule| rule.quota_share).map(CallerShare);
+            max_priority = rule.map(|rule| MaxPriority(rule.max_priority));
         }
-        Ok((Caller(caller), share))
+        Ok((Caller(caller), share, max_priority))
     }
 }
 
@@ -160,9 +162,12 @@ where
             return Either::Right(self.inner.call(request));
         }
         match self.auth.check(method, &request) {
-            Ok((caller, share)) => {
+            Ok((caller, share, max_priority)) => {
                 if let Some(share) = share {
                     request.extensions_mut().insert(share);
+                }
+                if let Some(max_priority) = max_priority {
+                    request.extensions_mut().insert(max_priority);
                 }
                 request.extensions_mut().insert(caller);
                 Either::Right(self.inner.call(request))

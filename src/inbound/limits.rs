@@ -234,9 +234,12 @@ where
         match self.limiter.admit(&caller, streaming) {
             Ok(slot) => {
                 let share = request.extensions().get::<CallerShare>().map(|s| s.0);
-                request
-                    .extensions_mut()
-                    .insert(QuotaCaller { id: caller, share });
+                request.extensions_mut().insert(QuotaCaller {
+                    id: caller,
+                    share,
+                    // The handler sets the class the request asks for.
+                    priority: Default::default(),
+                });
                 Either::Right(GuardedFuture::new(self.inner.call(request), slot))
             }
             Err(error) => {

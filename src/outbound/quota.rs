@@ -103,6 +103,7 @@ mod tests {
                 max_wait: Duration::from_secs(60),
                 max_queue: 100,
                 margin: Duration::from_millis(250),
+                background_floor: crate::quota::DEFAULT_BACKGROUND_FLOOR,
             },
             Clock::system(),
             QuotaMetrics::default(),

@@ -169,6 +169,7 @@ mod tests {
             max_wait: Duration::from_secs(3600),
             max_queue: 100,
             margin: Duration::ZERO,
+            background_floor: crate::quota::DEFAULT_BACKGROUND_FLOOR,
         };
         Arc::new(Quota::local(
             &config,

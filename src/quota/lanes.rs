@@ -8,6 +8,9 @@
 //!
 //! A lane also keeps the caller's own admissions when the policy gives it a quota share; the
 //! head waits in its lane until that share has room, without holding up anyone else.
+//!
+//! A caller has a lane per priority class: its urgent call never waits behind its own
+//! background calls. The API's turn then goes by class (`turns`).
 
 use std::{
     collections::HashMap,
@@ -20,7 +23,7 @@ use std::{
 use tokio::time::Instant;
 
 use super::limits::{Limit, window::Window};
-use crate::call::{Api, QuotaCaller};
+use crate::call::{Api, Priority, QuotaCaller};
 
 /// Above this many lanes, idle ones are dropped.
 const SWEEP_ABOVE: usize = 1024;
@@ -65,8 +68,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A lane's key: the API and the caller's identity.
-type LaneKey = (Api, Arc<str>);
+/// A lane's key: the API, the caller's identity and the class.
+type LaneKey = (Api, Arc<str>, Priority);
 
 /// Every caller's lanes.
 #[derive(Debug, Default)]
@@ -95,7 +98,7 @@ impl Lanes {
         limits: impl FnOnce(f64) -> Vec<Limit>,
         now: Instant,
     ) -> InLane<'_> {
-        let key = (api, caller.id.clone());
+        let key = (api, caller.id.clone(), caller.priority);
         let mut lanes = lock(&self.lanes);
         if lanes.len() > SWEEP_ABOVE {
             lanes.retain(|_, lane| Arc::strong_count(lane) > 1 || !lane.idle(now));
@@ -111,12 +114,21 @@ impl Lanes {
             })
             .clone();
         let own_ahead = lane.waiting.fetch_add(1, Ordering::SeqCst);
-        // Taking turns, each other caller gets at most one admission per call of ours ahead,
-        // plus one for the turn in progress.
+        // Taking turns in a class, each other caller gets at most one admission per call of
+        // ours ahead, plus one for the turn in progress; a more urgent class goes first whole.
+        // (Background's floor may let it in sooner: the estimate errs late.)
         let others_ahead = lanes
             .iter()
-            .filter(|((a, id), _)| *a == api && *id != key.1)
-            .map(|(_, other)| other.waiting.load(Ordering::SeqCst).min(own_ahead + 1))
+            .filter(|((a, _, _), _)| *a == api)
+            .filter(|(other, _)| **other != key)
+            .map(|((_, _, class), other)| {
+                let waiting = other.waiting.load(Ordering::SeqCst);
+                match class.cmp(&caller.priority) {
+                    std::cmp::Ordering::Less => waiting,
+                    std::cmp::Ordering::Equal => waiting.min(own_ahead + 1),
+                    std::cmp::Ordering::Greater => 0,
+                }
+            })
             .sum();
         drop(lanes);
         InLane {

@@ -1,5 +1,6 @@
 //! The quota's metrics (issue 4): calls admitted and refused, the queue, the wait, the calls
-//! left per window, and (from the shared store) whether this replica is in fallback.
+//! left per window, and (from the shared store) whether this replica is in fallback; the queue
+//! and the wait per priority class.
 
 use std::time::Duration;
 
@@ -28,6 +29,17 @@ struct QuotaRefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    api: &'static str,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabel {
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QuotaWindowLabels {
     api: &'static str,
     /// The window length in seconds.
@@ -45,6 +57,8 @@ pub struct QuotaMetrics {
     /// From admission to the upstream's answer: the most the margin must cover.
     answered: Family<ApiLabel, Histogram>,
     late: Family<ApiLabel, Counter>,
+    class_queue_length: Family<ClassLabels, Gauge>,
+    class_wait: Family<ClassLabel, Histogram>,
     /// Registered with the others whatever the store, so a gateway without Redis shows 0.
     shared: SharedMetrics,
 }
@@ -93,6 +107,17 @@ impl QuotaMetrics {
              the quota from their answer, by API",
             metrics.late.clone(),
         );
+        registry.register(
+            "quota_class_queue_length",
+            "Calls waiting for quota, by API and priority class",
+            metrics.class_queue_length.clone(),
+        );
+        registry.register_with_unit(
+            "quota_class_wait",
+            "Time admitted calls waited for quota, by priority class",
+            Unit::Seconds,
+            metrics.class_wait.clone(),
+        );
         // The shared store's family, registered here whatever the store.
         Self {
             shared: SharedMetrics::register(registry),
@@ -127,6 +152,18 @@ impl QuotaMetrics {
             .inc();
     }
 
+    pub fn record_class_wait(&self, class: &'static str, waited_seconds: f64) {
+        self.class_wait
+            .get_or_create(&ClassLabel { class })
+            .observe(waited_seconds);
+    }
+
+    pub fn set_class_queue_length(&self, api: &'static str, class: &'static str, waiting: usize) {
+        self.class_queue_length
+            .get_or_create(&ClassLabels { api, class })
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    }
+
     pub fn set_quota_queue_length(&self, api: &'static str, waiting: usize) {
         self.queue_length
             .get_or_create(&ApiLabel { api })
@@ -159,6 +196,10 @@ impl Default for QuotaMetrics {
                 Histogram::new(exponential_buckets(0.001, 2.0, 17))
             }),
             late: Family::default(),
+            class_queue_length: Family::default(),
+            class_wait: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 4.0, 12))
+            }),
             shared: SharedMetrics::default(),
         }
     }

@@ -19,6 +19,7 @@ mod lanes;
 mod limits;
 mod metrics;
 pub mod shared;
+mod turns;
 
 use std::{
     collections::HashMap,
@@ -30,7 +31,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::{
-    call::{Api, QueueObserver, QuotaCaller},
+    call::{Api, Priority, QueueObserver, QuotaCaller},
     clock::Clock,
 };
 
@@ -59,7 +60,13 @@ pub struct QuotaConfig {
     /// the queue, a new connection, a slow network) may have arrived as late as its answer: it
     /// is counted again from then, so the windows still hold it.
     pub margin: Duration,
+    /// The least share (0, 1] of admissions that background calls get while they wait behind
+    /// more urgent ones (see [`turns`]).
+    pub background_floor: f64,
 }
+
+/// One admission in ten for background calls while they wait.
+pub const DEFAULT_BACKGROUND_FLOOR: f64 = 0.1;
 
 /// Where admissions are decided: in this process, or in Redis for all replicas.
 pub enum Store {
@@ -105,11 +112,12 @@ impl Store {
     }
 }
 
-#[derive(Default)]
 struct Queue {
-    /// Holding it means "my turn": tokio's mutex wakes waiters in arrival order.
-    turn: tokio::sync::Mutex<()>,
+    /// Holding it means "my turn": the most urgent class first, arrival order within one.
+    turns: turns::Turns,
     waiting: AtomicUsize,
+    /// Per class (indexed by [`Priority::index`]).
+    class_waiting: [AtomicUsize; 3],
 }
 
 /// The quota front: queues, deadlines and metrics over a [`Store`].
@@ -136,7 +144,14 @@ impl Quota {
             max_queue: config.max_queue,
             queues: Api::ALL
                 .into_iter()
-                .map(|api| (api, Queue::default()))
+                .map(|api| {
+                    let queue = Queue {
+                        turns: turns::Turns::new(config.background_floor),
+                        waiting: AtomicUsize::new(0),
+                        class_waiting: Default::default(),
+                    };
+                    (api, queue)
+                })
                 .collect(),
             store,
             metrics,
@@ -176,6 +191,7 @@ impl Quota {
             }
         };
         let waiting = Waiting::enter(&queue.waiting, &self.metrics, api);
+        let _in_class = InClass::enter(queue, &self.metrics, api, caller.priority);
         let in_lane = self
             .lanes
             .enter(api, caller, |share| self.share_of(api, share), arrived);
@@ -214,7 +230,7 @@ impl Quota {
         } else {
             tracing::Span::none()
         };
-        self.wait_turn(api, queue, &in_lane.lane, arrived, latest)
+        self.wait_turn(api, queue, &in_lane.lane, caller.priority, arrived, latest)
             .instrument(span)
             .await
     }
@@ -241,6 +257,7 @@ impl Quota {
         api: Api,
         queue: &Queue,
         lane: &lanes::Lane,
+        class: Priority,
         arrived: Instant,
         latest: Instant,
     ) -> Result<Instant, Error> {
@@ -262,10 +279,8 @@ impl Quota {
             }
             self.clock.sleep_until(at).await;
         }
-        let Ok(_turn) = tokio::time::timeout_at(latest, queue.turn.lock()).await else {
-            let now = self.clock.now();
-            let at = self.store.estimate(api, now, 0).await;
-            return Err(self.refuse(api, "deadline", at.max(latest), now));
+        let Ok(mut turn) = tokio::time::timeout_at(latest, queue.turns.take(class)).await else {
+            return Err(self.refuse_at_deadline(api, latest).await);
         };
         loop {
             let now = self.clock.now();
@@ -274,6 +289,8 @@ impl Quota {
                     lane.record(now);
                     self.metrics
                         .record_quota_admitted(api.as_str(), (now - arrived).as_secs_f64());
+                    self.metrics
+                        .record_class_wait(class.as_str(), (now - arrived).as_secs_f64());
                     self.record_remaining(api, now);
                     return Ok(now);
                 }
@@ -281,7 +298,20 @@ impl Quota {
                 Admission::NotBefore(at) if at > latest => {
                     return Err(self.refuse(api, "deadline", at, now));
                 }
-                Admission::NotBefore(at) => self.clock.sleep_until(at).await,
+                Admission::NotBefore(at) => {
+                    // A more urgent call that arrives meanwhile takes the next free slot.
+                    let preempted = tokio::select! {
+                        () = self.clock.sleep_until(at) => false,
+                        () = turn.preempted() => true,
+                    };
+                    if preempted {
+                        let Ok(again) = tokio::time::timeout_at(latest, turn.step_aside()).await
+                        else {
+                            return Err(self.refuse_at_deadline(api, latest).await);
+                        };
+                        turn = again;
+                    }
+                }
             }
         }
     }
@@ -310,6 +340,13 @@ impl Quota {
     /// Upstream said 429: admit nothing on `api` before `until`.
     pub async fn pause(&self, api: Api, until: Instant) {
         self.store.pause(api, until).await;
+    }
+
+    /// The deadline passed while waiting for the turn.
+    async fn refuse_at_deadline(&self, api: Api, latest: Instant) -> Error {
+        let now = self.clock.now();
+        let at = self.store.estimate(api, now, 0).await;
+        self.refuse(api, "deadline", at.max(latest), now)
     }
 
     fn refuse(&self, api: Api, reason: &'static str, at: Instant, now: Instant) -> Error {
@@ -362,5 +399,37 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// Counts a call in its class's queue until it leaves it.
+struct InClass<'a> {
+    counter: &'a AtomicUsize,
+    metrics: &'a QuotaMetrics,
+    api: Api,
+    class: Priority,
+}
+
+impl<'a> InClass<'a> {
+    fn enter(queue: &'a Queue, metrics: &'a QuotaMetrics, api: Api, class: Priority) -> Self {
+        let counter = &queue.class_waiting[class.index()];
+        let now = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        metrics.set_class_queue_length(api.as_str(), class.as_str(), now);
+        Self {
+            counter,
+            metrics,
+            api,
+            class,
+        }
+    }
+}
+
+impl Drop for InClass<'_> {
+    fn drop(&mut self) {
+        let left = self.counter.fetch_sub(1, Ordering::SeqCst) - 1;
+        self.metrics
+            .set_class_queue_length(self.api.as_str(), self.class.as_str(), left);
+    }
+}
+
+#[cfg(test)]
+mod priority_tests;
 #[cfg(test)]
 mod tests;

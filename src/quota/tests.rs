@@ -27,6 +27,7 @@ fn quota_with(limits: Limits, max_queue: usize) -> Arc<Quota> {
         max_wait: Duration::from_secs(100_000),
         max_queue,
         margin: Duration::ZERO,
+        background_floor: DEFAULT_BACKGROUND_FLOOR,
     };
     Arc::new(Quota::local(
         &config,
@@ -277,6 +278,7 @@ fn caller(id: &str, share: Option<f64>) -> QuotaCaller {
     QuotaCaller {
         id: Arc::from(id),
         share,
+        priority: Priority::Normal,
     }
 }
 

@@ -15,7 +15,7 @@ pub mod tls;
 use std::path::PathBuf;
 
 pub use limits::{CallerLimits, ConnectionLimits, LimitKind};
-pub use policy::{Policy, Role, Rule};
+pub use policy::{MaxPriority, Policy, Role, Rule};
 
 /// The authenticated caller, put in the request's extensions by `inbound::authenticate`: the URI (else
 /// DNS) SAN of its client certificate, or the `sub` of its JWT.

@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::call::Priority;
+
 /// What a caller may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -58,6 +60,8 @@ pub struct Rule {
     pub role: Role,
     /// Share (0..=1) of each API's quota the caller may use; `None` is no cap.
     pub quota_share: Option<f64>,
+    /// The most urgent quota class the caller may ask for (normal unless the rule says).
+    pub max_priority: Priority,
 }
 
 impl From<Role> for Rule {
@@ -65,9 +69,14 @@ impl From<Role> for Rule {
         Self {
             role,
             quota_share: None,
+            max_priority: Priority::Normal,
         }
     }
 }
+
+/// Request extension: the most urgent quota class the caller's policy rule allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxPriority(pub Priority);
 
 /// A rule as written: a role alone, or a table.
 #[derive(Deserialize)]
@@ -82,6 +91,8 @@ enum RuleSpec {
 struct RuleTable {
     role: Role,
     quota_share: Option<f64>,
+    #[serde(default)]
+    max_priority: Priority,
 }
 
 impl From<RuleSpec> for Rule {
@@ -91,6 +102,7 @@ impl From<RuleSpec> for Rule {
             RuleSpec::Table(t) => Self {
                 role: t.role,
                 quota_share: t.quota_share,
+                max_priority: t.max_priority,
             },
         }
     }
@@ -189,6 +201,7 @@ mod tests {
             [policy]
             "a" = "read"
             "b*" = { role = "scan", quota_share = 0.25 }
+            "responder" = { role = "scan", max_priority = "urgent" }
             "#,
         )
         .unwrap();
@@ -198,8 +211,13 @@ mod tests {
             p.rule_of("bob"),
             Some(Rule {
                 role: Role::Scan,
-                quota_share: Some(0.25)
+                quota_share: Some(0.25),
+                max_priority: Priority::Normal,
             })
+        );
+        assert_eq!(
+            p.rule_of("responder").map(|r| r.max_priority),
+            Some(Priority::Urgent)
         );
         assert_eq!(p.invalid_share(), None);
         let bad = Policy::new(BTreeMap::from([(
@@ -207,12 +225,16 @@ mod tests {
             Rule {
                 role: Role::Scan,
                 quota_share: Some(1.5),
+                max_priority: Priority::Normal,
             },
         )]));
         assert_eq!(bad.invalid_share(), Some(("x", 1.5)));
         let typo: Result<File, _> =
             toml::from_str("[policy]\n\"a\" = { role = \"scan\", share = 1 }");
         assert!(typo.is_err());
+        let unknown: Result<File, _> =
+            toml::from_str("[policy]\n\"a\" = { role = \"scan\", max_priority = \"asap\" }");
+        assert!(unknown.is_err());
     }
 
     #[test]

@@ -87,6 +87,7 @@ async fn survives(stop: Stop) {
             scan_type: pb::ScanType::Quick as i32,
             comment: "client crate resume test".into(),
             request_id: format!("resume-{stop:?}"),
+            priority: 0,
         },
         CallOptions::timeout(Duration::from_secs(30)),
     );
@@ -138,6 +139,7 @@ async fn errors_are_typed_from_the_rich_details() {
                 scan_type: pb::ScanType::Quick as i32,
                 comment: "x".into(),
                 request_id: String::new(),
+                priority: 0,
             },
             CallOptions::default(),
         )

@@ -215,6 +215,7 @@ pub fn run_request(machine_id: &str) -> pb::RunScanRequest {
         scan_type: pb::ScanType::Quick as i32,
         comment: "integration test".to_owned(),
         request_id: String::new(),
+        priority: 0,
     }
 }
 
@@ -224,6 +225,7 @@ pub fn start_request(machine_id: &str) -> pb::StartScanRequest {
         scan_type: pb::ScanType::Quick as i32,
         comment: "integration test".to_owned(),
         request_id: String::new(),
+        priority: 0,
     }
 }
 

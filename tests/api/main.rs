@@ -18,6 +18,7 @@ mod malformed;
 mod observability;
 mod outage;
 mod pki;
+mod priority;
 mod process;
 mod reads;
 mod scan_only;

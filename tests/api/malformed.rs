@@ -101,6 +101,7 @@ fn start(machine_id: &str, scan_type: i32, comment: &str, request_id: &str) -> R
         scan_type,
         comment: comment.into(),
         request_id: request_id.into(),
+        priority: 0,
     })
 }
 
@@ -110,6 +111,7 @@ fn run(machine_id: &str, scan_type: i32, comment: &str, request_id: &str) -> Rpc
         scan_type,
         comment: comment.into(),
         request_id: request_id.into(),
+        priority: 0,
     })
 }
 

@@ -31,6 +31,7 @@ fn start(
         scan_type,
         comment: comment.into(),
         request_id: request_id.into(),
+        priority: 0,
     }
 }
 
@@ -65,6 +66,7 @@ async fn each_invalid_start_field_is_named_and_nothing_goes_upstream() {
             scan_type: request.scan_type,
             comment: request.comment,
             request_id: request.request_id,
+            priority: 0,
         };
         let status = app.client.run_scan(run).await.unwrap_err();
         assert_eq!(violated_fields(&status), [field]);

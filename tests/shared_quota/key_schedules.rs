@@ -149,6 +149,7 @@ async fn run(schedule: Schedule) -> Result<(), TestCaseError> {
                     scan_type: pb::ScanType::Quick as i32,
                     comment: comment(attempt.key),
                     request_id: request_id.clone(),
+                    priority: 0,
                 });
                 request.set_timeout(attempt.deadline);
                 match client.start_scan(request).await {

@@ -20,6 +20,7 @@ async fn scan_host(
         comment: format!("alert {alert}"),
         // The same key returns the same scan: resumable even before the scan started.
         request_id: format!("alert-{alert}-{machine_id}"),
+        priority: 0,
     };
     let hour = std::time::Duration::from_secs(3600);
     let mut scan = client.run_scan(request, CallOptions::timeout(hour));
