@@ -21,6 +21,7 @@ GATEWAY_ENV = {
     "SCAN_GATEWAY_MAX_QUOTA_WAIT", "SCAN_GATEWAY_POLL_INTERVAL", "SCAN_GATEWAY_UPSTREAM_TIMEOUT",
     "SCAN_GATEWAY_SHUTDOWN_GRACE", "SCAN_GATEWAY_REDIS_URL", "SCAN_GATEWAY_REPLICAS",
     "SCAN_GATEWAY_REDIS_TIMEOUT", "SCAN_GATEWAY_REDIS_PREFIX", "SCAN_GATEWAY_QUOTA_TOTAL", "SCAN_GATEWAY_MAX_QUEUE",
+    "SCAN_GATEWAY_BACKGROUND_FLOOR",
     "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN",
     "SCAN_GATEWAY_MAX_MESSAGE_BYTES", "SCAN_GATEWAY_MAX_STREAMS_PER_CONNECTION",
     "SCAN_GATEWAY_MAX_STREAMS_PER_CALLER", "SCAN_GATEWAY_CALLER_RATE", "SCAN_GATEWAY_CALLER_BURST",
@@ -37,8 +38,9 @@ GATEWAY_ENV = {
     "K8S_POD_NAME", "K8S_NAMESPACE_NAME", "K8S_NODE_NAME",
 }
 # Values the chart always passes as an environment variable, each verbatim (integers as
-# integers: a float such as 1e+06 is no number the gateway parses).
+# integers: a float such as 1e+06 is no number the gateway parses; decimals as the same number).
 VALUE_ENV = {
+    "gateway.backgroundFloor": "SCAN_GATEWAY_BACKGROUND_FLOOR",
     "gateway.maxMessageBytes": "SCAN_GATEWAY_MAX_MESSAGE_BYTES",
     "gateway.maxStreamsPerConnection": "SCAN_GATEWAY_MAX_STREAMS_PER_CONNECTION",
     "gateway.maxStreamsPerCaller": "SCAN_GATEWAY_MAX_STREAMS_PER_CALLER",
@@ -152,6 +154,18 @@ def value_at(values: dict, key: str, missing=None):
     return values
 
 
+# A decimal as the gateway's f64 parser reads it (Python's float() takes more: `1_0`, `inf`).
+DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?(e[-+]?[0-9]+)?")
+
+
+def same_value(text: str | None, value) -> bool:
+    """Whether a rendered setting is the value: verbatim, or for a decimal the same number (Go
+    prints 1.0 as `1` and 0.00001 as `1e-05`, Python as `1.0` and `1e-05`)."""
+    if isinstance(value, float):
+        return text is not None and DECIMAL.fullmatch(text) is not None and float(text) == value
+    return text == str(value)
+
+
 def values_in_env(env: dict, values: dict) -> list[str]:
     """Each VALUE_ENV variable is rendered, with the value given (the values files over the
     chart's defaults), unchanged; each OPTIONAL_VALUE_ENV one likewise when its value is set,
@@ -160,7 +174,7 @@ def values_in_env(env: dict, values: dict) -> list[str]:
     for key, name in VALUE_ENV.items():
         value = value_at(values, key)
         got = env.get(name, {}).get("value")
-        if got != str(value):
+        if not same_value(got, value):
             errors.append(f"{name} is {got!r}, but {key} is {value!r}")
     for key, name in OPTIONAL_VALUE_ENV.items():
         value = value_at(values, key, missing="")
@@ -189,7 +203,7 @@ def gateway_defaults(chart: str, args_rs: str) -> int:
         gateway = declared.get(name)
         if gateway is None:
             errors.append(f"{name} ({key}): no default declared in {args_rs}")
-        elif str(value) != gateway and not (
+        elif not same_value(gateway, value) and not (
                 isinstance(value, str) and duration_seconds(value) == duration_seconds(gateway)):
             errors.append(f"{key} defaults to {value!r}, the gateway's {name} to {gateway!r}")
     for key, name in OPTIONAL_VALUE_ENV.items():

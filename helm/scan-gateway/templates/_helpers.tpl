@@ -302,6 +302,7 @@ refused all the same: one place sets it, so setting the value later cannot defin
   "RUST_LOG" "gateway.logLevel"
   "SCAN_GATEWAY_LOG_FORMAT" "gateway.logFormat"
   "SCAN_GATEWAY_MAX_MESSAGE_BYTES" "gateway.maxMessageBytes"
+  "SCAN_GATEWAY_BACKGROUND_FLOOR" "gateway.backgroundFloor"
   "SCAN_GATEWAY_MAX_STREAMS_PER_CONNECTION" "gateway.maxStreamsPerConnection"
   "SCAN_GATEWAY_MAX_STREAMS_PER_CALLER" "gateway.maxStreamsPerCaller"
   "SCAN_GATEWAY_CALLER_RATE" "gateway.callerRate"
