@@ -41,6 +41,7 @@ GATEWAY_ENV = {
 # integers: a float such as 1e+06 is no number the gateway parses; decimals as the same number).
 VALUE_ENV = {
     "gateway.backgroundFloor": "SCAN_GATEWAY_BACKGROUND_FLOOR",
+    "gateway.callerRate": "SCAN_GATEWAY_CALLER_RATE",
     "gateway.maxMessageBytes": "SCAN_GATEWAY_MAX_MESSAGE_BYTES",
     "gateway.maxStreamsPerConnection": "SCAN_GATEWAY_MAX_STREAMS_PER_CONNECTION",
     "gateway.maxStreamsPerCaller": "SCAN_GATEWAY_MAX_STREAMS_PER_CALLER",
@@ -54,6 +55,9 @@ VALUE_ENV = {
     "gateway.streamRideOut": "SCAN_GATEWAY_STREAM_RIDE_OUT",
     "gateway.maxWatch": "SCAN_GATEWAY_MAX_WATCH",
 }
+# The VALUE_ENV variables the gateway reads as decimals (f64, as src/config/args.rs declares
+# them): any spelling of the number parses, so Go's (`1` for 1.0, `1e+06`) is compared as a number.
+DECIMAL_ENV = {"SCAN_GATEWAY_BACKGROUND_FLOOR", "SCAN_GATEWAY_CALLER_RATE"}
 # Values passed only when set, verbatim, because the gateway's default is no constant the chart
 # could repeat (it follows another setting): empty by default, so that default applies.
 OPTIONAL_VALUE_ENV = {
@@ -158,10 +162,10 @@ def value_at(values: dict, key: str, missing=None):
 DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?(e[-+]?[0-9]+)?")
 
 
-def same_value(text: str | None, value) -> bool:
-    """Whether a rendered setting is the value: verbatim, or for a decimal the same number (Go
-    prints 1.0 as `1` and 0.00001 as `1e-05`, Python as `1.0` and `1e-05`)."""
-    if isinstance(value, float):
+def same_value(text: str | None, value, decimal: bool) -> bool:
+    """Whether a rendered setting is the value: verbatim, or for a decimal setting the same
+    number (Go prints 1.0 as `1` and 1000000 as `1e+06`, Python as `1.0` and `1000000`)."""
+    if decimal and isinstance(value, (int, float)) and not isinstance(value, bool):
         return text is not None and DECIMAL.fullmatch(text) is not None and float(text) == value
     return text == str(value)
 
@@ -174,7 +178,7 @@ def values_in_env(env: dict, values: dict) -> list[str]:
     for key, name in VALUE_ENV.items():
         value = value_at(values, key)
         got = env.get(name, {}).get("value")
-        if not same_value(got, value):
+        if not same_value(got, value, name in DECIMAL_ENV):
             errors.append(f"{name} is {got!r}, but {key} is {value!r}")
     for key, name in OPTIONAL_VALUE_ENV.items():
         value = value_at(values, key, missing="")
@@ -191,19 +195,23 @@ def gateway_defaults(chart: str, args_rs: str) -> int:
     must be the same (read from the settings! declarations of src/config/args.rs). The
     OPTIONAL_VALUE_ENV values must be settings the gateway reads, empty by default so the
     gateway's own default applies."""
-    declared = {
-        m.group("env"): m.group("default")
-        for m in re.finditer(r'env = "(?P<env>[A-Z0-9_]+)".*?\n\s*pub \w+: Option<[^\n]*?>'
-                             r'(?: = "(?P<default>[^"]*)")?', Path(args_rs).read_text(), re.S)
-    }
+    declaration = re.compile(r'env = "(?P<env>[A-Z0-9_]+)".*?\n\s*pub \w+: '
+                             r'Option<(?P<type>[^\n]*?)>(?: = "(?P<default>[^"]*)")?', re.S)
+    text = Path(args_rs).read_text()
+    found = [m.group("env", "type", "default") for m in declaration.finditer(text)]
+    declared = {env: default for env, _, default in found}
     values = merged_values(chart, [])
     errors = []
+    decimals = {env for env, kind, _ in found if kind == "f64"} & set(VALUE_ENV.values())
+    if decimals != DECIMAL_ENV:
+        errors.append(f"DECIMAL_ENV is {sorted(DECIMAL_ENV)}, but the f64 settings the chart "
+                      f"passes are {sorted(decimals)}")
     for key, name in VALUE_ENV.items():
         value = value_at(values, key)
         gateway = declared.get(name)
         if gateway is None:
             errors.append(f"{name} ({key}): no default declared in {args_rs}")
-        elif not same_value(gateway, value) and not (
+        elif not same_value(gateway, value, name in DECIMAL_ENV) and not (
                 isinstance(value, str) and duration_seconds(value) == duration_seconds(gateway)):
             errors.append(f"{key} defaults to {value!r}, the gateway's {name} to {gateway!r}")
     for key, name in OPTIONAL_VALUE_ENV.items():
