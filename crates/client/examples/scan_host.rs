@@ -20,7 +20,8 @@ async fn scan_host(
         comment: format!("alert {alert}"),
         // The same key returns the same scan: resumable even before the scan started.
         request_id: format!("alert-{alert}-{machine_id}"),
-        priority: 0,
+        // An alert's scan goes before routine sweeps (if the gateway's policy allows it).
+        priority: pb::Priority::Urgent as i32,
     };
     let hour = std::time::Duration::from_secs(3600);
     let mut scan = client.run_scan(request, CallOptions::timeout(hour));

@@ -19,7 +19,8 @@
 //!         scan_type: pb::ScanType::Quick as i32,
 //!         comment: "alert 4711: suspicious download".into(),
 //!         request_id: "alert-4711".into(),
-//!      priority: 0, },
+//!         priority: pb::Priority::Urgent as i32,
+//!     },
 //!     CallOptions::default(),
 //! );
 //! while let Some(update) = scan.next().await {
