@@ -183,10 +183,31 @@ type Outcome<T> = Option<Result<(T, Instant), upstream::Error>>;
 
 /// Upstream calls in flight, by what they read: a second reader waits for the first's answer.
 /// The call runs in a task of its own, so a reader that leaves (its deadline, a cancel) never
-/// cuts the others' answer; each reader waits within its own deadline.
+/// cuts the others' answer; each reader waits within its own deadline. A call carries the
+/// deadline of the reader that started it (the quota refuses a wait past it), so a reader only
+/// joins a call that may wait at least as long as it may: a patient reader never inherits a
+/// hasty one's refusal, and starts a call of its own instead.
 struct Flights<K, T> {
-    in_flight: Arc<Mutex<HashMap<K, watch::Receiver<Outcome<T>>>>>,
+    in_flight: Arc<Mutex<HashMap<K, Flight<T>>>>,
 }
+
+struct Flight<T> {
+    id: u64,
+    /// The deadline the call runs under (`None`: none).
+    deadline: Option<Instant>,
+    answer: watch::Receiver<Outcome<T>>,
+}
+
+/// Whether a call under `flight`'s deadline waits at least as long as a reader with `mine`.
+fn covers(flight: Option<Instant>, mine: Option<Instant>) -> bool {
+    match (flight, mine) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(flight), Some(mine)) => mine <= flight,
+    }
+}
+
+static FLIGHT_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl<K, T> Default for Flights<K, T> {
     fn default() -> Self {
@@ -215,19 +236,33 @@ where
         let (mut answer, source) = {
             let mut in_flight = lock(&self.in_flight);
             match in_flight.get(key) {
-                Some(answer) => (answer.clone(), ReadSource::Joined),
-                None => {
+                Some(flight) if covers(flight.deadline, ctx.deadline) => {
+                    (flight.answer.clone(), ReadSource::Joined)
+                }
+                // None, or one that may give up sooner: a call of this reader's own, which
+                // later readers join.
+                _ => {
                     let (tx, rx) = watch::channel(None);
-                    in_flight.insert(key.clone(), rx.clone());
+                    let id = FLIGHT_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let flight = Flight {
+                        id,
+                        deadline: ctx.deadline,
+                        answer: rx.clone(),
+                    };
+                    in_flight.insert(key.clone(), flight);
                     let flights = self.in_flight.clone();
                     let key = key.clone();
                     let clock = *clock;
                     tokio::spawn(
                         async move {
                             let result = call.await.map(|value| (value, clock.now()));
-                            // Out of the map first: a reader that comes after the answer
-                            // starts a call of its own rather than take this one.
-                            lock(&flights).remove(&key);
+                            // Out of the map first (unless a later call replaced it): a reader
+                            // that comes after the answer starts a call of its own.
+                            let mut flights = lock(&flights);
+                            if flights.get(&key).is_some_and(|f| f.id == id) {
+                                flights.remove(&key);
+                            }
+                            drop(flights);
                             tx.send_replace(Some(result));
                         }
                         .in_current_span(),

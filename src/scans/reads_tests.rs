@@ -229,9 +229,10 @@ async fn a_reader_whose_deadline_passes_leaves_the_call_to_the_others() {
         ..CallContext::default()
     };
     let (action_id, patient) = (id(), CallContext::default());
-    let (first, second) = tokio::join!(
+    // The patient reader's call first: the hasty one joins it and gives up alone.
+    let (second, first) = tokio::join!(
+        fake.scans.read(&action_id, &patient, false),
         fake.scans.read(&action_id, &hasty, false),
-        fake.scans.read(&action_id, &patient, false)
     );
     assert!(
         matches!(
@@ -242,6 +243,25 @@ async fn a_reader_whose_deadline_passes_leaves_the_call_to_the_others() {
     );
     assert_eq!(second.unwrap().0.id, ID);
     assert_eq!(fake.gets.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_patient_reader_never_joins_a_call_that_may_give_up_sooner() {
+    let fake = fake("InProgress");
+    let hasty = CallContext {
+        deadline: Some(tokio::time::Instant::now() + ANSWER_DELAY / 2),
+        ..CallContext::default()
+    };
+    let (action_id, patient) = (id(), CallContext::default());
+    // The hasty reader's call first: its deadline would bound the call (the quota refuses a
+    // wait past it), so the patient reader makes a call of its own.
+    let (first, second) = tokio::join!(
+        fake.scans.read(&action_id, &hasty, false),
+        fake.scans.read(&action_id, &patient, false),
+    );
+    assert!(first.is_err(), "{first:?}");
+    assert_eq!(second.unwrap().0.id, ID);
+    assert_eq!(fake.gets.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(start_paused = true)]

@@ -196,6 +196,8 @@ struct Outcomes {
 /// Calls ListScans until stopped: random gaps, random deadlines, and one call in five dropped
 /// by the caller itself at a random moment (the gateway sees a cancelled stream). A steady
 /// caller (seed 0) always waits up to 5 s and never lets go: demand that saturates the quota.
+/// Every call lists a page of its own size (1 to 1,000 in turn): identical listings in flight
+/// share one upstream call, and this demand must need one call each.
 fn caller(
     app: &TestGateway,
     stop: Arc<AtomicBool>,
@@ -206,10 +208,16 @@ fn caller(
     tokio::spawn(async move {
         let mut rng = Rng(seed | 1);
         let steady = seed == 0;
+        // Distinct per caller too: the steady caller counts up, the others start apart.
+        let mut page = if steady { 0 } else { rng.below(1000) as u32 };
+        let mut next_page = move || {
+            page = page % 1000 + 1;
+            page
+        };
         while !stop.load(Ordering::Acquire) {
             if steady {
                 let mut request = tonic::Request::new(scan_gateway::grpc::pb::ListScansRequest {
-                    page_size: 1,
+                    page_size: next_page(),
                     ..Default::default()
                 });
                 request.set_timeout(Duration::from_secs(5));
@@ -221,7 +229,7 @@ fn caller(
             }
             let deadline = Duration::from_millis(50 + rng.below(2000));
             let mut request = tonic::Request::new(scan_gateway::grpc::pb::ListScansRequest {
-                page_size: 1,
+                page_size: next_page(),
                 ..Default::default()
             });
             request.set_timeout(deadline);
@@ -434,10 +442,25 @@ proptest! {
 /// Schedules found failing, kept: one 429 from a token that expired while calls waited for
 /// their slot (the auth step then fetched after admission), and a return from a fallback that
 /// replaced the fresh epoch after a restart and forgot the lost data; two 429s from calls that
-/// reached the API late over new connections, counted from their admission.
+/// reached the API late over new connections, counted from their admission; and one where
+/// identical listings shared upstream calls (single flight), so the "saturating" demand used
+/// only 15 of 20 calls: the callers now list distinct pages.
 #[test]
 fn the_schedules_found_failing_hold_the_quota() {
     let found = [
+        Schedule {
+            gateways: 2,
+            callers: 1,
+            events: vec![
+                Event::DropConnections,
+                Event::Join,
+                Event::SlowConnections(Duration::from_millis(49)),
+                Event::Calm,
+                Event::Leave(2),
+                Event::Calm,
+            ],
+            seed: 17648512841444734725,
+        },
         Schedule {
             gateways: 4,
             callers: 1,
