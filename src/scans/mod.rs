@@ -167,6 +167,9 @@ impl Scans {
         fresh: bool,
     ) -> Result<(MachineAction, OffsetDateTime), Error> {
         let inner = &self.0;
+        // A second read (this replica read or followed it before) is what makes an action
+        // worth following for readers; a one-off read costs no refreshes.
+        let again = inner.reads.read_before(id) || inner.watcher.confirmed(id).is_some();
         let known = if fresh {
             None
         } else {
@@ -188,9 +191,11 @@ impl Scans {
         inner.metrics.record_read("GetScan", source.as_str());
         let action = self.scan_only(action, id)?;
         // Read again and again: the watcher's batched refresh serves the next reads.
-        inner
-            .watcher
-            .follow_for_readers(id, &action, inner.clock.now() + READ_INTEREST);
+        if again {
+            inner
+                .watcher
+                .follow_for_readers(id, &action, inner.clock.now() + READ_INTEREST);
+        }
         Ok((action, inner.clock.utc_at(at)))
     }
 

@@ -5,8 +5,9 @@
 //!    within the freshness bound (or the state is final: a final action never changes);
 //! 2. the recently read actions, for the freshness bound (final ones until they are evicted);
 //! 3. Defender, in one GET per action however many callers ask at once (single flight); an
-//!    unfinished action read there is then followed for readers for [`READ_INTEREST`], so that
-//!    reads again and again are served by the watcher's batched refresh, not a GET each.
+//!    unfinished action read a second time is then followed for readers for [`READ_INTEREST`],
+//!    so that reads again and again are served by the watcher's batched refresh, not a GET
+//!    each (a one-off read costs no refreshes).
 //!
 //! A caller who asks for a fresh read skips 1 and 2 and pays a call (joining one in flight,
 //! which is answered after its request arrived). Identical `ListScans` queries in flight share
@@ -31,7 +32,7 @@ use crate::{
 
 /// How long an action read from Defender stays followed for readers (each read renews it).
 pub const READ_INTEREST: Duration = Duration::from_secs(120);
-/// Most recently read actions kept.
+/// Most recently read actions kept (an action with its strings is about 1 KB: 4 MB at most).
 const RECENT_CAPACITY: usize = 4096;
 
 /// Where a read was answered from (the `source` label of `scan_gateway_reads_total`).
@@ -115,6 +116,11 @@ impl Reads {
             .await?;
         lock(&self.recent).insert(id.clone(), (action.clone(), at));
         Ok(((action, at), source))
+    }
+
+    /// Whether this replica has read `id` before (and still remembers it).
+    pub(super) fn read_before(&self, id: &ActionId) -> bool {
+        lock(&self.recent).map.contains_key(id)
     }
 
     /// Keeps a state the replica learned otherwise (a stream's final status).

@@ -190,6 +190,22 @@ async fn an_action_read_again_and_again_is_refreshed_by_the_watcher_not_a_get_ea
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_one_off_read_costs_no_refreshes() {
+    let fake = fake("InProgress");
+    fake.scans
+        .read(&id(), &CallContext::default(), false)
+        .await
+        .unwrap();
+    tokio::time::sleep(READ_INTEREST).await;
+    assert_eq!(fake.gets.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        fake.lists.load(Ordering::SeqCst),
+        0,
+        "not followed for one read"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_final_action_is_read_from_defender_once() {
     let fake = fake("Succeeded");
     for _ in 0..5 {
