@@ -32,8 +32,9 @@ use crate::{
 
 /// How long an action read from Defender stays followed for readers (each read renews it).
 pub const READ_INTEREST: Duration = Duration::from_secs(120);
-/// Most recently read actions kept (an action with its strings is about 1 KB: 4 MB at most).
-const RECENT_CAPACITY: usize = 4096;
+/// Most recently read actions kept: about 0.5 KB each with its strings (heap bench), 0.5 MB
+/// at most. They serve the freshness bound (seconds) and spare final states a second read.
+const RECENT_CAPACITY: usize = 1024;
 
 /// Where a read was answered from (the `source` label of `scan_gateway_reads_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
